@@ -1,0 +1,1 @@
+"""Data, training, metrics and cost models that judge an architecture."""

@@ -1,0 +1,1 @@
+"""Reserved for the execution layer (see DESIGN.md)."""

@@ -1,0 +1,1 @@
+"""Reserved for the reports layer (see DESIGN.md)."""

@@ -1,0 +1,373 @@
+"""SearchSpace: decisions, sampling, mutation, validation and materialization over a graph."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ranknas.errors import InvalidArchitecture, SpaceError
+from ranknas.evaluator.data.schema import DataSchema
+from ranknas.spaces.architecture import Architecture
+from ranknas.spaces.choices import Categorical, Choice, Subset, Value
+from ranknas.spaces.graph import (
+    INPUT_KINDS,
+    SHARED_PORT,
+    AnyOf,
+    Block,
+    Fixed,
+    OneOf,
+    OperatorGraph,
+    WidthTie,
+)
+from ranknas.spaces.materialized import MaterializedGraph, MaterializedNode
+from ranknas.spaces.ops import OpContext, Operator, TensorSpec, get_operator, merged_spec
+
+#: Criteo's shape, for spaces materialized without a dataset at hand.
+CRITEO_LIKE = DataSchema(13, (100_000,) * 26, name="criteo-like")
+_MAX_TRIES = 200
+
+
+def width_choice_name(block: str, layer: int) -> str:
+    return f"{block}.width" if layer == 0 else f"{block}.width.{layer}"
+
+
+def shared_choice_name(block: str) -> str:
+    return f"{block}.in"
+
+
+@dataclass
+class _Plan:
+    """A block's resolved decisions (before shapes are known)."""
+
+    op: Operator
+    depth: int = 1
+    widths: list[int | WidthTie | None] = field(default_factory=list)
+    ports: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    shared: tuple[str, ...] | None = None
+    off: bool = False
+
+
+class SearchSpace:
+    """A named, versioned search space over an :class:`OperatorGraph`.
+
+    ``choices()`` is all a strategy ever sees: every decision by name in canonical order.
+    Decisions can be inactive (the width of an op not chosen, the inputs of a block nobody
+    reads); :meth:`canonicalize` drops those, so equal models get equal ``arch_id``.
+
+    Args:
+        name: Space name, e.g. ``nasrec_full``.
+        graph: The operator graph.
+        context: Embedding dim, layernorm and activation shared by all ops.
+        version: Bumped whenever a change alters what an architecture means.
+        default_schema: Data shape used when :meth:`materialize` gets none.
+        description: One line for ``ranknas spaces list``.
+    """
+
+    def __init__(self, name: str, graph: OperatorGraph, context: OpContext | None = None,
+                 version: str = "1", default_schema: DataSchema = CRITEO_LIKE,
+                 description: str = "") -> None:
+        self.name = name
+        self.graph = graph
+        self.context = context or OpContext()
+        self.version = version
+        self.default_schema = default_schema
+        self.description = description
+        self._choices: dict[str, Choice] = {}
+        for block in graph.blocks():
+            for choice in self._block_choices(block):
+                self._choices[choice.name] = choice
+
+    # -- decisions ------------------------------------------------------------------------
+    def _block_choices(self, b: Block) -> list[Choice]:
+        ops = [get_operator(o) for o in b.ops]
+        out: list[Choice] = []
+        if b.optional:
+            out.append(Categorical(f"{b.id}.on", (False, True)))
+        if len(b.ops) > 1:
+            out.append(Categorical(f"{b.id}.op", tuple(b.ops)))
+        if len(b.depth) > 1:
+            if not any(op.stackable for op in ops):
+                raise SpaceError(f"{b.id}.depth", "none of the ops can be stacked "
+                                 "(stackable: one-port ops such as linear-2d, linear-3d)")
+            out.append(Categorical(f"{b.id}.depth", tuple(b.depth)))
+        if isinstance(b.widths, tuple) and len(b.widths) > 1:
+            if all(op.width_mode == "none" for op in ops):
+                raise SpaceError(f"{b.id}.width", "no candidate op takes a width")
+            out += [Categorical(width_choice_name(b.id, k), b.widths) for k in range(max(b.depth))]
+        for port, rule in b.inputs.items():
+            name = shared_choice_name(b.id) if port == SHARED_PORT else f"{b.id}.{port}"
+            if isinstance(rule, AnyOf):
+                out.append(Subset(name, rule.candidates, rule.min, rule.max))
+            elif isinstance(rule, OneOf):
+                out.append(Categorical(name, rule.candidates))
+        shared = b.inputs.get(SHARED_PORT)
+        for op in ops:
+            for port in op.ports:
+                if port.name in b.inputs:
+                    continue
+                if shared is not None and not port.many:
+                    cands = shared.sources if isinstance(shared, Fixed) else shared.candidates
+                    name = f"{b.id}.{port.name}"
+                    if name not in {c.name for c in out}:
+                        out.append(Categorical(name, tuple(cands)))
+                elif shared is None and not port.optional:
+                    raise SpaceError(f"{b.id}.inputs", f"op {op.name!r} needs port "
+                                     f"{port.name!r}; add an input rule for it or for '*'")
+        return out
+
+    def choices(self) -> list[Choice]:
+        """Every decision, in canonical order."""
+        return list(self._choices.values())
+
+    def choice(self, name: str) -> Choice:
+        try:
+            return self._choices[name]
+        except KeyError:
+            raise InvalidArchitecture(name, "no such decision in space "
+                                      f"{self.name!r}") from None
+
+    # -- canonical form -------------------------------------------------------------------
+    def _resolve(self, values: Mapping[str, Value]) -> tuple[dict[str, Value], dict[str, _Plan]]:
+        """Walk back from the output, reading only the decisions that matter."""
+        chosen: dict[str, Value] = {}
+
+        def read(name: str) -> Value:
+            choice = self._choices[name]
+            if name not in values:
+                raise InvalidArchitecture(name, f"missing decision; allowed: {choice.describe()}")
+            chosen[name] = choice.check(values[name])
+            return chosen[name]
+
+        needed = set(self.graph.output_sources)
+        plans: dict[str, _Plan] = {}
+        for node in reversed(self.graph.order):
+            if node not in needed or not self.graph.is_block(node):
+                continue
+            b = self.graph.block(node)
+            op = get_operator(read(f"{node}.op") if len(b.ops) > 1 else b.ops[0])
+            plan = _Plan(op)
+            plans[node] = plan
+            if b.optional and not read(f"{node}.on"):
+                plan.off = True
+                continue
+            if op.stackable:
+                plan.depth = read(f"{node}.depth") if len(b.depth) > 1 else b.depth[0]
+            if op.width_mode == "none" or b.widths is None:
+                plan.widths = [None] * plan.depth
+            elif isinstance(b.widths, WidthTie):
+                plan.widths = [b.widths] * plan.depth
+                needed.add(b.widths.node)
+            elif len(b.widths) == 1:
+                plan.widths = [b.widths[0]] * plan.depth
+            else:
+                plan.widths = [read(width_choice_name(node, k)) for k in range(plan.depth)]
+            shared = b.inputs.get(SHARED_PORT)
+            for port in op.ports:
+                rule = b.inputs.get(port.name)
+                if rule is None and shared is not None and not port.many:
+                    rule = OneOf(())  # auto left/right decision over the shared candidates
+                if rule is None:
+                    continue
+                plan.ports[port.name] = self._read_rule(node, port.name, rule, read)
+            if shared is not None and any(p.many and p.name not in b.inputs for p in op.ports):
+                plan.shared = self._read_rule(node, SHARED_PORT, shared, read)
+            for sources in (*plan.ports.values(), plan.shared or ()):
+                needed.update(sources)
+        return chosen, plans
+
+    @staticmethod
+    def _read_rule(node: str, port: str, rule: Fixed | AnyOf | OneOf, read) -> tuple[str, ...]:
+        if isinstance(rule, Fixed):
+            return rule.sources
+        name = shared_choice_name(node) if port == SHARED_PORT else f"{node}.{port}"
+        value = read(name)
+        return (value,) if isinstance(rule, OneOf) else tuple(value)
+
+    def canonicalize(self, values: Mapping[str, Any], where: str = "choices") -> Architecture:
+        """Architecture from raw decision values: unknown names rejected, inactive ones dropped.
+
+        Raises:
+            InvalidArchitecture: naming the decision at fault and what it allows.
+        """
+        if not isinstance(values, Mapping):
+            raise InvalidArchitecture(where, "expected a mapping of decision name to value")
+        unknown = [k for k in values if k not in self._choices]
+        if unknown:
+            close = [n for n in self._choices if n.split(".")[0] == str(unknown[0]).split(".")[0]]
+            hint = f" (decisions of that block: {', '.join(close)})" if close else ""
+            raise InvalidArchitecture(f"{where}.{unknown[0]}",
+                                      f"unknown decision in space {self.name!r}{hint}")
+        chosen, _ = self._resolve(values)
+        return Architecture(self.name, self.version, tuple(chosen.items()))
+
+    def from_json(self, obj: Any, where: str = "architecture") -> Architecture:
+        """Architecture from its JSON object, checked against this space."""
+        space, _version, raw = Architecture.parse_json(obj, where)
+        if space != self.name:
+            raise InvalidArchitecture(f"{where}.space", f"architecture is for space {space!r}, "
+                                      f"not {self.name!r}")
+        arch = self.canonicalize(raw, where=f"{where}.choices")
+        self.materialize(arch)
+        return arch
+
+    # -- sampling -------------------------------------------------------------------------
+    def sample(self, rng: random.Random) -> Architecture:
+        """A random valid architecture; decisions are drawn independently, invalid draws redrawn."""
+        last: InvalidArchitecture | None = None
+        for _ in range(_MAX_TRIES):
+            values = {c.name: c.sample(rng) for c in self._choices.values()}
+            try:
+                arch = self.canonicalize(values)
+                self.materialize(arch)
+                return arch
+            except InvalidArchitecture as err:
+                last = err
+        raise SpaceError(self.name, f"no valid architecture in {_MAX_TRIES} draws; last: {last}")
+
+    def mutate(self, arch: Architecture, rng: random.Random) -> Architecture:
+        """A valid neighbour: one active decision moved one step; newly active ones sampled."""
+        self.validate(arch)
+        active = [self._choices[name] for name, _ in arch.choices]
+        for _ in range(_MAX_TRIES):
+            choice = active[rng.randrange(len(active))]
+            options = choice.neighbours(arch[choice.name])
+            if not options:
+                continue
+            values: dict[str, Value] = {c.name: c.sample(rng) for c in self._choices.values()}
+            values.update(arch.as_dict())
+            values[choice.name] = options[rng.randrange(len(options))]
+            try:
+                child = self.canonicalize(values)
+                self.materialize(child)
+            except InvalidArchitecture:
+                continue
+            if child.arch_id != arch.arch_id:
+                return child
+        raise SpaceError(self.name, f"found no valid mutation of {arch.arch_id}")
+
+    # -- checking and shapes --------------------------------------------------------------
+    def validate(self, arch: Architecture) -> None:
+        """Raise InvalidArchitecture unless ``arch`` is a canonical, buildable member."""
+        if arch.space != self.name:
+            raise InvalidArchitecture("space", f"architecture is for {arch.space!r}, "
+                                      f"not {self.name!r}")
+        canon = self.canonicalize(arch.as_dict())
+        extra = sorted(set(arch.as_dict()) - set(canon.as_dict()))
+        if extra:
+            raise InvalidArchitecture(extra[0], "decision is inactive in this architecture; "
+                                      "build architectures with space.canonicalize()")
+        self.materialize(arch)
+
+    def materialize(self, arch: Architecture,
+                    schema: DataSchema | None = None) -> MaterializedGraph:
+        """The concrete DAG of ops with shapes and costs, for ``schema`` (default: Criteo-like)."""
+        schema = schema or self.default_schema
+        ctx = self.context
+        _, plans = self._resolve(arch.as_dict())
+        specs: dict[str, TensorSpec] = {
+            "dense": TensorSpec.dense(schema.num_dense),
+            "sparse": TensorSpec.sparse(schema.num_sparse, ctx.embedding_dim)}
+        widths: dict[str, int] = {}
+        nodes: list[MaterializedNode] = []
+        for node in self.graph.order:
+            plan = plans.get(node)
+            if plan is None or plan.off:
+                continue
+            ports = self._route(node, plan, specs, plans)
+            in_specs = {p: merged_spec(plan.op.port(p).kind, [specs[s] for s in srcs],
+                                       ctx.embedding_dim) for p, srcs in ports.items()}
+            for k, width in enumerate(plan.widths):
+                if isinstance(width, WidthTie):
+                    if width.node not in widths:
+                        raise InvalidArchitecture(f"{node}.width", f"tied to {width.node!r}, "
+                                                  "which is off or not computed before it")
+                    width = widths[width.node]
+                key = node if k == plan.depth - 1 else f"{node}#{k}"
+                try:
+                    out = plan.op.output_spec(in_specs, width, ctx)
+                    cost = plan.op.cost(in_specs, width, ctx)
+                except InvalidArchitecture as err:
+                    raise InvalidArchitecture(node, f"op {plan.op.name}: {err.message}") from None
+                nodes.append(MaterializedNode(
+                    key, node, plan.op.name, width, tuple((p, ports[p]) for p in in_specs),
+                    tuple(in_specs.items()), out, cost))
+                port0 = plan.op.ports[0].name
+                ports, in_specs = {port0: (key,)}, {port0: out}
+            specs[node] = out
+            widths[node] = width if width is not None else out.width
+        sources = tuple(s for s in self.graph.output_sources if s in specs)
+        if not sources:
+            raise InvalidArchitecture("output", "every output source is switched off")
+        head_in = sum(specs[s].numel for s in sources)
+        return MaterializedGraph(self.name, arch.arch_id, schema, ctx, tuple(nodes), sources,
+                                 head_in)
+
+    @staticmethod
+    def _route(node: str, plan: _Plan, specs: Mapping[str, TensorSpec],
+               plans: Mapping[str, _Plan]) -> dict[str, tuple[str, ...]]:
+        """Port -> live sources, with shared ('*') sources routed to ports by kind."""
+        def live(sources: tuple[str, ...]) -> tuple[str, ...]:
+            return tuple(s for s in sources if s in INPUT_KINDS or not plans[s].off)
+
+        ports = {p: live(s) for p, s in plan.ports.items()}
+        if plan.shared is not None:
+            shared = live(plan.shared)
+            many = [p for p in plan.op.ports if p.many and p.name not in plan.ports]
+            routed = {p.name: [] for p in many}
+            for src in shared:
+                kind = specs[src].kind
+                target = next((p for p in many if p.kind == kind), many[0])
+                routed[target.name].append(src)
+            for p in many:  # a required port left empty takes every shared source instead
+                if not routed[p.name] and not p.optional:
+                    routed = {q.name: [] for q in many}
+                    routed[p.name] = list(shared)
+                    break
+            ports.update({p: tuple(s) for p, s in routed.items()})
+        out: dict[str, tuple[str, ...]] = {}
+        for port in plan.op.ports:
+            sources = ports.get(port.name, ())
+            if not sources:
+                if port.optional:
+                    continue
+                raise InvalidArchitecture(f"{node}.inputs", f"port {port.name!r} of op "
+                                          f"{plan.op.name!r} has no live source")
+            if not port.many and len(sources) != 1:
+                raise InvalidArchitecture(f"{node}.{port.name}", "takes exactly one source")
+            out[port.name] = sources
+        return out
+
+    # -- size -----------------------------------------------------------------------------
+    def size(self) -> float:
+        """log10 of the number of distinct decision assignments, counting per block only the
+        decisions active under each op; blocks nobody reads are not deducted (an upper bound)."""
+        total = 0.0
+        for b in self.graph.blocks():
+            per_op = 0
+            for name in b.ops:
+                op = get_operator(name)
+                count = 1
+                for c in self._block_choices(b):
+                    suffix = c.name[len(b.id) + 1:]
+                    if suffix in ("on", "op"):
+                        continue
+                    if suffix.startswith("width") and op.width_mode == "none":
+                        continue
+                    if suffix == "depth" and not op.stackable:
+                        continue
+                    port = "*" if suffix == "in" else suffix
+                    is_port = not suffix.startswith(("width", "depth"))
+                    if is_port and port != "*" and port not in {p.name for p in op.ports}:
+                        continue
+                    if is_port and port == "*" and not any(p.many for p in op.ports):
+                        continue
+                    count *= c.size()
+                per_op += count
+            total += math.log10(per_op + (1 if b.optional else 0))
+        return total
+
+    def __repr__(self) -> str:
+        return f"SearchSpace({self.name!r}, {len(self._choices)} decisions, v{self.version})"

@@ -1,0 +1,1 @@
+"""Reserved for the strategies layer (see DESIGN.md)."""

@@ -1,0 +1,1 @@
+"""Reserved for the supernet layer (see DESIGN.md)."""
