@@ -16,12 +16,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ranknas.errors import ConfigError, TrainingDiverged
 from ranknas.evaluator.data.base import CTRData, iter_batches
 from ranknas.evaluator.data.schema import Batch
+from ranknas.evaluator.fast_train import (
+    EMBEDDING_UPDATES,
+    PRECISIONS,
+    TrainStep,
+    precision_context,
+)
 from ranknas.evaluator.metrics import MetricState
 
 __all__ = ["TrainConfig", "TrainResult", "evaluate", "train", "train_and_evaluate"]
@@ -54,6 +59,14 @@ class TrainConfig:
             ``log_every`` steps.
         check_every: Check the loss for nan/inf every this many steps (one host sync each).
             ``None``: every step on CPU (a sync costs nothing there), every 50 elsewhere.
+        compile: ``torch.compile`` the model; sparse embedding lookups stay eager.
+        precision: ``fp32``; ``tf32`` (float32 matmuls on TF32 tensor cores); ``bf16`` (bf16
+            autocast of the forward pass, weights, optimizer and loss stay float32).
+        embedding_update: ``sparse``: ``torch.sparse`` gradients and ``torch.optim``.
+            ``index``: the same Adagrad/SGD update from fixed-shape index ops, with no host
+            sync (``fast_train.IndexAdagrad``); needs optimizer ``adagrad`` or ``sgd``.
+        cuda_graph: Capture the whole step in a CUDA graph after 3 warm-up steps and replay
+            it; needs a CUDA device and ``embedding_update="index"``.
     """
 
     steps: int | None = None
@@ -70,6 +83,10 @@ class TrainConfig:
     grad_clip: float | None = None
     log_every: int = 100
     check_every: int | None = None
+    compile: bool = False
+    precision: str = "fp32"
+    embedding_update: str = "sparse"
+    cuda_graph: bool = False
 
     def __post_init__(self) -> None:
         if (self.steps is None) == (self.examples is None):
@@ -86,6 +103,12 @@ class TrainConfig:
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError("optimizer", f"must be one of {', '.join(OPTIMIZERS)}, "
                               f"got {self.optimizer!r}")
+        for name, allowed in (("precision", PRECISIONS), ("embedding_update", EMBEDDING_UPDATES)):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(name, f"must be one of {', '.join(allowed)}, "
+                                  f"got {getattr(self, name)!r}")
+        if self.embedding_update == "index" and self.optimizer == "adam":
+            raise ConfigError("embedding_update", "'index' needs optimizer adagrad or sgd")
         _check_float("lr", self.lr, positive=True)
         if self.sparse_lr is not None:
             _check_float("sparse_lr", self.sparse_lr, positive=True)
@@ -94,10 +117,14 @@ class TrainConfig:
         if self.grad_clip is not None:
             _check_float("grad_clip", self.grad_clip, positive=True)
         try:
-            torch.device(self.device)
+            device_type = torch.device(self.device).type
         except (RuntimeError, TypeError) as exc:
             raise ConfigError("device", f"not a torch device ({exc}); use e.g. 'cpu' or "
                               "'cuda:0'") from None
+        if self.cuda_graph and (device_type != "cuda" or self.embedding_update != "index"):
+            raise ConfigError("cuda_graph", "needs a CUDA device and embedding_update='index' "
+                              f"(got device={self.device!r}, "
+                              f"embedding_update={self.embedding_update!r})")
 
     @property
     def effective_sparse_lr(self) -> float:
@@ -134,73 +161,6 @@ class TrainResult:
     seconds: float
     final_loss: float
     examples_per_second: float
-
-
-def _split_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
-    """Split trainable parameters into (dense, sparse): sparse = weights of sparse embeddings."""
-    sparse_ids: set[int] = set()
-    for module in model.modules():
-        if isinstance(module, nn.Embedding | nn.EmbeddingBag) and module.sparse:
-            sparse_ids.add(id(module.weight))
-    dense, sparse, seen = [], [], set()
-    for p in model.parameters():
-        if not p.requires_grad or id(p) in seen:
-            continue
-        seen.add(id(p))
-        (sparse if id(p) in sparse_ids else dense).append(p)
-    return dense, sparse
-
-
-def _build_optimizers(model: nn.Module, cfg: TrainConfig) -> list[torch.optim.Optimizer]:
-    dense, sparse = _split_parameters(model)
-    opts: list[torch.optim.Optimizer] = []
-    slr = cfg.effective_sparse_lr
-    if cfg.optimizer == "adagrad":
-        if dense:
-            opts.append(torch.optim.Adagrad(dense, lr=cfg.lr, eps=cfg.eps,
-                                            weight_decay=cfg.weight_decay))
-        if sparse:
-            opts.append(torch.optim.Adagrad(sparse, lr=slr, eps=cfg.eps))
-    elif cfg.optimizer == "adam":
-        if dense:
-            opts.append(torch.optim.Adam(dense, lr=cfg.lr, eps=cfg.eps,
-                                         weight_decay=cfg.weight_decay))
-        if sparse:
-            opts.append(torch.optim.SparseAdam(sparse, lr=slr, eps=cfg.eps))
-    else:
-        if dense:
-            opts.append(torch.optim.SGD(dense, lr=cfg.lr, weight_decay=cfg.weight_decay))
-        if sparse:
-            opts.append(torch.optim.SGD(sparse, lr=slr))
-    if not opts:
-        raise ConfigError("model", "has no trainable parameters")
-    return opts
-
-
-def _clip_grad_norm(params: list[nn.Parameter], max_norm: float) -> torch.Tensor:
-    """Clip the global grad norm in place, sparse grads included; return the norm (0-dim).
-
-    ``torch.nn.utils.clip_grad_norm_`` cannot take sparse gradients, hence this version. Sparse
-    grads are coalesced first (duplicate rows would otherwise be counted apart); the optimizers
-    coalesce anyway, so this costs nothing extra.
-    """
-    norms = []
-    for p in params:
-        if p.grad is None:
-            continue
-        if p.grad.is_sparse:
-            p.grad = p.grad.coalesce()
-            norms.append(torch.linalg.vector_norm(p.grad._values()))
-        else:
-            norms.append(torch.linalg.vector_norm(p.grad))
-    if not norms:
-        return torch.zeros(())
-    total = torch.linalg.vector_norm(torch.stack(norms))
-    coef = (max_norm / (total + 1e-6)).clamp(max=1.0)
-    for p in params:
-        if p.grad is not None:
-            p.grad.mul_(coef)
-    return total
 
 
 def _batches(data: Batch, cfg: TrainConfig, generator: torch.Generator) -> Iterator[Batch]:
@@ -261,8 +221,7 @@ def train(model: nn.Module, data: CTRData, config: TrainConfig, *,
         raise ConfigError("data.train", "the training split is empty")
     model.to(device)
     model.train()
-    optimizers = _build_optimizers(model, config)
-    params = [p for group in _split_parameters(model) for p in group]
+    step_fn = TrainStep(model, config, device)
     check_every = config.check_every or (1 if device.type == "cpu" else 50)
     generator = torch.Generator(device=device).manual_seed(config.seed)
 
@@ -289,37 +248,31 @@ def train(model: nn.Module, data: CTRData, config: TrainConfig, *,
     step = examples = 0
     done = False
     start = time.perf_counter()
-    with _seeded_global_rng(device, config.seed):
+    with _seeded_global_rng(device, config.seed), precision_context(config.precision):
         batches = _batches(train_split, config, generator)
-        while not done:
-            batch = next(batches)
-            if budget is not None and examples + len(batch) > budget:
-                n = budget - examples  # trim the last batch to hit the example budget exactly
-                batch = Batch(batch.dense[:n], batch.sparse[:n], batch.labels[:n])
-            logits = model(batch.dense, batch.sparse)
-            if logits.shape != batch.labels.shape:
-                raise ConfigError("model", f"must return logits of shape [B]={[len(batch)]}, "
-                                  f"got {list(logits.shape)}")
-            loss = F.binary_cross_entropy_with_logits(logits, batch.labels.to(logits.dtype))
-            for opt in optimizers:
-                opt.zero_grad(set_to_none=True)  # sparse grads must not accumulate
-            loss.backward()
-            if config.grad_clip is not None:
-                norm_buf[pending] = _clip_grad_norm(params, config.grad_clip)
-            loss_buf[pending] = loss.detach()
-            pending += 1
-            for opt in optimizers:
-                opt.step()
-            step += 1
-            examples += len(batch)
-            done = step == config.steps if budget is None else examples >= budget
-            log_now = progress is not None and (step % config.log_every == 0 or done)
-            if pending == check_every or log_now or done:
-                flush(step)
-            if log_now:
-                progress({"step": step, "examples": examples,
-                          "loss": sum(recent) / len(recent),
-                          "seconds": time.perf_counter() - start})
+        try:
+            while not done:
+                batch = next(batches)
+                if budget is not None and examples + len(batch) > budget:
+                    n = budget - examples  # trim the last batch to hit the budget exactly
+                    batch = Batch(batch.dense[:n], batch.sparse[:n], batch.labels[:n])
+                loss, norm = step_fn(batch)
+                loss_buf[pending] = loss
+                if norm is not None:
+                    norm_buf[pending] = norm
+                pending += 1
+                step += 1
+                examples += len(batch)
+                done = step == config.steps if budget is None else examples >= budget
+                log_now = progress is not None and (step % config.log_every == 0 or done)
+                if pending == check_every or log_now or done:
+                    flush(step)
+                if log_now:
+                    progress({"step": step, "examples": examples,
+                              "loss": sum(recent) / len(recent),
+                              "seconds": time.perf_counter() - start})
+        finally:
+            step_fn.close()
     seconds = time.perf_counter() - start  # the final flush synchronised the device
     return TrainResult(steps=step, examples=examples, seconds=seconds,
                        final_loss=sum(recent) / len(recent),

@@ -1,1 +1,1 @@
-"""Reserved for the execution layer (see DESIGN.md)."""
+"""Running trials: local and Ray Tune executors, the trial journal."""

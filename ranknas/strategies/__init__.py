@@ -1,1 +1,5 @@
-"""Reserved for the strategies layer (see DESIGN.md)."""
+"""NAS strategies behind one ask/tell interface."""
+
+from ranknas.strategies.base import Proposal, Strategy
+
+__all__ = ["Proposal", "Strategy"]

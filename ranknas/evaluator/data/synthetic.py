@@ -134,12 +134,13 @@ class SyntheticTeacher:
 
     Attributes:
         offsets: ``[F]`` start of each field in the fused per-category tables.
-        cdf: ``[R]`` float64 per-field cumulative Zipf probabilities, field ``f`` shifted by ``+f``
-            so one ``searchsorted`` samples every field.
+        zipf_exponent: ``[F]`` power-law exponent s of each field (kept away from 1).
+        rank_to_id: ``[R]`` id of each frequency rank, per field (a random permutation).
         first: ``[R]`` first-order weight of every category (R = total rows).
         factors2: ``[R, k]`` hidden vectors of the 2nd-order terms.
         factors3: ``[R, k]`` hidden vectors of the 3rd-order terms.
-        pairs: ``[P, 2]`` field pairs; ``triples``: ``[T, 3]`` field triples.
+        pair_weights: ``[F, F]`` strictly upper-triangular weight of each field pair (P non-zero).
+        triples: ``[T, 3]`` field triples.
         ds_dense, ds_field: ``[M]`` dense index and sparse field of each dense x sparse term;
             ``ds_weight``: ``[R]`` its per-category slope (used only for the ``ds_field`` rows).
         mlp_w1 ``[D, H]``, mlp_b1 ``[H]``, mlp_w2 ``[H]``: the dense tanh network.
@@ -151,11 +152,12 @@ class SyntheticTeacher:
 
     offsets: torch.Tensor
     cardinalities: torch.Tensor
-    cdf: torch.Tensor
+    zipf_exponent: torch.Tensor
+    rank_to_id: torch.Tensor
     first: torch.Tensor
     factors2: torch.Tensor
     factors3: torch.Tensor
-    pairs: torch.Tensor
+    pair_weights: torch.Tensor
     triples: torch.Tensor
     ds_dense: torch.Tensor
     ds_field: torch.Tensor
@@ -185,11 +187,14 @@ class SyntheticTeacher:
         """
         device = gen.device
         num_fields, num_dense = len(self.offsets), len(self.dense_mu)
-        # Inverse-CDF sampling of every field at once: field f's CDF lives in (f, f + 1].
-        u = torch.rand(n, num_fields, generator=gen, device=device, dtype=torch.float64)
-        u = u + torch.arange(num_fields, device=device, dtype=torch.float64)
-        flat = torch.searchsorted(self.cdf, u.reshape(-1), right=True).reshape(n, num_fields)
-        sparse = torch.minimum(flat - self.offsets, self.cardinalities - 1).clamp_(min=0)
+        # Inverse CDF of a bounded continuous power law x^-s on [1, N + 1): rank = floor(x) - 1.
+        # Elementwise math on [n, F]: much faster than a searchsorted over all categories.
+        u = torch.rand(n, num_fields, generator=gen, device=device)
+        one_minus_s = 1.0 - self.zipf_exponent
+        top = (self.cardinalities + 1.0).pow(one_minus_s)
+        x = (1.0 + u * (top - 1.0)).pow(1.0 / one_minus_s)
+        rank = torch.minimum(x.long() - 1, self.cardinalities - 1).clamp_(min=0)
+        sparse = self.rank_to_id[rank + self.offsets]  # shuffled ids: an id says nothing of rank
         z = torch.randn(n, num_dense, generator=gen, device=device)
         # Count-like dense features as in Criteo: floor(log-normal), then log1p.
         counts = torch.floor(torch.exp(self.dense_mu + self.dense_sigma * z))
@@ -211,10 +216,11 @@ class SyntheticTeacher:
             gid = s + self.offsets  # [b, F] rows of the fused tables
             first = self.first[gid].sum(dim=1)
             v2 = self.factors2[gid]  # [b, F, k]
-            second = (v2[:, self.pairs[:, 0]] * v2[:, self.pairs[:, 1]]).sum(dim=(1, 2))
-            v3 = self.factors3[gid]
-            third = (v3[:, self.triples[:, 0]] * v3[:, self.triples[:, 1]]
-                     * v3[:, self.triples[:, 2]]).sum(dim=(1, 2))
+            # sum_{i<j} W_ij <v_i, v_j> = sum_i <v_i, (W v)_i>: one small matmul, no pair gathers.
+            second = (v2 * torch.matmul(self.pair_weights, v2)).sum(dim=(1, 2))
+            t = self.triples
+            v3 = [self.factors3[gid[:, t[:, c]]] for c in range(3)]  # 3 x [b, T, k]
+            third = (v3[0] * v3[1] * v3[2]).sum(dim=(1, 2))
             slopes = self.ds_weight[gid[:, self.ds_field]]  # [b, M]
             dense_sparse = (x[:, self.ds_dense] * slopes).sum(dim=1)
             mlp = torch.tanh(x @ self.mlp_w1 + self.mlp_b1) @ self.mlp_w2
@@ -240,29 +246,25 @@ def build_teacher(config: SyntheticConfig) -> SyntheticTeacher:
     offsets = torch.cumsum(cards, 0) - cards
     total = int(cards.sum())
 
-    # Zipf probabilities per field, with a random id order (ids carry no rank information).
+    # Zipf-like exponents; s == 1 would divide by zero in the inverse CDF, so nudge it away.
     lo, hi = config.zipf_exponents
-    expo = lo + (hi - lo) * torch.rand(num_fields, generator=gen, dtype=torch.float64)
-    cdfs = []
-    for f, card in enumerate(config.cardinalities):  # loop over fields, not examples
-        p = torch.arange(1, card + 1, dtype=torch.float64).pow(-expo[f])
-        p = p[torch.randperm(card, generator=gen)]
-        c = torch.cumsum(p / p.sum(), 0)
-        c[-1] = 1.0
-        cdfs.append(c + f)
-    cdf = torch.cat(cdfs)
-
+    expo = lo + (hi - lo) * torch.rand(num_fields, generator=gen)
+    expo = torch.where((expo - 1.0).abs() < 1e-3, expo + 2e-3, expo)
+    # Per field, a random id for each frequency rank (field loop, not an example loop).
+    rank_to_id = torch.cat([torch.randperm(c, generator=gen) for c in config.cardinalities])
     pairs = _groups(num_fields, 2, config.num_pairs, gen)
+    pair_weights = torch.zeros(num_fields, num_fields)
+    pair_weights[pairs[:, 0], pairs[:, 1]] = 0.5 + torch.rand(len(pairs), generator=gen)
     triples = _groups(num_fields, 3, config.num_triples, gen)
     m = config.num_dense_sparse if num_dense > 0 else 0
     hidden = 16
     teacher = SyntheticTeacher(
-        offsets=offsets, cardinalities=cards, cdf=cdf,
+        offsets=offsets, cardinalities=cards, zipf_exponent=expo, rank_to_id=rank_to_id,
         first=torch.randn(total, generator=gen),
         # Zero-mean factors: interactions carry no first-order signal a linear model could grab.
         factors2=torch.randn(total, k, generator=gen),
         factors3=torch.randn(total, k, generator=gen),
-        pairs=pairs, triples=triples,
+        pair_weights=pair_weights, triples=triples,
         ds_dense=torch.randint(0, max(num_dense, 1), (m,), generator=gen),
         ds_field=torch.randint(0, num_fields, (m,), generator=gen),
         ds_weight=torch.randn(total, generator=gen),

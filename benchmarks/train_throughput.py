@@ -1,0 +1,439 @@
+#!/usr/bin/env python
+"""Standalone training throughput of NASRec's Criteo-Full best architecture (examples/s).
+
+Trains the model with :func:`ranknas.evaluator.training.train` (Adagrad, as NASRec) on random
+data generated on the device, with Criteo Kaggle's per-field cardinalities capped at 0.5M rows,
+once per variant (eager baseline, ``TrainConfig`` fast options) and batch size. Throughput is
+steady state: ``train`` reports progress every ``--chunk`` steps (each report syncs the device);
+the first ``--warmup-chunks`` chunks (compilation, CUDA-graph capture) are left out.
+
+Also measures the device's ceilings (copy bandwidth, matmul rates), counts the floor of one
+step (FLOPs and bytes) and compares NE / train loss of fp32 and bf16 on learnable synthetic data.
+
+    python benchmarks/train_throughput.py --out runs/throughput.json            # CPU, few steps
+    python benchmarks/train_throughput.py --device cuda --out $OUT/tp.json     # GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ranknas.evaluator.data.base import CTRData  # noqa: E402
+from ranknas.evaluator.data.schema import Batch, DataSchema  # noqa: E402
+from ranknas.evaluator.training import TrainConfig, evaluate, train  # noqa: E402
+from ranknas.spaces import build_model, load_space  # noqa: E402
+from ranknas.spaces.nasrec_json import from_nasrec_json  # noqa: E402
+
+#: Criteo Kaggle (Display Advertising Challenge) rows per sparse field C1..C26.
+CRITEO_CARDINALITIES = (
+    1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 93145, 5683, 8351593, 3194, 27, 14992,
+    5461306, 10, 5652, 2173, 4, 7046547, 18, 15, 286181, 105, 142572)
+CAP = 500_000
+#: NASRec's own code training this architecture on one H200 (examples/s).
+NASREC_REFERENCE = {512: 21_000, 4096: 114_000}
+TARGET = 1_000_000  # examples/s at B=4096 on one H100/H200
+ARCH_JSON = Path("/work/shared/nasrec-configs/criteo_full_best.json")
+#: shared/nasrec-configs/criteo_full_best.json (NASRec, Apache-2.0), for machines without it.
+CRITEO_FULL_BEST = {
+    "micro": [
+        {"active_nodes": [2, 4], "dense_in_dims": 128, "sparse_in_dims": 64,
+         "dense_sparse_interact": 1, "deep_fm": 0},
+        {"active_nodes": [1, 5], "dense_in_dims": 32, "sparse_in_dims": 64,
+         "dense_sparse_interact": 0, "deep_fm": 0},
+        {"active_nodes": [1, 5], "dense_in_dims": 768, "sparse_in_dims": 32,
+         "dense_sparse_interact": 0, "deep_fm": 1},
+        {"active_nodes": [2, 5], "dense_in_dims": 768, "sparse_in_dims": 48,
+         "dense_sparse_interact": 1, "deep_fm": 0},
+        {"active_nodes": [0, 5], "dense_in_dims": 16, "sparse_in_dims": 16,
+         "dense_sparse_interact": 0, "deep_fm": 1},
+        {"active_nodes": [0, 4], "dense_in_dims": 768, "sparse_in_dims": 16,
+         "dense_sparse_interact": 1, "deep_fm": 0},
+        {"active_nodes": [0, 4], "dense_in_dims": 128, "sparse_in_dims": 48,
+         "dense_sparse_interact": 0, "deep_fm": 1}],
+    "macro": [
+        {"dense_idx": [0], "sparse_idx": [0], "dense_left_idx": [0], "dense_right_idx": [0]},
+        {"dense_idx": [0], "sparse_idx": [0], "dense_left_idx": [0], "dense_right_idx": [1]},
+        {"dense_idx": [1, 2], "sparse_idx": [2, 1, 0], "dense_left_idx": [1],
+         "dense_right_idx": [2]},
+        {"dense_idx": [0, 3], "sparse_idx": [0, 2, 1, 3], "dense_left_idx": [2],
+         "dense_right_idx": [0]},
+        {"dense_idx": [4, 0, 3, 2], "sparse_idx": [2, 3, 0, 1], "dense_left_idx": [3],
+         "dense_right_idx": [1]},
+        {"dense_idx": [4, 0, 5, 3], "sparse_idx": [4, 1], "dense_left_idx": [2],
+         "dense_right_idx": [3]},
+        {"dense_idx": [0, 3, 2], "sparse_idx": [3, 1], "dense_left_idx": [6],
+         "dense_right_idx": [1]}],
+    "num_blocks": 7, "use_layernorm": 1, "config": "xlarge", "test_loss": 0.4511473774909973}
+
+_INDEX = {"embedding_update": "index"}
+_GRAPH = {"embedding_update": "index", "cuda_graph": True}
+#: name -> TrainConfig options; in the order they run (most telling first).
+VARIANTS: dict[str, dict] = {
+    "eager": {},
+    "compile+graph+bf16": {"compile": True, "precision": "bf16", **_GRAPH},
+    "compile+graph": {"compile": True, **_GRAPH},
+    "compile+graph+tf32": {"compile": True, "precision": "tf32", **_GRAPH},
+    "graph": dict(_GRAPH),
+    "compile": {"compile": True},
+    "compile+index": {"compile": True, **_INDEX},
+    "index": dict(_INDEX),
+    "eager+tf32": {"precision": "tf32"},
+    "eager+bf16": {"precision": "bf16"},
+}
+CPU_VARIANTS = ("eager", "index", "compile+index", "compile+index+bf16")
+VARIANTS["compile+index+bf16"] = {"compile": True, "precision": "bf16", **_INDEX}
+
+
+def criteo_schema() -> DataSchema:
+    return DataSchema(13, tuple(min(c, CAP) for c in CRITEO_CARDINALITIES), "criteo-capped")
+
+
+def load_arch(space):
+    doc = json.loads(ARCH_JSON.read_text()) if ARCH_JSON.exists() else CRITEO_FULL_BEST
+    return from_nasrec_json(space, doc)
+
+
+# -- data ----------------------------------------------------------------------------------
+def _ids(schema: DataSchema, rows: int, device: torch.device, gen: torch.Generator,
+         skew: float = 1.0) -> torch.Tensor:
+    cards = torch.tensor(schema.cardinalities, device=device, dtype=torch.float64)
+    u = torch.rand(rows, schema.num_sparse, device=device, generator=gen, dtype=torch.float64)
+    return (u.pow(skew) * cards).long().clamp_(max=cards.long() - 1)
+
+
+def random_data(schema: DataSchema, rows: int, device: torch.device, seed: int = 0) -> CTRData:
+    """Uniform random ids and labels, made on ``device`` (no loading)."""
+    gen = torch.Generator(device=device).manual_seed(seed)
+    dense = torch.randn(rows, schema.num_dense, device=device, generator=gen)
+    labels = (torch.rand(rows, device=device, generator=gen) < 0.25).float()
+    full = Batch(dense, _ids(schema, rows, device, gen), labels)
+    small = Batch(dense[:1024], full.sparse[:1024], labels[:1024])
+    return CTRData(schema, full, small, small)
+
+
+def teacher_data(schema: DataSchema, rows: int, device: torch.device, seed: int = 1) -> CTRData:
+    """Learnable data: skewed ids (heads repeat), first-order id effects, two field-pair
+    interactions, linear + nonlinear dense terms; labels ~ Bernoulli(sigmoid(logit))."""
+    gen = torch.Generator(device=device).manual_seed(seed)
+    dense = torch.randn(rows, schema.num_dense, device=device, generator=gen)
+    ids = _ids(schema, rows, device, gen, skew=4.0)  # P(small id) high
+    phase = torch.rand(4, schema.num_sparse, device=device, generator=gen) * 6.28
+    x = ids.double()
+    first = (0.6 * torch.sin(x * 0.37 + phase[0])).sum(1) / math.sqrt(schema.num_sparse) * 2
+    v = torch.sin(x * 0.11 + phase[1])
+    pairs = 0.8 * (v[:, 0] * v[:, 1] + v[:, 2] * v[:, 3] + v[:, 10] * v[:, 11])
+    w = torch.randn(schema.num_dense, device=device, generator=gen) * 0.3
+    logit = (first + pairs).float() + dense @ w + 0.5 * torch.tanh(dense[:, 0] * dense[:, 1])
+    logit = logit - 1.2
+    labels = (torch.rand(rows, device=device, generator=gen) < torch.sigmoid(logit)).float()
+    n_train = int(rows * 0.85)
+
+    def part(a: int, b: int) -> Batch:
+        return Batch(dense[a:b], ids[a:b], labels[a:b])
+
+    return CTRData(schema, part(0, n_train), part(n_train, rows), part(n_train, rows))
+
+
+# -- ceilings and floor --------------------------------------------------------------------
+def _cuda_time(fn, reps: int) -> float:
+    fn()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(reps):
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / 1e3 / reps
+
+
+def ceilings(device: torch.device) -> dict:
+    """Copy bandwidth (read + write bytes / s) and matmul rates (FLOP/s) on random data."""
+    if device.type != "cuda":
+        return {}
+    x = torch.randn(2**28, device=device)  # 1 GiB
+    y = torch.empty_like(x)
+    out = {"copy_bytes_per_s": 2 * x.numel() * 4 / _cuda_time(lambda: y.copy_(x), 10)}
+    del x, y
+    n = 8192
+    for name, dtype, tf32 in (("fp32", torch.float32, False), ("tf32", torch.float32, True),
+                              ("bf16", torch.bfloat16, False)):
+        a = torch.randn(n, n, device=device, dtype=dtype)
+        b = torch.randn(n, n, device=device, dtype=dtype)
+        before = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        try:
+            out[f"matmul_{name}_flop_per_s"] = 2 * n**3 / _cuda_time(lambda: a @ b, 5)
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = before
+    return out
+
+
+def floor(space, arch, schema: DataSchema, model, batch: int, ceil: dict) -> dict:
+    """FLOPs and bytes of one training step, and the times they take at the ceilings."""
+    graph = space.materialize(arch, schema)
+    cost = graph.cost
+    e, f = graph.context.embedding_dim, schema.num_sparse
+    dense_params = sum(p.numel() for p in model.dense_parameters())
+    act = cost.bytes_read + cost.bytes_written  # fp32 activations per example, forward
+    # Unfused attention: scores [h, W, W] per transformer, ~10 passes over them fwd+bwd.
+    attn = sum(10 * 4 * m.attn.num_heads * m.proj.fc.out_features ** 2
+               for m in model.modules() if type(m).__name__ == "TransformerModule")
+    step = {
+        "flops": 3 * graph.flops * batch,
+        "matmul_flops": 3 * cost.matmul_flops * batch,
+        "activation_bytes": 3 * act * batch,  # forward, and ~2x that backward
+        "attention_score_bytes_unfused": attn * batch,
+        # lookup out, its grad, sort/sum of grads, Adagrad read+write of weight and state
+        "embedding_bytes": 8 * batch * f * e * 4,
+        # read param (fwd, bwd, update), grad write+read, state read+write, param write
+        "dense_param_bytes": 7 * 4 * dense_params,
+    }
+    out = {"batch": batch, "fwd_flops_per_example": graph.flops,
+           "fwd_activation_bytes_per_example": act, **{f"step_{k}": v for k, v in step.items()}}
+    if ceil:
+        bw = ceil["copy_bytes_per_s"]
+        fused = step["activation_bytes"] + step["embedding_bytes"] + step["dense_param_bytes"]
+        times = {
+            "compute_fp32_s": step["flops"] / ceil["matmul_fp32_flop_per_s"],
+            "compute_tf32_s": step["flops"] / ceil["matmul_tf32_flop_per_s"],
+            "compute_bf16_s": step["flops"] / ceil["matmul_bf16_flop_per_s"],
+            "memory_fused_fp32_s": fused / bw,
+            "memory_fused_bf16_s": (fused - step["activation_bytes"] / 2) / bw,
+            "memory_unfused_attention_s": (fused + step["attention_score_bytes_unfused"]) / bw,
+        }
+        out.update(times)
+        out["floor_fp32_s"] = max(times["compute_fp32_s"], times["memory_fused_fp32_s"])
+        out["floor_bf16_s"] = max(times["compute_bf16_s"], times["memory_fused_bf16_s"])
+        out["floor_fp32_examples_per_s"] = batch / out["floor_fp32_s"]
+        out["floor_bf16_examples_per_s"] = batch / out["floor_bf16_s"]
+    return out
+
+
+# -- runs ----------------------------------------------------------------------------------
+def throughput(space, arch, schema, data: CTRData, device, batch: int, options: dict,
+               chunk: int, chunks: int, warmup_chunks: int) -> dict:
+    """Steady-state examples/s of ``train`` with these TrainConfig options."""
+    torch._dynamo.reset()
+    model = build_model(space, arch, schema, seed=0)
+    marks: list[dict] = []
+    cfg = TrainConfig(steps=chunk * (chunks + warmup_chunks), batch_size=batch, lr=0.01,
+                      device=str(device), log_every=chunk, check_every=chunk, **options)
+    t0 = time.perf_counter()
+    result = train(model, data, cfg, progress=marks.append)
+    total = time.perf_counter() - t0
+    rates = [(b["examples"] - a["examples"]) / (b["seconds"] - a["seconds"])
+             for a, b in zip(marks[warmup_chunks - 1:], marks[warmup_chunks:], strict=False)]
+    steady = marks[warmup_chunks - 1]
+    overall = ((marks[-1]["examples"] - steady["examples"])
+               / (marks[-1]["seconds"] - steady["seconds"]))
+    del model
+    return {"examples_per_s": overall, "chunk_rates": rates,
+            "median_chunk_rate": statistics.median(rates), "warmup_s": steady["seconds"],
+            "step_ms": 1e3 * batch / overall, "final_loss": result.final_loss,
+            "wall_s": total, "steps": result.steps}
+
+
+def ne_check(space, arch, schema, device, batch: int, steps: int, variants: list[str]) -> dict:
+    """Train loss and valid NE after ``steps`` steps on learnable data, same seed each."""
+    data = teacher_data(schema, batch * steps + 200_000, device)
+    out = {"ctr": data.background_ctr, "batch": batch, "steps": steps}
+    for name in variants:
+        torch._dynamo.reset()
+        model = build_model(space, arch, schema, seed=0)
+        cfg = TrainConfig(steps=steps, batch_size=batch, lr=0.05, device=str(device),
+                          log_every=50, check_every=50, **VARIANTS[name])
+        try:
+            res = train(model, data, cfg)
+            metrics = evaluate(model, data.valid, data.background_ctr)
+            out[name] = {"final_train_loss": res.final_loss, "valid_ne": metrics["ne"],
+                         "valid_auc": metrics["auc"], "examples_per_s": res.examples_per_second}
+        except Exception as exc:  # noqa: BLE001 - report and go on
+            out[name] = {"error": f"{type(exc).__name__}: {exc}"}
+        print(f"  ne-check {name}: {out[name]}", flush=True)
+        del model
+    return out
+
+
+def profile(space, arch, schema, data, device, batch: int, options: dict, top: int) -> dict:
+    """Kernels of 5 steps of ``TrainStep`` (no CUDA graph), after 5 warm-up steps."""
+    from ranknas.evaluator.fast_train import TrainStep
+
+    torch._dynamo.reset()
+    model = build_model(space, arch, schema, seed=0).to(device)
+    cfg = TrainConfig(steps=10, batch_size=batch, device=str(device), **options)
+    step = TrainStep(model, cfg, device)
+    batches = [Batch(data.train.dense[i * batch:(i + 1) * batch],
+                     data.train.sparse[i * batch:(i + 1) * batch],
+                     data.train.labels[i * batch:(i + 1) * batch]) for i in range(10)]
+    try:
+        for b in batches[:5]:
+            step(b)
+        torch.cuda.synchronize()
+        acts = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+        with torch.profiler.profile(activities=acts) as prof:
+            for b in batches[5:]:
+                step(b)
+            torch.cuda.synchronize()
+    finally:
+        step.close()
+    events = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
+    kernel_us = sum(e.self_device_time_total for e in events) / 5
+    launches = sum(e.count for e in events) / 5
+    rows = sorted(events, key=lambda e: -e.self_device_time_total)[:top]
+    return {"options": options, "batch": batch, "gpu_us_per_step": kernel_us,
+            "kernels_per_step": launches,
+            "top": [{"name": e.key[:90], "us_per_step": e.self_device_time_total / 5,
+                     "calls_per_step": e.count / 5} for e in rows]}
+
+
+def environment(device: torch.device) -> dict:
+    env = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
+           "torch": torch.__version__, "python": platform.python_version(),
+           "cpu_cores": os.cpu_count(), "platform": platform.platform(),
+           "device": str(device)}
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        env.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1),
+                   sms=props.multi_processor_count, cuda=torch.version.cuda)
+    return env
+
+
+def table(results: dict) -> str:
+    lines = [f"{'variant':<22}{'B':>6}{'ex/s':>12}{'x eager':>9}{'x NASRec':>10}"
+             f"{'step ms':>9}{'warmup s':>10}  loss"]
+    for b, per in results["throughput"].items():
+        base = per.get("eager", {}).get("examples_per_s")
+        for name, r in per.items():
+            if "error" in r:
+                lines.append(f"{name:<22}{b:>6}  {r['error'][:70]}")
+                continue
+            v = r["examples_per_s"]
+            ratio = f"{v / base:9.2f}" if base else f"{'-':>9}"
+            ref = NASREC_REFERENCE.get(int(b))
+            vs_ref = f"{v / ref:10.2f}" if ref else f"{'-':>10}"
+            lines.append(f"{name:<22}{b:>6}{v:>12,.0f}{ratio}{vs_ref}{r['step_ms']:>9.2f}"
+                         f"{r['warmup_s']:>10.1f}  {r['final_loss']:.4f}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--batch-sizes", type=int, nargs="+", default=[4096, 512])
+    ap.add_argument("--variants", nargs="+", default=None, choices=sorted(VARIANTS),
+                    help="default: all on CUDA, %s on CPU" % ", ".join(CPU_VARIANTS))
+    ap.add_argument("--chunk", type=int, default=None, help="steps per timed chunk")
+    ap.add_argument("--chunks", type=int, default=None, help="timed chunks")
+    ap.add_argument("--warmup-chunks", type=int, default=1)
+    ap.add_argument("--rows", type=int, default=None, help="random train rows on the device")
+    ap.add_argument("--ne-steps", type=int, default=None, help="0: no NE check")
+    ap.add_argument("--ne-variants", nargs="+", default=None, choices=sorted(VARIANTS))
+    ap.add_argument("--profile", action="store_true", help="kernel table of the best path")
+    ap.add_argument("--budget-s", type=float, default=480.0,
+                    help="skip what is left after this many seconds")
+    ap.add_argument("--out", type=Path, required=True, help="JSON results path")
+    args = ap.parse_args(argv)
+
+    device = torch.device(args.device)
+    gpu = device.type == "cuda"
+    variants = args.variants or (list(VARIANTS) if gpu else list(CPU_VARIANTS))
+    variants = [v for v in variants if gpu or not VARIANTS[v].get("cuda_graph")]
+    chunk = args.chunk or (25 if gpu else 2)
+    chunks = args.chunks or (8 if gpu else 2)
+    rows = args.rows or (2**21 if gpu else 2**16)
+    ne_steps = args.ne_steps if args.ne_steps is not None else (300 if gpu else 0)
+    ne_variants = args.ne_variants or (["eager", "compile+graph", "compile+graph+bf16",
+                                        "compile+graph+tf32"] if gpu else
+                                       ["eager", "compile+index+bf16"])
+    torch._dynamo.config.cache_size_limit = 64
+    t_start = time.perf_counter()
+
+    space = load_space("nasrec_full")
+    arch = load_arch(space)
+    schema = criteo_schema()
+    env = environment(device)
+    print(json.dumps(env), flush=True)
+    ceil = ceilings(device)
+    print("ceilings:", {k: f"{v:.3g}" for k, v in ceil.items()}, flush=True)
+    probe = build_model(space, arch, schema)
+    results: dict = {"environment": env, "ceilings": ceil, "nasrec_reference": NASREC_REFERENCE,
+                     "target_examples_per_s": TARGET,
+                     "model": {"params": sum(p.numel() for p in probe.parameters()),
+                               "dense_params": sum(p.numel() for p in probe.dense_parameters()),
+                               "table_rows": schema.total_rows},
+                     "floor": {b: floor(space, arch, schema, probe, b, ceil)
+                               for b in args.batch_sizes},
+                     "throughput": {}, "args": {k: str(v) for k, v in vars(args).items()}}
+    del probe
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+
+    def save() -> None:
+        args.out.write_text(json.dumps(results, indent=1, default=str))
+
+    data = random_data(schema, rows, device)
+    plan = [("tp", b) for b in args.batch_sizes[:1]]
+    plan += [("ne", None)] if ne_steps else []
+    plan += [("tp", b) for b in args.batch_sizes[1:]]
+    plan += [("profile", None)] if args.profile and gpu else []
+    for kind, b in plan:
+        if kind == "tp":
+            per = results["throughput"].setdefault(b, {})
+            for name in variants:
+                if time.perf_counter() - t_start > args.budget_s:
+                    per[name] = {"error": "skipped: time budget"}
+                    continue
+                try:
+                    per[name] = throughput(space, arch, schema, data, device, b,
+                                           VARIANTS[name], chunk, chunks, args.warmup_chunks)
+                except Exception as exc:  # noqa: BLE001 - report and go on
+                    traceback.print_exc()
+                    per[name] = {"error": f"{type(exc).__name__}: {exc}"}
+                print(f"B={b} {name}: " + json.dumps(
+                    {k: (round(v, 4) if isinstance(v, float) else v)
+                     for k, v in per[name].items() if k != "chunk_rates"}), flush=True)
+                save()
+        elif kind == "ne" and time.perf_counter() - t_start < args.budget_s:
+            results["ne_check"] = ne_check(space, arch, schema, device,
+                                           args.batch_sizes[0], ne_steps, ne_variants)
+            save()
+        elif kind == "profile" and time.perf_counter() - t_start < args.budget_s:
+            for opts in ({"compile": True, **_INDEX},
+                         {"compile": True, "precision": "bf16", **_INDEX}):
+                try:
+                    prof = profile(space, arch, schema, data, device, args.batch_sizes[0],
+                                   opts, 15)
+                except Exception as exc:  # noqa: BLE001
+                    prof = {"options": opts, "error": f"{type(exc).__name__}: {exc}"}
+                results.setdefault("profile", []).append(prof)
+                print("profile:", json.dumps(prof, indent=0), flush=True)
+            save()
+    results["total_s"] = time.perf_counter() - t_start
+    save()
+    print("\nfloor per step:")
+    for b, fl in results["floor"].items():
+        print(f"  B={b}: " + ", ".join(
+            f"{k}={v:.3g}" for k, v in fl.items() if isinstance(v, float | int)))
+    if "ne_check" in results:
+        print("NE check:", json.dumps(results["ne_check"]))
+    print()
+    print(table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,175 @@
+"""The ``ranknas`` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ranknas.errors import ConfigError, RanknasError
+
+
+def _arch_from_arg(space: Any, spec: str) -> Any:
+    """``random:SEED``, a ranknas architecture JSON file or a NASRec JSON file."""
+    from ranknas.spaces.nasrec_json import from_nasrec_json, is_nasrec_json
+
+    if spec.startswith("random:"):
+        try:
+            seed = int(spec.split(":", 1)[1])
+        except ValueError:
+            raise ConfigError("--arch", f"expected random:SEED with an integer seed, "
+                              f"got {spec!r}") from None
+        return space.sample(random.Random(seed))
+    path = Path(spec)
+    try:
+        doc = json.loads(path.read_text())
+    except OSError as err:
+        raise ConfigError("--arch", f"cannot read {spec!r}: {err.strerror}; give a JSON file "
+                          "or random:SEED") from None
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path.name}:{err.lineno}", f"malformed JSON: {err.msg}") from None
+    if is_nasrec_json(doc):
+        return from_nasrec_json(space, doc, where=path.name)
+    return space.from_json(doc, where=path.name)
+
+
+def cmd_spaces_list(args: argparse.Namespace) -> int:
+    from ranknas.spaces import BUILTIN_SPACES, load_space
+
+    for name in BUILTIN_SPACES:
+        space = load_space(name)
+        print(f"{name:<14} {len(space.choices()):>3} decisions  10^{space.size():<5.1f} "
+              f"{space.description}")
+    return 0
+
+
+def cmd_spaces_show(args: argparse.Namespace) -> int:
+    from ranknas.spaces import load_space
+
+    space = load_space(args.space)
+    arch = space.sample(random.Random(args.seed))
+    graph = space.materialize(arch)
+    if args.json:
+        print(json.dumps({"space": space.name, "version": space.version,
+                          "log10_size": space.size(),
+                          "choices": [c.to_json() for c in space.choices()],
+                          "sample": arch.to_json(), "sample_arch_id": arch.arch_id,
+                          "sample_flops": graph.flops, "sample_params": graph.params}))
+        return 0
+    print(f"space {space.name} v{space.version}: {space.description}")
+    print(f"{len(space.choices())} decisions, about 10^{space.size():.1f} architectures")
+    for c in space.choices():
+        print(f"  {c.name:<22} {c.describe()}")
+    print(f"\nsample (random:{args.seed}), arch_id {arch.arch_id}:")
+    print(json.dumps(arch.to_json()["choices"], indent=1))
+    print(f"\n{graph.summary()}")
+    print(f"\n{graph.flops / 1e6:.3f} MFLOPs/example, {graph.dense_params:,} dense params, "
+          f"{graph.params:,} with embeddings ({graph.schema.name} shape)")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from ranknas.evaluator.data import load_data
+    from ranknas.evaluator.training import TrainConfig, evaluate, train
+    from ranknas.spaces import build_model, load_space
+
+    space = load_space(args.space)
+    arch = _arch_from_arg(space, args.arch)
+    config = TrainConfig(steps=args.steps, batch_size=args.batch_size, optimizer=args.optimizer,
+                         lr=args.lr, seed=args.seed, device=args.device)
+    data = load_data(args.data, rows=args.rows, seed=args.seed)
+    graph = space.materialize(arch, data.schema)
+    model = build_model(space, arch, data.schema, seed=args.seed)
+    bar = tqdm(total=args.steps, desc=f"train {arch.arch_id}", unit="step", file=sys.stderr,
+               disable=args.quiet)
+
+    def progress(info: dict) -> None:
+        bar.n = info["step"]
+        bar.set_postfix(loss=f"{info['loss']:.4f}")
+        bar.refresh()
+
+    result = train(model, data, config, progress=progress)
+    bar.close()
+    metrics = evaluate(model, data.valid, data.background_ctr)
+    out = {"space": space.name, "arch_id": arch.arch_id, "data": args.data,
+           "ne": metrics["ne"], "logloss": metrics["logloss"], "auc": metrics["auc"],
+           "calibration": metrics["calibration"], "flops": graph.flops,
+           "params": graph.params, "dense_params": graph.dense_params,
+           "examples": result.examples, "seconds": result.seconds,
+           "examples_per_second": result.examples_per_second, "steps": result.steps,
+           "device": args.device}
+    if args.json:
+        print(json.dumps(out))
+    else:
+        print(f"{space.name} {arch.arch_id} on {args.data}: NE {out['ne']:.4f}  "
+              f"logloss {out['logloss']:.4f}  AUC {out['auc']:.4f}  "
+              f"calibration {out['calibration']:.3f}")
+        print(f"{graph.flops / 1e6:.3f} MFLOPs/example, {graph.params:,} params; "
+              f"{result.examples:,} examples in {result.seconds:.1f} s "
+              f"({result.examples_per_second:,.0f}/s on {args.device})")
+    return 0
+
+
+def cmd_data_fetch(args: argparse.Namespace) -> int:
+    from ranknas.evaluator.data.fetch import fetch_dataset
+
+    path = fetch_dataset(args.name)
+    print(f"{args.name} is in {path}; use --data movielens:{path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ranknas", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    spaces = sub.add_parser("spaces", help="list and inspect search spaces")
+    spaces_sub = spaces.add_subparsers(dest="action", required=True)
+    spaces_sub.add_parser("list", help="built-in spaces").set_defaults(func=cmd_spaces_list)
+    show = spaces_sub.add_parser("show", help="decisions, size and one sampled architecture")
+    show.add_argument("space", help="built-in name or FILE.yaml")
+    show.add_argument("--seed", type=int, default=0)
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(func=cmd_spaces_show)
+
+    tr = sub.add_parser("train", help="train one architecture from scratch and score it")
+    tr.add_argument("--space", required=True, help="built-in name or FILE.yaml")
+    tr.add_argument("--arch", default="random:0",
+                    help="ARCH.json, NASRec JSON, or random:SEED (default random:0)")
+    tr.add_argument("--data", default="synthetic",
+                    help="synthetic | criteo:PATH | avazu:PATH | movielens:PATH")
+    tr.add_argument("--rows", type=int, default=200_000, help="synthetic rows / rows to read")
+    tr.add_argument("--steps", type=int, default=1000)
+    tr.add_argument("--batch-size", type=int, default=1024)
+    tr.add_argument("--optimizer", default="adagrad", choices=["adagrad", "adam", "sgd"])
+    tr.add_argument("--lr", type=float, default=0.05)
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    tr.add_argument("--json", action="store_true", help="print one JSON object")
+    tr.add_argument("--quiet", action="store_true", help="no progress bar")
+    tr.set_defaults(func=cmd_train)
+
+    data = sub.add_parser("data", help="datasets")
+    data_sub = data.add_subparsers(dest="action", required=True)
+    fetch = data_sub.add_parser("fetch", help="download a dataset into the cache")
+    fetch.add_argument("name", choices=["movielens-100k"])
+    fetch.set_defaults(func=cmd_data_fetch)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except RanknasError as err:
+        print(f"ranknas: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,329 @@
+"""One training step of :func:`ranknas.evaluator.training.train`, plain or fast.
+
+The plain step is eager PyTorch: ``torch.sparse`` embedding gradients and ``torch.optim``
+optimizers. The opt-in fast paths (``TrainConfig`` fields, see ``training.py``) are:
+
+- ``embedding_update="index"``: every sparse ``nn.Embedding`` lookup returns a detached leaf,
+  so backward stops at the ``[.., E]`` rows looked up; :class:`IndexAdagrad` then sums duplicate
+  rows with a sort, a cumsum and ``index_add_`` (fixed shapes: no ``unique``/``coalesce``, no
+  host sync) and applies exactly the update of ``torch.optim.Adagrad`` (or SGD) on a sparse
+  gradient. Dense parameters get the same math through ``torch._foreach_*`` kernels.
+- ``compile=True``: ``torch.compile`` of the model; the embedding lookup is kept out of the
+  compiled region (a sparse gradient cannot be compiled), everything after it is one graph.
+- ``precision``: ``tf32`` matmuls, or ``bf16`` autocast of the forward (loss in float32).
+- ``cuda_graph=True``: after a few eager warm-up steps, the whole step (forward, backward,
+  optimizer) is captured once in a CUDA graph and replayed for every batch of the same size.
+
+A batch of another size than the first (the trimmed last batch of an ``examples`` budget) runs
+eagerly, uncompiled and outside the graph, so it never triggers a recompile or a capture.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ranknas.errors import ConfigError
+from ranknas.evaluator.data.schema import Batch
+
+__all__ = ["IndexAdagrad", "TrainStep", "build_optimizers", "clip_grad_norm_",
+           "precision_context", "split_parameters"]
+
+PRECISIONS = ("fp32", "tf32", "bf16")
+EMBEDDING_UPDATES = ("sparse", "index")
+GRAPH_WARMUP_STEPS = 3  # eager steps (on a side stream) before the CUDA graph is captured
+
+
+def split_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """Split trainable parameters into (dense, sparse): sparse = weights of sparse embeddings."""
+    sparse_ids = {id(m.weight) for m in _sparse_embeddings(model)}
+    dense, sparse, seen = [], [], set()
+    for p in model.parameters():
+        if not p.requires_grad or id(p) in seen:
+            continue
+        seen.add(id(p))
+        (sparse if id(p) in sparse_ids else dense).append(p)
+    return dense, sparse
+
+
+def _sparse_embeddings(model: nn.Module) -> list[nn.Embedding | nn.EmbeddingBag]:
+    return [m for m in model.modules()
+            if isinstance(m, nn.Embedding | nn.EmbeddingBag) and m.sparse]
+
+
+def build_optimizers(model: nn.Module, cfg: Any) -> list[torch.optim.Optimizer]:
+    """``torch.optim`` optimizers of the plain step: dense and sparse parameters apart."""
+    dense, sparse = split_parameters(model)
+    opts: list[torch.optim.Optimizer] = []
+    slr = cfg.effective_sparse_lr
+    if cfg.optimizer == "adagrad":
+        if dense:
+            opts.append(torch.optim.Adagrad(dense, lr=cfg.lr, eps=cfg.eps,
+                                            weight_decay=cfg.weight_decay))
+        if sparse:
+            opts.append(torch.optim.Adagrad(sparse, lr=slr, eps=cfg.eps))
+    elif cfg.optimizer == "adam":
+        if dense:
+            opts.append(torch.optim.Adam(dense, lr=cfg.lr, eps=cfg.eps,
+                                         weight_decay=cfg.weight_decay))
+        if sparse:
+            opts.append(torch.optim.SparseAdam(sparse, lr=slr, eps=cfg.eps))
+    else:
+        if dense:
+            opts.append(torch.optim.SGD(dense, lr=cfg.lr, weight_decay=cfg.weight_decay))
+        if sparse:
+            opts.append(torch.optim.SGD(sparse, lr=slr))
+    if not opts:
+        raise ConfigError("model", "has no trainable parameters")
+    return opts
+
+
+def clip_grad_norm_(params: list[nn.Parameter], max_norm: float,
+                    extra: list[torch.Tensor] = ()) -> torch.Tensor:
+    """Clip the global grad norm in place, sparse grads included; return the norm (0-dim).
+
+    ``torch.nn.utils.clip_grad_norm_`` cannot take sparse gradients, hence this version. Sparse
+    grads are coalesced first (duplicate rows would otherwise be counted apart); the optimizers
+    coalesce anyway, so this costs nothing extra. ``extra``: further gradient tensors (the
+    coalesced rows of the index path), scaled in place too. No host sync.
+    """
+    norms = []
+    for p in params:
+        if p.grad is None:
+            continue
+        if p.grad.is_sparse:
+            p.grad = p.grad.coalesce()
+            norms.append(torch.linalg.vector_norm(p.grad._values()))
+        else:
+            norms.append(torch.linalg.vector_norm(p.grad))
+    norms.extend(torch.linalg.vector_norm(g) for g in extra)
+    if not norms:
+        return torch.zeros(())
+    total = torch.linalg.vector_norm(torch.stack(norms))
+    coef = (max_norm / (total + 1e-6)).clamp(max=1.0)
+    for g in [p.grad for p in params if p.grad is not None] + list(extra):
+        g.mul_(coef)
+    return total
+
+
+@contextmanager
+def precision_context(precision: str) -> Iterator[None]:
+    """``tf32``: float32 matmuls on TF32 tensor cores while inside; restored after."""
+    if precision != "tf32":
+        yield
+        return
+    before = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
+    torch.set_float32_matmul_precision("high")
+    torch.backends.cudnn.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(before[0])
+        torch.backends.cudnn.allow_tf32 = before[1]
+
+
+class IndexAdagrad:
+    """Adagrad (or SGD) on the rows of one embedding table looked up in a step.
+
+    Same math as ``torch.optim.Adagrad`` on a sparse gradient (``lr_decay=0``): duplicate rows
+    are summed first, then ``state += g*g`` and ``w -= lr * g / (sqrt(state) + eps)``. Built
+    from fixed-shape ops (sort, cumsum, ``index_add_``), so it never syncs with the host and can
+    be captured in a CUDA graph. The row list is padded to the number of lookups with row 0 and
+    a zero gradient, which leaves every row it touches unchanged.
+    """
+
+    def __init__(self, weight: nn.Parameter, lr: float, eps: float, adagrad: bool = True) -> None:
+        self.weight, self.lr, self.eps = weight, lr, eps
+        self.state = torch.zeros_like(weight, memory_format=torch.contiguous_format) \
+            if adagrad else None
+
+    def coalesce(self, ids: torch.Tensor,
+                 grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(rows [N], grad sums [N, E])`` of ``N`` lookups ``ids`` with row grads ``grad``.
+
+        Row ``segment[i]`` of the sorted lookups gets the sum of its duplicates; entries past
+        the number of distinct rows stay (row 0, zero gradient).
+        """
+        flat = ids.reshape(-1)
+        grad = grad.reshape(flat.numel(), -1)
+        small = self.weight.shape[0] <= torch.iinfo(torch.int32).max
+        sorted_keys, order = torch.sort(flat.int() if small else flat)  # int32 sorts faster
+        is_new = torch.ones_like(sorted_keys, dtype=torch.bool)
+        is_new[1:] = sorted_keys[1:] != sorted_keys[:-1]
+        segment = torch.cumsum(is_new, 0) - 1
+        sums = torch.zeros_like(grad).index_add_(0, segment, grad.index_select(0, order))
+        rows = torch.zeros_like(flat).scatter_(0, segment, flat.index_select(0, order))
+        return rows, sums
+
+    @torch.no_grad()
+    def step(self, rows: torch.Tensor, sums: torch.Tensor) -> None:
+        if self.state is None:  # SGD
+            self.weight.index_add_(0, rows, sums, alpha=-self.lr)
+            return
+        self.state.index_add_(0, rows, sums * sums)
+        std = self.state.index_select(0, rows).sqrt_().add_(self.eps)
+        self.weight.index_add_(0, rows, sums / std, alpha=-self.lr)
+
+
+class _ForeachDense:
+    """``torch.optim.Adagrad`` / ``SGD`` math (no lr decay, no momentum) on dense parameters,
+    as ``torch._foreach_*`` kernels with no host-side state: capturable in a CUDA graph."""
+
+    def __init__(self, params: list[nn.Parameter], cfg: Any) -> None:
+        self.params, self.lr, self.eps, self.wd = params, cfg.lr, cfg.eps, cfg.weight_decay
+        self.sums = ([torch.zeros_like(p) for p in params] if cfg.optimizer == "adagrad"
+                     else None)
+
+    @torch.no_grad()
+    def step(self) -> None:
+        live = [i for i, p in enumerate(self.params) if p.grad is not None]
+        if not live:
+            return
+        params = [self.params[i] for i in live]
+        grads = [p.grad for p in params]
+        if self.wd:
+            grads = torch._foreach_add(grads, params, alpha=self.wd)
+        if self.sums is None:
+            torch._foreach_add_(params, grads, alpha=-self.lr)
+            return
+        sums = [self.sums[i] for i in live]
+        torch._foreach_addcmul_(sums, grads, grads)
+        std = torch._foreach_sqrt(sums)
+        torch._foreach_add_(std, self.eps)
+        torch._foreach_addcdiv_(params, grads, std, value=-self.lr)
+
+
+class TrainStep:
+    """``step(batch) -> (loss, grad norm or None)``: one optimizer step, both 0-dim on device.
+
+    Call :meth:`close` when done: it restores the embedding modules' ``forward``.
+    """
+
+    def __init__(self, model: nn.Module, cfg: Any, device: torch.device) -> None:
+        self.model, self.cfg, self.device = model, cfg, device
+        self.index = cfg.embedding_update == "index"
+        self.autocast = (torch.autocast(device.type, dtype=torch.bfloat16)
+                         if cfg.precision == "bf16" else nullcontext())
+        dense, sparse = split_parameters(model)
+        self.params = dense + sparse
+        self._patched: list[nn.Module] = []
+        self._lookups: dict[nn.Module, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        if self.index:
+            if cfg.optimizer not in ("adagrad", "sgd"):
+                raise ConfigError("embedding_update", "'index' supports optimizer adagrad or "
+                                  f"sgd, got {cfg.optimizer!r}")
+            self.dense_opt = _ForeachDense(dense, cfg)
+            self.tables: dict[nn.Module, IndexAdagrad] = {}
+            for m in _sparse_embeddings(model):
+                self._check_indexable(m)
+                self.tables[m] = IndexAdagrad(m.weight, cfg.effective_sparse_lr, cfg.eps,
+                                              adagrad=cfg.optimizer == "adagrad")
+                self._patch(m, self._leaf_lookup(m))
+            if not dense and not self.tables:
+                raise ConfigError("model", "has no trainable parameters")
+        else:
+            self.optimizers = build_optimizers(model, cfg)
+            if cfg.compile:  # a sparse gradient cannot go through the compiled graph
+                for m in _sparse_embeddings(model):
+                    self._patch(m, m.forward)
+        self.compiled = torch.compile(model, dynamic=False) if cfg.compile else model
+        self.size: int | None = None  # the batch size compiled / captured for
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.calls = 0
+
+    # -- embedding lookups ---------------------------------------------------------------
+    @staticmethod
+    def _check_indexable(m: nn.Module) -> None:
+        if not isinstance(m, nn.Embedding) or m.padding_idx is not None \
+                or m.max_norm is not None or m.scale_grad_by_freq:
+            raise ConfigError("embedding_update", "'index' supports plain sparse nn.Embedding "
+                              f"tables (no padding_idx/max_norm/scale_grad_by_freq), got {m}")
+
+    def _patch(self, module: nn.Module, fn: Any) -> None:
+        module.forward = torch.compiler.disable(fn)
+        self._patched.append(module)
+
+    def _leaf_lookup(self, module: nn.Embedding) -> Any:
+        def lookup(ids: torch.Tensor) -> torch.Tensor:
+            rows = F.embedding(ids, module.weight.detach()).requires_grad_()
+            self._lookups.setdefault(module, []).append((ids, rows))
+            return rows
+        return lookup
+
+    def close(self) -> None:
+        for m in self._patched:
+            del m.forward
+        self._patched.clear()
+
+    # -- the step ------------------------------------------------------------------------
+    def _step(self, batch: Batch, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+        self._lookups.clear()
+        with self.autocast:
+            logits = model(batch.dense, batch.sparse)
+        if logits.shape != batch.labels.shape:
+            raise ConfigError("model", f"must return logits of shape [B]={[len(batch)]}, "
+                              f"got {list(logits.shape)}")
+        loss = F.binary_cross_entropy_with_logits(logits.float(), batch.labels.float())
+        if not self.index:
+            for opt in self.optimizers:
+                opt.zero_grad(set_to_none=True)  # sparse grads must not accumulate
+            loss.backward()
+            norm = (clip_grad_norm_(self.params, self.cfg.grad_clip)
+                    if self.cfg.grad_clip is not None else None)
+            for opt in self.optimizers:
+                opt.step()
+            return loss.detach(), norm
+        for p in self.dense_opt.params:
+            p.grad = None
+        loss.backward()
+        rows = {m: self.tables[m].coalesce(torch.cat([i.reshape(-1) for i, _ in looks]),
+                                         torch.cat([r.grad.reshape(-1, r.shape[-1])
+                                                    for _, r in looks]))
+                for m, looks in self._lookups.items()}
+        self._lookups.clear()
+        norm = None
+        if self.cfg.grad_clip is not None:
+            norm = clip_grad_norm_(self.dense_opt.params, self.cfg.grad_clip,
+                                   [s for _, s in rows.values()])
+        self.dense_opt.step()
+        for m, (r, s) in rows.items():
+            self.tables[m].step(r, s)
+        return loss.detach(), norm
+
+    def __call__(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.size is None:
+            self.size = len(batch)
+        if len(batch) != self.size:  # e.g. the trimmed last batch: eager, uncompiled
+            return self._step(batch, self.model)
+        if not self.cfg.cuda_graph:
+            return self._step(batch, self.compiled)
+        return self._graph_step(batch)
+
+    def _graph_step(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
+        self.calls += 1
+        if self.graph is None and self.calls <= GRAPH_WARMUP_STEPS:
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                out = self._step(batch, self.compiled)
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            return out
+        if self.graph is None:
+            self.static = Batch(batch.dense.clone(), batch.sparse.clone(),
+                                batch.labels.clone())
+            for p in self.params:
+                p.grad = None
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.out = self._step(self.static, self.compiled)
+        else:
+            self.static.dense.copy_(batch.dense)
+            self.static.sparse.copy_(batch.sparse)
+            self.static.labels.copy_(batch.labels)
+        self.graph.replay()
+        return self.out
