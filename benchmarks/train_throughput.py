@@ -32,11 +32,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ranknas.evaluator.data.base import CTRData  # noqa: E402
-from ranknas.evaluator.data.schema import Batch, DataSchema  # noqa: E402
-from ranknas.evaluator.training import TrainConfig, evaluate, train  # noqa: E402
-from ranknas.spaces import build_model, load_space  # noqa: E402
-from ranknas.spaces.nasrec_json import from_nasrec_json  # noqa: E402
+from ranknas.evaluator.data.base import CTRData
+from ranknas.evaluator.data.schema import Batch, DataSchema
+from ranknas.evaluator.training import TrainConfig, evaluate, train
+from ranknas.spaces import build_model, load_space
+from ranknas.spaces.nasrec_json import from_nasrec_json
 
 #: Criteo Kaggle (Display Advertising Challenge) rows per sparse field C1..C26.
 CRITEO_CARDINALITIES = (
@@ -86,16 +86,17 @@ VARIANTS: dict[str, dict] = {
     "eager": {},
     "compile+graph+bf16": {"compile": True, "precision": "bf16", **_GRAPH},
     "compile+graph": {"compile": True, **_GRAPH},
-    "compile+graph+tf32": {"compile": True, "precision": "tf32", **_GRAPH},
     "graph": dict(_GRAPH),
     "compile": {"compile": True},
-    "compile+index": {"compile": True, **_INDEX},
+    "compile+graph+tf32": {"compile": True, "precision": "tf32", **_GRAPH},
     "index": dict(_INDEX),
+    "compile+index": {"compile": True, **_INDEX},
     "eager+tf32": {"precision": "tf32"},
-    "eager+bf16": {"precision": "bf16"},
 }
-CPU_VARIANTS = ("eager", "index", "compile+index", "compile+index+bf16")
+GPU_VARIANTS = tuple(VARIANTS)
+VARIANTS["eager+bf16"] = {"precision": "bf16"}
 VARIANTS["compile+index+bf16"] = {"compile": True, "precision": "bf16", **_INDEX}
+CPU_VARIANTS = ("eager", "index", "compile+index", "compile+index+bf16")
 
 
 def criteo_schema() -> DataSchema:
@@ -165,21 +166,22 @@ def ceilings(device: torch.device) -> dict:
     """Copy bandwidth (read + write bytes / s) and matmul rates (FLOP/s) on random data."""
     if device.type != "cuda":
         return {}
-    x = torch.randn(2**28, device=device)  # 1 GiB
-    y = torch.empty_like(x)
-    out = {"copy_bytes_per_s": 2 * x.numel() * 4 / _cuda_time(lambda: y.copy_(x), 10)}
-    del x, y
+    src = torch.randn(2**28, device=device)  # 1 GiB
+    dst = torch.empty_like(src)
+    out = {"copy_bytes_per_s": 2 * src.numel() * 4 / _cuda_time(lambda: dst.copy_(src), 10)}
+    src = dst = None
     n = 8192
     for name, dtype, tf32 in (("fp32", torch.float32, False), ("tf32", torch.float32, True),
                               ("bf16", torch.bfloat16, False)):
         a = torch.randn(n, n, device=device, dtype=dtype)
         b = torch.randn(n, n, device=device, dtype=dtype)
-        before = torch.backends.cuda.matmul.allow_tf32
-        torch.backends.cuda.matmul.allow_tf32 = tf32
+        before = torch.get_float32_matmul_precision()
+        torch.set_float32_matmul_precision("high" if tf32 else "highest")
         try:
-            out[f"matmul_{name}_flop_per_s"] = 2 * n**3 / _cuda_time(lambda: a @ b, 5)
+            out[f"matmul_{name}_flop_per_s"] = 2 * n**3 / _cuda_time(
+                lambda a=a, b=b: a @ b, 5)
         finally:
-            torch.backends.cuda.matmul.allow_tf32 = before
+            torch.set_float32_matmul_precision(before)
     return out
 
 
@@ -262,7 +264,7 @@ def ne_check(space, arch, schema, device, batch: int, steps: int, variants: list
             metrics = evaluate(model, data.valid, data.background_ctr)
             out[name] = {"final_train_loss": res.final_loss, "valid_ne": metrics["ne"],
                          "valid_auc": metrics["auc"], "examples_per_s": res.examples_per_second}
-        except Exception as exc:  # noqa: BLE001 - report and go on
+        except Exception as exc:  # report and go on
             out[name] = {"error": f"{type(exc).__name__}: {exc}"}
         print(f"  ne-check {name}: {out[name]}", flush=True)
         del model
@@ -336,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[4096, 512])
     ap.add_argument("--variants", nargs="+", default=None, choices=sorted(VARIANTS),
-                    help="default: all on CUDA, %s on CPU" % ", ".join(CPU_VARIANTS))
+                    help=f"default: all on CUDA, {', '.join(CPU_VARIANTS)} on CPU")
     ap.add_argument("--chunk", type=int, default=None, help="steps per timed chunk")
     ap.add_argument("--chunks", type=int, default=None, help="timed chunks")
     ap.add_argument("--warmup-chunks", type=int, default=1)
@@ -351,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
 
     device = torch.device(args.device)
     gpu = device.type == "cuda"
-    variants = args.variants or (list(VARIANTS) if gpu else list(CPU_VARIANTS))
+    variants = list(args.variants or (GPU_VARIANTS if gpu else CPU_VARIANTS))
     variants = [v for v in variants if gpu or not VARIANTS[v].get("cuda_graph")]
     chunk = args.chunk or (25 if gpu else 2)
     chunks = args.chunks or (8 if gpu else 2)
@@ -360,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     ne_variants = args.ne_variants or (["eager", "compile+graph", "compile+graph+bf16",
                                         "compile+graph+tf32"] if gpu else
                                        ["eager", "compile+index+bf16"])
-    torch._dynamo.config.cache_size_limit = 64
+    torch._dynamo.config.cache_size_limit = 64  # fresh models per variant: no silent eager
     t_start = time.perf_counter()
 
     space = load_space("nasrec_full")
@@ -400,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
                 try:
                     per[name] = throughput(space, arch, schema, data, device, b,
                                            VARIANTS[name], chunk, chunks, args.warmup_chunks)
-                except Exception as exc:  # noqa: BLE001 - report and go on
+                except Exception as exc:  # report and go on
                     traceback.print_exc()
                     per[name] = {"error": f"{type(exc).__name__}: {exc}"}
                 print(f"B={b} {name}: " + json.dumps(
@@ -417,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
                 try:
                     prof = profile(space, arch, schema, data, device, args.batch_sizes[0],
                                    opts, 15)
-                except Exception as exc:  # noqa: BLE001
+                except Exception as exc:
                     prof = {"options": opts, "error": f"{type(exc).__name__}: {exc}"}
                 results.setdefault("profile", []).append(prof)
                 print("profile:", json.dumps(prof, indent=0), flush=True)

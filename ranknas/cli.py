@@ -65,7 +65,8 @@ def cmd_spaces_show(args: argparse.Namespace) -> int:
     for c in space.choices():
         print(f"  {c.name:<22} {c.describe()}")
     print(f"\nsample (random:{args.seed}), arch_id {arch.arch_id}:")
-    print(json.dumps(arch.to_json()["choices"], indent=1))
+    for name, value in arch.to_json()["choices"].items():
+        print(f"  {name} = {value}")
     print(f"\n{graph.summary()}")
     print(f"\n{graph.flops / 1e6:.3f} MFLOPs/example, {graph.dense_params:,} dense params, "
           f"{graph.params:,} with embeddings ({graph.schema.name} shape)")
@@ -124,6 +125,59 @@ def cmd_data_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_search(args: argparse.Namespace) -> int:
+    from ranknas.config import load_config
+    from ranknas.search import run_search
+
+    config = load_config(args.config, args.set or ())
+    out = run_search(config, args.out, resume=args.resume, progress=not args.quiet)
+    _print_outputs(out, config.tracking.get("uri"))
+    return 0
+
+
+def _print_outputs(out: Path, uri: str | None, export: Path | None = None) -> None:
+    from ranknas.reports.tracking import local_tracking_uri
+
+    print(f"report:  {out / 'report' / 'report.html'}")
+    if export is not None:
+        print(f"exports: {export}")
+    print(f"trials:  {out / 'trials.jsonl'}")
+    print(f"runs:    mlflow ui --backend-store-uri {uri or local_tracking_uri(out)}")
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from ranknas.reports.report import write_report
+
+    print(write_report(Path(args.dir)))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from ranknas.reports.export import export_front
+
+    paths = export_front(Path(args.dir), Path(args.out), train_examples=args.train_examples,
+                         device=args.device)
+    for path in paths:
+        print(path)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from ranknas.demo import run_demo
+
+    out, export = run_demo(Path(args.out), quiet=args.quiet)
+    _print_outputs(out, None, export)
+    return 0
+
+
+def cmd_strategies_list(args: argparse.Namespace) -> int:
+    from ranknas.strategies.registry import describe_strategies
+
+    for name, origin, doc in describe_strategies():
+        print(f"{name:<12} {origin:<24} {doc}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ranknas", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -153,6 +207,37 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--json", action="store_true", help="print one JSON object")
     tr.add_argument("--quiet", action="store_true", help="no progress bar")
     tr.set_defaults(func=cmd_train)
+
+    se = sub.add_parser("search", help="run the strategies of an experiment config")
+    se.add_argument("config", help="experiment YAML (see examples/experiment.yaml)")
+    se.add_argument("--out", required=True, help="output folder")
+    se.add_argument("--resume", action="store_true", help="continue a killed search in --out")
+    se.add_argument("--set", action="append", metavar="KEY=VALUE",
+                    help="override a config field, e.g. --set budget.trials=10")
+    se.add_argument("--quiet", action="store_true")
+    se.set_defaults(func=cmd_search)
+
+    rep = sub.add_parser("report", help="write the HTML report of a search folder")
+    rep.add_argument("dir")
+    rep.set_defaults(func=cmd_report)
+
+    ex = sub.add_parser("export", help="retrain and export the Pareto-optimal models")
+    ex.add_argument("dir", help="search output folder")
+    ex.add_argument("--out", required=True, help="export folder")
+    ex.add_argument("--train-examples", type=int, default=None,
+                    help="from-scratch training budget (default: the search's per-trial one)")
+    ex.add_argument("--device", default="cpu")
+    ex.set_defaults(func=cmd_export)
+
+    demo = sub.add_parser("demo", help="the main job: search, report and export on synthetic data")
+    demo.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
+    demo.add_argument("--quiet", action="store_true")
+    demo.set_defaults(func=cmd_demo)
+
+    st = sub.add_parser("strategies", help="NAS strategies")
+    st_sub = st.add_subparsers(dest="action", required=True)
+    st_sub.add_parser("list", help="every registered strategy, plugins included"
+                      ).set_defaults(func=cmd_strategies_list)
 
     data = sub.add_parser("data", help="datasets")
     data_sub = data.add_subparsers(dest="action", required=True)

@@ -11,6 +11,9 @@ optimizers. The opt-in fast paths (``TrainConfig`` fields, see ``training.py``) 
 - ``compile=True``: ``torch.compile`` of the model; the embedding lookup is kept out of the
   compiled region (a sparse gradient cannot be compiled), everything after it is one graph.
 - ``precision``: ``tf32`` matmuls, or ``bf16`` autocast of the forward (loss in float32).
+- ``fused_attention=True``: ``nn.MultiheadAttention`` self-attention with small heads runs as
+  one Triton kernel per (example, head) forward and backward (:func:`tiny_head_attention`),
+  instead of materialising the ``[heads, L, L]`` scores and probabilities several times.
 - ``cuda_graph=True``: after a few eager warm-up steps, the whole step (forward, backward,
   optimizer) is captured once in a CUDA graph and replayed for every batch of the same size.
 
@@ -20,6 +23,7 @@ eagerly, uncompiled and outside the graph, so it never triggers a recompile or a
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any
@@ -32,7 +36,8 @@ from ranknas.errors import ConfigError
 from ranknas.evaluator.data.schema import Batch
 
 __all__ = ["IndexAdagrad", "TrainStep", "build_optimizers", "clip_grad_norm_",
-           "precision_context", "split_parameters"]
+           "fused_self_attention", "precision_context", "split_parameters",
+           "tiny_head_attention"]
 
 PRECISIONS = ("fp32", "tf32", "bf16")
 EMBEDDING_UPDATES = ("sparse", "index")
@@ -198,10 +203,208 @@ class _ForeachDense:
         torch._foreach_addcdiv_(params, grads, std, value=-self.lr)
 
 
+# -- fused self-attention for tiny heads ----------------------------------------------------
+#: Calls the fused kernel takes (others fall back to nn.MultiheadAttention): tokens, head dim.
+FUSED_MAX_TOKENS, FUSED_MAX_HEAD_DIM = 128, 8
+
+
+def _split_qkv(qkv: torch.Tensor, heads: int) -> tuple[torch.Tensor, ...]:
+    """Packed ``[B, L, 3E]`` (q | k | v, heads contiguous in each) -> three ``[B, h, L, d]``."""
+    b, n, e3 = qkv.shape
+    return qkv.view(b, n, 3, heads, e3 // 3 // heads).permute(2, 0, 3, 1, 4).unbind(0)
+
+
+@torch.library.custom_op("ranknas::tiny_head_attention", mutates_args=())
+def tiny_head_attention(qkv: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax self-attention of packed ``qkv [B, L, 3E]``: ``(out [B, L, E], lse [B*h, L])``.
+
+    Same math as ``nn.MultiheadAttention`` between its in- and out-projections (scale
+    ``1/sqrt(d)``, no mask, no dropout). On CUDA one Triton program per (example, head) keeps
+    the ``[L, L]`` scores in registers; elsewhere this PyTorch reference runs.
+    """
+    q, k, v = (t.float() for t in _split_qkv(qkv, heads))
+    s = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+    lse = torch.logsumexp(s, dim=-1)
+    out = torch.exp(s - lse[..., None]) @ v
+    b, n = qkv.shape[:2]
+    return (out.transpose(1, 2).reshape(b, n, -1).to(qkv.dtype),
+            lse.reshape(b * heads, n).contiguous())
+
+
+@torch.library.custom_op("ranknas::tiny_head_attention_backward", mutates_args=())
+def tiny_head_attention_backward(qkv: torch.Tensor, out: torch.Tensor, grad: torch.Tensor,
+                                 lse: torch.Tensor, heads: int) -> torch.Tensor:
+    """``d loss / d qkv`` of :func:`tiny_head_attention`, from ``grad = d loss / d out``."""
+    q, k, v = (t.float() for t in _split_qkv(qkv, heads))
+    b, n = qkv.shape[:2]
+    scale = 1 / math.sqrt(q.shape[-1])
+    p = torch.exp(q @ k.transpose(-1, -2) * scale - lse.view(b, heads, n, 1))
+    do = grad.float().view(b, n, heads, -1).transpose(1, 2)
+    o = out.float().view(b, n, heads, -1).transpose(1, 2)
+    dv = p.transpose(-1, -2) @ do
+    ds = p * (do @ v.transpose(-1, -2) - (do * o).sum(-1, keepdim=True)) * scale
+    dq, dk = ds @ k, ds.transpose(-1, -2) @ q
+    return torch.stack([dq, dk, dv], 2).permute(0, 3, 2, 1, 4).reshape(qkv.shape).to(qkv.dtype)
+
+
+@tiny_head_attention.register_fake
+def _(qkv: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tensor]:
+    b, n, e3 = qkv.shape
+    return qkv.new_empty(b, n, e3 // 3), qkv.new_empty(b * heads, n, dtype=torch.float32)
+
+
+@tiny_head_attention_backward.register_fake
+def _(qkv: torch.Tensor, out: torch.Tensor, grad: torch.Tensor, lse: torch.Tensor,
+      heads: int) -> torch.Tensor:
+    return torch.empty_like(qkv)
+
+
+def _attention_setup(ctx: Any, inputs: tuple, output: tuple) -> None:
+    ctx.save_for_backward(inputs[0], output[0], output[1])
+    ctx.heads = inputs[1]
+
+
+def _attention_grad(ctx: Any, grad_out: torch.Tensor, grad_lse: torch.Tensor) -> tuple:
+    qkv, out, lse = ctx.saved_tensors
+    return tiny_head_attention_backward(qkv, out, grad_out.contiguous(), lse, ctx.heads), None
+
+
+tiny_head_attention.register_autograd(_attention_grad, setup_context=_attention_setup)
+
+
+def _triton_attention() -> Any:
+    """The Triton kernels (imported on first CUDA use: CPU-only installs have no Triton)."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def fwd(qkv_ptr, o_ptr, lse_ptr, n, scale, H: tl.constexpr, D: tl.constexpr,
+            BLOCK: tl.constexpr):
+        pid = tl.program_id(0)
+        e = H * D
+        row = tl.arange(0, BLOCK)
+        ok = row < n
+        base = qkv_ptr + (pid // H) * n * 3 * e + (pid % H) * D + row * 3 * e
+        s = tl.zeros((BLOCK, BLOCK), dtype=tl.float32)
+        for d in tl.static_range(D):  # S = Q K^T as D rank-1 updates: D is 1..8
+            q = tl.load(base + d, mask=ok, other=0.0).to(tl.float32)
+            k = tl.load(base + e + d, mask=ok, other=0.0).to(tl.float32)
+            s += q[:, None] * k[None, :]
+        s = tl.where(ok[None, :], s * scale, float("-inf"))
+        m = tl.max(s, axis=1)
+        p = tl.exp(s - m[:, None])
+        total = tl.sum(p, axis=1)
+        p = p / total[:, None]
+        out = o_ptr + (pid // H) * n * e + (pid % H) * D + row * e
+        for d in tl.static_range(D):
+            v = tl.load(base + 2 * e + d, mask=ok, other=0.0).to(tl.float32)
+            tl.store(out + d, tl.sum(p * v[None, :], axis=1).to(o_ptr.dtype.element_ty),
+                     mask=ok)
+        tl.store(lse_ptr + pid * n + row, m + tl.log(total), mask=ok)
+
+    @triton.jit
+    def bwd(qkv_ptr, o_ptr, do_ptr, lse_ptr, dqkv_ptr, n, scale, H: tl.constexpr,
+            D: tl.constexpr, BLOCK: tl.constexpr):
+        pid = tl.program_id(0)
+        e = H * D
+        row = tl.arange(0, BLOCK)
+        ok = row < n
+        base = qkv_ptr + (pid // H) * n * 3 * e + (pid % H) * D + row * 3 * e
+        dbase = dqkv_ptr + (pid // H) * n * 3 * e + (pid % H) * D + row * 3 * e
+        obase = (pid // H) * n * e + (pid % H) * D + row * e
+        s = tl.zeros((BLOCK, BLOCK), dtype=tl.float32)
+        dp = tl.zeros((BLOCK, BLOCK), dtype=tl.float32)
+        delta = tl.zeros((BLOCK,), dtype=tl.float32)
+        for d in tl.static_range(D):
+            q = tl.load(base + d, mask=ok, other=0.0).to(tl.float32)
+            k = tl.load(base + e + d, mask=ok, other=0.0).to(tl.float32)
+            v = tl.load(base + 2 * e + d, mask=ok, other=0.0).to(tl.float32)
+            do = tl.load(do_ptr + obase + d, mask=ok, other=0.0).to(tl.float32)
+            o = tl.load(o_ptr + obase + d, mask=ok, other=0.0).to(tl.float32)
+            s += q[:, None] * k[None, :]
+            dp += do[:, None] * v[None, :]
+            delta += do * o
+        lse = tl.load(lse_ptr + pid * n + row, mask=ok, other=0.0)
+        p = tl.where(ok[:, None] & ok[None, :], tl.exp(s * scale - lse[:, None]), 0.0)
+        ds = p * (dp - delta[:, None]) * scale
+        ty = dqkv_ptr.dtype.element_ty
+        for d in tl.static_range(D):
+            q = tl.load(base + d, mask=ok, other=0.0).to(tl.float32)
+            k = tl.load(base + e + d, mask=ok, other=0.0).to(tl.float32)
+            do = tl.load(do_ptr + obase + d, mask=ok, other=0.0).to(tl.float32)
+            tl.store(dbase + d, tl.sum(ds * k[None, :], axis=1).to(ty), mask=ok)
+            tl.store(dbase + e + d, tl.sum(ds * q[:, None], axis=0).to(ty), mask=ok)
+            tl.store(dbase + 2 * e + d, tl.sum(p * do[:, None], axis=0).to(ty), mask=ok)
+
+    return triton, fwd, bwd
+
+
+_TRITON: list = []
+
+
+def _launch(qkv: torch.Tensor, heads: int) -> tuple[Any, Any, tuple, dict]:
+    if not _TRITON:
+        _TRITON.extend(_triton_attention())
+    triton, fwd, bwd = _TRITON
+    b, n, e3 = qkv.shape
+    d = e3 // 3 // heads
+    block = max(16, triton.next_power_of_2(n))
+    meta = {"H": heads, "D": d, "BLOCK": block, "num_warps": 4 if block <= 64 else 8}
+    return fwd, bwd, (b * heads,), {"n": n, "scale": 1 / math.sqrt(d), **meta}
+
+
+@tiny_head_attention.register_kernel("cuda")
+def _(qkv: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tensor]:
+    qkv = qkv.contiguous()
+    b, n, e3 = qkv.shape
+    out = qkv.new_empty(b, n, e3 // 3)
+    lse = qkv.new_empty(b * heads, n, dtype=torch.float32)
+    fwd, _, grid, meta = _launch(qkv, heads)
+    fwd[grid](qkv, out, lse, **meta)
+    return out, lse
+
+
+@tiny_head_attention_backward.register_kernel("cuda")
+def _(qkv: torch.Tensor, out: torch.Tensor, grad: torch.Tensor, lse: torch.Tensor,
+      heads: int) -> torch.Tensor:
+    qkv = qkv.contiguous()
+    dqkv = torch.empty_like(qkv)
+    _, bwd, grid, meta = _launch(qkv, heads)
+    bwd[grid](qkv, out.contiguous(), grad.contiguous(), lse, dqkv, **meta)
+    return dqkv
+
+
+def fused_self_attention(module: nn.MultiheadAttention) -> Any:
+    """A ``forward`` for ``module`` that runs :func:`tiny_head_attention` on the calls it can
+    take (self-attention, batch first, no mask, no weights, no dropout, small heads) and the
+    module's own forward on the others."""
+    original = module.forward
+
+    def forward(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                key_padding_mask: torch.Tensor | None = None, need_weights: bool = True,
+                attn_mask: torch.Tensor | None = None, average_attn_weights: bool = True,
+                is_causal: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        plain = (query is not key or key is not value or query.dim() != 3 or need_weights
+                 or key_padding_mask is not None or attn_mask is not None or is_causal
+                 or not module.batch_first or not module._qkv_same_embed_dim
+                 or module.in_proj_bias is None or module.bias_k is not None
+                 or (module.dropout > 0 and module.training)
+                 or query.shape[1] > FUSED_MAX_TOKENS or module.head_dim > FUSED_MAX_HEAD_DIM)
+        if plain:
+            return original(query, key, value, key_padding_mask=key_padding_mask,
+                            need_weights=need_weights, attn_mask=attn_mask,
+                            average_attn_weights=average_attn_weights, is_causal=is_causal)
+        qkv = F.linear(query, module.in_proj_weight, module.in_proj_bias)
+        out, _ = tiny_head_attention(qkv, module.num_heads)
+        return F.linear(out, module.out_proj.weight, module.out_proj.bias), None
+
+    return forward
+
+
 class TrainStep:
     """``step(batch) -> (loss, grad norm or None)``: one optimizer step, both 0-dim on device.
 
-    Call :meth:`close` when done: it restores the embedding modules' ``forward``.
+    Call :meth:`close` when done: it restores the patched modules' ``forward``.
     """
 
     def __init__(self, model: nn.Module, cfg: Any, device: torch.device) -> None:
@@ -231,6 +434,10 @@ class TrainStep:
             if cfg.compile:  # a sparse gradient cannot go through the compiled graph
                 for m in _sparse_embeddings(model):
                     self._patch(m, m.forward)
+        if cfg.fused_attention:
+            for m in model.modules():
+                if isinstance(m, nn.MultiheadAttention):
+                    self._patch(m, fused_self_attention(m), compile_ok=True)
         self.compiled = torch.compile(model, dynamic=False) if cfg.compile else model
         self.size: int | None = None  # the batch size compiled / captured for
         self.graph: torch.cuda.CUDAGraph | None = None
@@ -244,8 +451,8 @@ class TrainStep:
             raise ConfigError("embedding_update", "'index' supports plain sparse nn.Embedding "
                               f"tables (no padding_idx/max_norm/scale_grad_by_freq), got {m}")
 
-    def _patch(self, module: nn.Module, fn: Any) -> None:
-        module.forward = torch.compiler.disable(fn)
+    def _patch(self, module: nn.Module, fn: Any, compile_ok: bool = False) -> None:
+        module.forward = fn if compile_ok else torch.compiler.disable(fn)
         self._patched.append(module)
 
     def _leaf_lookup(self, module: nn.Embedding) -> Any:

@@ -30,6 +30,8 @@ class TrialRecord:
         examples_total: The run's cumulative examples after this trial (budget accounting).
         seconds_total: The run's cumulative evaluation seconds after this trial.
         meta: Proposal notes.
+        state: The strategy's ``state_dict()`` right after this trial was told, so that a
+            resumed run continues exactly where the journal ends (one atomic line).
     """
 
     run: str
@@ -40,18 +42,20 @@ class TrialRecord:
     examples_total: int
     seconds_total: float
     meta: dict[str, Any]
+    state: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"run": self.run, "strategy": self.strategy, "trial_id": self.trial_id,
                 "arch": self.arch, "result": self.result.to_json(),
                 "examples_total": self.examples_total, "seconds_total": self.seconds_total,
-                "meta": self.meta}
+                "meta": self.meta, "state": self.state}
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> TrialRecord:
         return cls(obj["run"], obj["strategy"], int(obj["trial_id"]), obj["arch"],
                    EvalResult.from_json(obj["result"]), int(obj["examples_total"]),
-                   float(obj["seconds_total"]), dict(obj.get("meta", {})))
+                   float(obj["seconds_total"]), dict(obj.get("meta", {})),
+                   obj.get("state"))
 
 
 class Journal:

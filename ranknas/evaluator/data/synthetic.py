@@ -61,6 +61,9 @@ class SyntheticConfig:
         num_dense_sparse: (dense feature, sparse field) pairs with a ``x_d * g_f[id]`` effect.
         scales: Standard deviation of each logit term, in order: first-order, 2nd-order,
             3rd-order, dense x sparse, dense nonlinear.
+        interaction_head: Rank r0 after which interaction vectors shrink, by
+            ``(1 + rank / r0) ** -interaction_decay``, so that tail ids carry little interaction.
+        interaction_decay: Exponent of that shrinkage (0 = none).
         dense_missing: Upper bound of the per-feature missing rate (missing dense -> 0).
     """
 
@@ -76,6 +79,8 @@ class SyntheticConfig:
     num_triples: int = 8
     num_dense_sparse: int = 8
     scales: tuple[float, float, float, float, float] = (0.7, 1.0, 0.8, 0.35, 0.45)
+    interaction_head: float = 20.0
+    interaction_decay: float = 0.5
     dense_missing: float = 0.2
     name: str = field(default="synthetic", compare=False)
 
@@ -102,6 +107,8 @@ class SyntheticConfig:
                 raise DataError(name, f"must be >= 0, got {getattr(self, name)}")
         if len(self.scales) != 5 or min(self.scales) < 0:
             raise DataError("scales", "give 5 non-negative term scales")
+        if self.interaction_head <= 0 or self.interaction_decay < 0:
+            raise DataError("interaction_head", "need interaction_head > 0 and decay >= 0")
         if not 0.0 <= self.dense_missing < 1.0:
             raise DataError("dense_missing", f"must lie in [0, 1), got {self.dense_missing}")
 
@@ -251,7 +258,12 @@ def build_teacher(config: SyntheticConfig) -> SyntheticTeacher:
     expo = lo + (hi - lo) * torch.rand(num_fields, generator=gen)
     expo = torch.where((expo - 1.0).abs() < 1e-3, expo + 2e-3, expo)
     # Per field, a random id for each frequency rank (field loop, not an example loop).
-    rank_to_id = torch.cat([torch.randperm(c, generator=gen) for c in config.cardinalities])
+    perms = [torch.randperm(c, generator=gen) for c in config.cardinalities]
+    rank_to_id = torch.cat(perms)
+    rank_of_id = torch.cat([p.argsort() for p in perms]).float()
+    # Interaction vectors shrink along the tail: the interactions live mostly on ids seen often
+    # enough to be learnt, as in real logs where rare ids behave like an average id.
+    shrink = (1.0 + rank_of_id / config.interaction_head).pow(-config.interaction_decay)[:, None]
     pairs = _groups(num_fields, 2, config.num_pairs, gen)
     pair_weights = torch.zeros(num_fields, num_fields)
     pair_weights[pairs[:, 0], pairs[:, 1]] = 0.5 + torch.rand(len(pairs), generator=gen)
@@ -262,8 +274,8 @@ def build_teacher(config: SyntheticConfig) -> SyntheticTeacher:
         offsets=offsets, cardinalities=cards, zipf_exponent=expo, rank_to_id=rank_to_id,
         first=torch.randn(total, generator=gen),
         # Zero-mean factors: interactions carry no first-order signal a linear model could grab.
-        factors2=torch.randn(total, k, generator=gen),
-        factors3=torch.randn(total, k, generator=gen),
+        factors2=torch.randn(total, k, generator=gen) * shrink,
+        factors3=torch.randn(total, k, generator=gen) * shrink,
         pair_weights=pair_weights, triples=triples,
         ds_dense=torch.randint(0, max(num_dense, 1), (m,), generator=gen),
         ds_field=torch.randint(0, num_fields, (m,), generator=gen),

@@ -27,3 +27,13 @@ def dlrm() -> SearchSpace:
     graph = OperatorGraph(blocks, ("top",))
     return SearchSpace("dlrm", graph, OpContext(embedding_dim=16, layernorm=False),
                        description="DLRM: bottom MLP, dot / concat / DCN interaction, top MLP")
+
+
+def dlrm_default(space: SearchSpace | None = None):
+    """The classic DLRM Criteo setting within this space: bottom 512-256-64, dot interaction,
+    top 512-256 (the reference every search result is compared with as ΔNE%)."""
+    space = space or dlrm()
+    return space.canonicalize({
+        "bottom.depth": 3, "bottom.width": 512, "bottom.width.1": 256, "bottom.width.2": 64,
+        "interaction.op": "dot-product",
+        "top.depth": 2, "top.width": 512, "top.width.1": 256})

@@ -1,0 +1,404 @@
+"""Run trials in parallel with Ray Tune, on a local Ray or on a cluster.
+
+Tune owns the loop: it asks its search algorithm for configs and reports finished trials. A
+:class:`_StrategySearcher` adapts those calls to the strategy's ``ask``/``tell`` in the driver
+process, so strategies never import Ray. Each Tune trial evaluates one proposal with
+:func:`_trainable`, which receives the (picklable) job through ``tune.with_parameters``,
+rebuilds the proposal from JSON and reports the :class:`EvalResult` as a JSON string.
+
+With ``workers=1`` Tune runs one trial at a time and ``tell`` lands before the next ``ask``, so
+the sequence of proposals and results is the one :class:`LocalExecutor` gives.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from ranknas.errors import ConfigError
+from ranknas.evaluator.results import EvalResult, Status
+from ranknas.execution.base import Budget, Executor, OnResult, drain_infeasible
+from ranknas.strategies.base import Proposal, Strategy
+
+#: The key under which a trial reports its result (a JSON string: Tune flattens nested dicts).
+RESULT_KEY = "ranknas_result"
+
+# Worker-side caches, so that a reused Tune actor keeps the job's data and evaluator.
+_JOBS: dict[str, Any] = {}
+_SPACES: dict[str, Any] = {}
+
+
+def _import_ray() -> tuple[Any, Any]:
+    try:
+        import ray
+        from ray import tune
+    except ImportError as err:
+        raise ConfigError("executor.name", "the ray executor needs Ray Tune, which is not "
+                          f"installed ({err}): pip install 'ray[tune]'") from err
+    return ray, tune
+
+
+def proposal_to_json(proposal: Proposal) -> dict[str, Any]:
+    """The JSON-able form of a proposal that travels to a Tune trial as its config."""
+    return {"arch": proposal.arch.to_json(), "arch_id": proposal.arch.arch_id,
+            "trial_id": proposal.trial_id, "budget_examples": proposal.budget_examples,
+            "meta": json.loads(json.dumps(dict(proposal.meta)))}
+
+
+def proposal_from_json(obj: Mapping[str, Any], space_name: str | None = None) -> Proposal:
+    """Rebuild a proposal from :func:`proposal_to_json`, checking it against its space.
+
+    Args:
+        obj: The proposal JSON.
+        space_name: A built-in space name or YAML path; default: the architecture's space.
+    """
+    from ranknas.spaces import load_space
+
+    name = space_name or str(obj["arch"]["space"])
+    if name not in _SPACES:
+        _SPACES[name] = load_space(name)
+    return Proposal(_SPACES[name].from_json(obj["arch"]), int(obj["trial_id"]),
+                    obj.get("budget_examples"), obj.get("meta") or {})
+
+
+def _trainable(config: dict[str, Any], job: Any = None, job_key: str = "",
+               threads: int = 0) -> None:
+    """One Tune trial: evaluate ``config["proposal"]`` with ``job`` and report the result.
+
+    Any exception of the job comes back as a ``failed`` result with the error as its reason.
+    ``threads`` (if > 0) sets torch's intra-op threads: CPU kernels sum in a thread-dependent
+    order, so equal results need equal thread counts.
+    """
+    from ray import tune
+
+    if threads > 0:
+        import torch
+
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+    if job_key:
+        if job_key not in _JOBS:
+            _JOBS.clear()
+            _JOBS[job_key] = job
+        job = _JOBS[job_key]
+    payload = config["proposal"]
+    start = time.perf_counter()
+    try:
+        proposal = proposal_from_json(payload, getattr(job, "space", None))
+        result = job(proposal)
+        if not isinstance(result, EvalResult):
+            raise TypeError(f"the job returned {type(result).__name__}, not an EvalResult")
+    except Exception as err:
+        result = EvalResult(payload["arch_id"], Status.FAILED,
+                            seconds=time.perf_counter() - start,
+                            reason=f"{type(err).__name__}: {err}")
+    tune.report({RESULT_KEY: json.dumps(result.to_json())})
+
+
+def _error_reason(trial: Any) -> str:
+    """A one-line reason from an errored Tune trial (a crashed worker, an unpicklable job).
+
+    Tune writes the error next to the trial's local artifacts before telling the searcher, and
+    syncs it to ``storage_path`` only later, so the local copy is read first.
+    """
+    err: Any = None
+    try:
+        local = Path(trial.pickled_error_file or "")
+        if local.is_file():
+            import ray.cloudpickle
+
+            with local.open("rb") as f:
+                err = ray.cloudpickle.load(f)
+        else:
+            err = trial.get_pickled_error() or trial.get_error()
+    except Exception:  # no error file after all: the generic reason will do
+        err = None
+    if err is None:
+        return "ray trial errored"
+    cause = getattr(err, "cause", None) or err
+    lines = [ln.strip() for ln in str(cause).splitlines() if ln.strip()]
+    return f"ray trial errored: {type(cause).__name__}: {lines[0] if lines else ''}"[:1000]
+
+
+_CLASSES: dict[str, type] = {}
+
+
+def _tune_classes() -> dict[str, type]:
+    """The Tune plugin classes, built once Ray is imported (this module imports without Ray).
+
+    They hold their state in attributes, not closures, so that their ``__getstate__`` keeps the
+    strategy and callbacks out of the ``tuner.pkl`` that Tune writes.
+    """
+    if _CLASSES:
+        return _CLASSES
+    from ray.tune import Callback, Stopper
+    from ray.tune.search import Searcher
+
+    class StrategySearcher(Searcher):
+        """Adapts Tune's ``suggest``/``on_trial_complete`` to ``ask``/``tell`` (driver side)."""
+
+        def __init__(self, strategy: Strategy, budget: Budget, on_result: OnResult) -> None:
+            super().__init__()
+            self.strategy, self.budget, self.on_result = strategy, budget, on_result
+            self.live: dict[str, Proposal] = {}
+            self.trials: list = []  # Tune's own trial list, to read an errored trial's reason
+            self.error: BaseException | None = None
+            self.done = False
+
+        def _budget_state(self) -> bool | None:
+            """True: ask; False: finished; None: wait for outstanding trials."""
+            b, live = self.budget, list(self.live.values())
+            if b.exhausted or (b.trials is not None and b.used_trials + len(live) >= b.trials):
+                return False
+            if b.examples is not None and live:
+                mean = b.used_examples / b.used_trials if b.used_trials else 0.0
+                expected = sum(p.budget_examples if p.budget_examples is not None else mean
+                               for p in live)
+                if b.used_examples + expected >= b.examples:
+                    return None
+            return True
+
+        def suggest(self, trial_id: str) -> dict | str | None:
+            if self.error is not None or self.done:
+                return self.FINISHED
+            try:
+                state = self._budget_state()
+                if state is None:
+                    return None
+                proposal = self.strategy.ask() if state else None
+                drain_infeasible(self.strategy, self.on_result)
+            except BaseException as err:  # re-raised in the driver after Tune stops
+                self.error = err
+                return self.FINISHED
+            if proposal is None:
+                self.done = True
+                return self.FINISHED
+            self.live[trial_id] = proposal
+            return {"proposal": proposal_to_json(proposal)}
+
+        def on_trial_complete(self, trial_id: str, result: dict | None = None,
+                              error: bool = False) -> None:
+            proposal = self.live.pop(trial_id, None)
+            if proposal is None or self.error is not None:
+                return
+            if error:
+                trial = next((t for t in self.trials if t.trial_id == trial_id), None)
+                reason = _error_reason(trial) if trial is not None else "ray trial errored"
+                evaluated = EvalResult(proposal.arch.arch_id, Status.FAILED, reason=reason)
+            elif result is None or RESULT_KEY not in result:
+                evaluated = EvalResult(proposal.arch.arch_id, Status.FAILED,
+                                       reason="ray trial ended without reporting a result")
+            else:
+                evaluated = EvalResult.from_json(json.loads(result[RESULT_KEY]))
+            try:
+                self.strategy.tell(proposal, evaluated)
+                self.budget.spend(evaluated)
+                self.on_result(proposal, evaluated)
+            except BaseException as err:
+                self.error = err
+
+        def save(self, checkpoint_path: str) -> None:
+            """No Tune-side state: resume goes through ranknas's own journal."""
+
+        def restore(self, checkpoint_path: str) -> None:
+            """See :meth:`save`."""
+
+        def __getstate__(self) -> dict:
+            return {"_metric": self._metric, "_mode": self._mode}
+
+    class TrialList(Callback):
+        """Lends the searcher Tune's trial list (an errored trial's reason is read from it)."""
+
+        def __init__(self, searcher: StrategySearcher) -> None:
+            self.searcher = searcher
+
+        def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+            self.searcher.trials = trials
+
+        def __getstate__(self) -> dict:
+            return {}
+
+    class Abort(Stopper):
+        """Ends the whole run as soon as the driver side (strategy, ``on_result``) raised."""
+
+        def __init__(self, searcher: StrategySearcher) -> None:
+            self.searcher = searcher
+
+        def __call__(self, trial_id: str, result: dict) -> bool:
+            return False
+
+        def stop_all(self) -> bool:
+            return self.searcher.error is not None
+
+        def __getstate__(self) -> dict:
+            return {}
+
+    _CLASSES.update(searcher=StrategySearcher, callback=TrialList, stopper=Abort)
+    return _CLASSES
+
+
+def _make_searcher(strategy: Strategy, budget: Budget, on_result: OnResult) -> Any:
+    """A Tune ``Searcher`` driving ``strategy``."""
+    return _tune_classes()["searcher"](strategy, budget, on_result)
+
+
+#: Tune settings for a run, unless the user set them: the legacy reporter (the new one prints
+#: a banner even at ``verbose=0``); no trial tracebacks on the console (a failed trial's reason
+#: holds the error, Tune's error.txt under ``storage_path`` the traceback); Ctrl+C raises
+#: KeyboardInterrupt as it does under the local executor, instead of a "resume with Tune" stop.
+_TUNE_ENV = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_PRINT_ALL_TRIAL_ERRORS": "0",
+             "TUNE_DISABLE_SIGINT_HANDLER": "1"}
+
+
+@contextlib.contextmanager
+def _tune_env() -> Iterator[None]:
+    """Set :data:`_TUNE_ENV` for the duration of a run (Tune reads them at run start)."""
+    added = [k for k in _TUNE_ENV if k not in os.environ]
+    os.environ.update({k: _TUNE_ENV[k] for k in added})
+    try:
+        yield
+    finally:
+        for k in added:
+            os.environ.pop(k, None)
+
+
+def _trial_dirname(trial: Any) -> str:
+    return f"trial_{trial.trial_id}"
+
+
+def _job_key(ray: Any, job: Any) -> str:
+    try:
+        return hashlib.sha256(ray.cloudpickle.dumps(job)).hexdigest()[:16]
+    except Exception:
+        return uuid.uuid4().hex[:16]
+
+
+class RayExecutor(Executor):
+    """Evaluates proposals as Ray Tune trials, ``workers`` at a time.
+
+    Args:
+        workers: Trials run at once. With 1 (and no ``address``), trials use the driver's torch
+            thread count, and results match :class:`LocalExecutor`'s exactly.
+        address: A Ray cluster to join (``"auto"``, ``"ray://host:10001"``, ...); None starts a
+            local Ray with ``workers * cpus_per_trial`` CPUs (unless Ray is already running in
+            this process, which is then used as is).
+        cpus_per_trial: CPUs reserved for each trial.
+        gpus_per_trial: GPUs reserved for each trial (fractions share a GPU).
+        storage_path: Where Tune keeps its own result files; None: a temporary folder, removed
+            by :meth:`close`.
+
+    Raises:
+        ConfigError: A bad setting, or Ray Tune is not installed (raised at :meth:`run`).
+    """
+
+    def __init__(self, workers: int = 1, address: str | None = None, cpus_per_trial: float = 1,
+                 gpus_per_trial: float = 0, storage_path: str | None = None) -> None:
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise ConfigError("executor.workers", f"expected an integer >= 1, got {workers!r}")
+        if not isinstance(cpus_per_trial, int | float) or not cpus_per_trial > 0:
+            raise ConfigError("executor.cpus_per_trial",
+                              f"expected a number > 0, got {cpus_per_trial!r}")
+        if not isinstance(gpus_per_trial, int | float) or not gpus_per_trial >= 0:
+            raise ConfigError("executor.gpus_per_trial",
+                              f"expected a number >= 0, got {gpus_per_trial!r}")
+        if address is not None and (not isinstance(address, str) or not address):
+            raise ConfigError("executor.address",
+                              f"expected a Ray address such as 'auto', got {address!r}")
+        self.workers = workers
+        self.address = address
+        self.cpus_per_trial = float(cpus_per_trial)
+        self.gpus_per_trial = float(gpus_per_trial)
+        self.storage_path = storage_path
+        self._started_ray = False
+        self._tmp_storage: str | None = None
+
+    def _connect(self) -> tuple[Any, Any]:
+        ray, tune = _import_ray()
+        if not ray.is_initialized():
+            quiet = {"log_to_driver": False, "logging_level": logging.ERROR}
+            if self.address is not None:
+                ray.init(address=self.address, **quiet)
+            else:
+                ray.init(num_cpus=math.ceil(self.workers * self.cpus_per_trial),
+                         include_dashboard=False, **quiet)
+            self._started_ray = True
+        for name in ("ray.tune", "ray.train", "ray.air"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+        return ray, tune
+
+    def _storage(self) -> str:
+        if self.storage_path is not None:
+            path = Path(self.storage_path).expanduser().resolve()
+            path.mkdir(parents=True, exist_ok=True)
+            return str(path)
+        if self._tmp_storage is None:
+            self._tmp_storage = tempfile.mkdtemp(prefix="ranknas-ray-")
+        return self._tmp_storage
+
+    def _trial_threads(self) -> int:
+        """Torch threads per trial: the driver's own count for one local worker (so that
+        results match :class:`LocalExecutor`'s bit for bit), else the CPUs reserved."""
+        if self.workers == 1 and self.address is None:
+            import torch
+
+            return torch.get_num_threads()
+        return max(1, int(self.cpus_per_trial))
+
+    def run(self, strategy: Strategy, job: Callable[[Proposal], EvalResult], budget: Budget,
+            on_result: OnResult) -> None:
+        """Run ``strategy`` until it stops asking or ``budget`` is spent.
+
+        Every finished trial is told to the strategy, spent from the budget and passed to
+        ``on_result`` in this process, in completion order. A trial whose job raised or whose
+        worker crashed comes back ``failed`` with the error as its reason. An exception raised
+        by the strategy or ``on_result`` stops the run and is raised here.
+        """
+        ray, tune = self._connect()
+        from ray.tune.search import ConcurrencyLimiter
+
+        if budget.exhausted:
+            return
+        classes = _tune_classes()
+        searcher = classes["searcher"](strategy, budget, on_result)
+        trainable = tune.with_resources(
+            tune.with_parameters(_trainable, job=job, job_key=_job_key(ray, job),
+                                 threads=self._trial_threads()),
+            {"cpu": self.cpus_per_trial, "gpu": self.gpus_per_trial})
+        stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        name = f"{strategy.name or type(strategy).__name__}-{stamp}"
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                search_alg=ConcurrencyLimiter(searcher, max_concurrent=self.workers),
+                num_samples=-1, reuse_actors=True, trial_dirname_creator=_trial_dirname),
+            run_config=tune.RunConfig(
+                name=name, storage_path=self._storage(), verbose=0,
+                stop=classes["stopper"](searcher), callbacks=[classes["callback"](searcher)],
+                failure_config=tune.FailureConfig(max_failures=0),
+                checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=False)))
+        with _tune_env():
+            tuner.fit()
+        if searcher.error is not None:
+            raise searcher.error
+
+    def close(self) -> None:
+        """Shut Ray down if this executor started it; remove the temporary storage."""
+        if self._started_ray:
+            import ray
+
+            ray.shutdown()
+            self._started_ray = False
+        if self._tmp_storage is not None:
+            shutil.rmtree(self._tmp_storage, ignore_errors=True)
+            self._tmp_storage = None
