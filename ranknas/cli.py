@@ -136,13 +136,13 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def _print_outputs(out: Path, uri: str | None, export: Path | None = None) -> None:
-    from ranknas.reports.tracking import local_tracking_uri
+    from ranknas.reports.tracking import local_store_uri
 
     print(f"report:  {out / 'report' / 'report.html'}")
     if export is not None:
         print(f"exports: {export}")
     print(f"trials:  {out / 'trials.jsonl'}")
-    print(f"runs:    mlflow ui --backend-store-uri {uri or local_tracking_uri(out)}")
+    print(f"runs:    mlflow ui --backend-store-uri {uri or local_store_uri(out)}")
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -247,8 +247,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_libraries() -> None:
+    """Hide messages a user can do nothing about."""
+    import logging
+    import warnings
+
+    # torch's sparse Adagrad warns that invariant checks are off, which is their default.
+    warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
+    logging.getLogger("optuna").setLevel(logging.WARNING)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _quiet_libraries()
     try:
         return args.func(args)
     except RanknasError as err:

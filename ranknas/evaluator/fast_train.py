@@ -209,8 +209,10 @@ FUSED_MAX_TOKENS, FUSED_MAX_HEAD_DIM = 128, 8
 
 
 def _split_qkv(qkv: torch.Tensor, heads: int) -> tuple[torch.Tensor, ...]:
-    """Packed ``[B, L, 3E]`` (q | k | v, heads contiguous in each) -> three ``[B, h, L, d]``."""
+    """Packed ``[B, L, 3E]`` (q | k | v, heads contiguous in each) -> three ``[B, h, L, d]``,
+    in float32 at least (float64 stays)."""
     b, n, e3 = qkv.shape
+    qkv = qkv.to(torch.promote_types(qkv.dtype, torch.float32))
     return qkv.view(b, n, 3, heads, e3 // 3 // heads).permute(2, 0, 3, 1, 4).unbind(0)
 
 
@@ -220,9 +222,13 @@ def tiny_head_attention(qkv: torch.Tensor, heads: int) -> tuple[torch.Tensor, to
 
     Same math as ``nn.MultiheadAttention`` between its in- and out-projections (scale
     ``1/sqrt(d)``, no mask, no dropout). On CUDA one Triton program per (example, head) keeps
-    the ``[L, L]`` scores in registers; elsewhere this PyTorch reference runs.
+    the ``[L, L]`` scores in registers; elsewhere (and for float64) this PyTorch reference runs.
     """
-    q, k, v = (t.float() for t in _split_qkv(qkv, heads))
+    return _attention_reference(qkv, heads)
+
+
+def _attention_reference(qkv: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tensor]:
+    q, k, v = _split_qkv(qkv, heads)
     s = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
     lse = torch.logsumexp(s, dim=-1)
     out = torch.exp(s - lse[..., None]) @ v
@@ -235,12 +241,17 @@ def tiny_head_attention(qkv: torch.Tensor, heads: int) -> tuple[torch.Tensor, to
 def tiny_head_attention_backward(qkv: torch.Tensor, out: torch.Tensor, grad: torch.Tensor,
                                  lse: torch.Tensor, heads: int) -> torch.Tensor:
     """``d loss / d qkv`` of :func:`tiny_head_attention`, from ``grad = d loss / d out``."""
-    q, k, v = (t.float() for t in _split_qkv(qkv, heads))
+    return _attention_reference_backward(qkv, out, grad, lse, heads)
+
+
+def _attention_reference_backward(qkv: torch.Tensor, out: torch.Tensor, grad: torch.Tensor,
+                                  lse: torch.Tensor, heads: int) -> torch.Tensor:
+    q, k, v = _split_qkv(qkv, heads)
     b, n = qkv.shape[:2]
     scale = 1 / math.sqrt(q.shape[-1])
-    p = torch.exp(q @ k.transpose(-1, -2) * scale - lse.view(b, heads, n, 1))
-    do = grad.float().view(b, n, heads, -1).transpose(1, 2)
-    o = out.float().view(b, n, heads, -1).transpose(1, 2)
+    p = torch.exp(q @ k.transpose(-1, -2) * scale - lse.view(b, heads, n, 1).to(q.dtype))
+    do = grad.to(q.dtype).view(b, n, heads, -1).transpose(1, 2)
+    o = out.to(q.dtype).view(b, n, heads, -1).transpose(1, 2)
     dv = p.transpose(-1, -2) @ do
     ds = p * (do @ v.transpose(-1, -2) - (do * o).sum(-1, keepdim=True)) * scale
     dq, dk = ds @ k, ds.transpose(-1, -2) @ q
@@ -250,7 +261,11 @@ def tiny_head_attention_backward(qkv: torch.Tensor, out: torch.Tensor, grad: tor
 @tiny_head_attention.register_fake
 def _(qkv: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tensor]:
     b, n, e3 = qkv.shape
-    return qkv.new_empty(b, n, e3 // 3), qkv.new_empty(b * heads, n, dtype=torch.float32)
+    return qkv.new_empty(b, n, e3 // 3), qkv.new_empty(b * heads, n, dtype=_lse_dtype(qkv))
+
+
+def _lse_dtype(qkv: torch.Tensor) -> torch.dtype:
+    return torch.promote_types(qkv.dtype, torch.float32)
 
 
 @tiny_head_attention_backward.register_fake
@@ -355,6 +370,8 @@ def _launch(qkv: torch.Tensor, heads: int) -> tuple[Any, Any, tuple, dict]:
 
 @tiny_head_attention.register_kernel("cuda")
 def _(qkv: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tensor]:
+    if qkv.dtype == torch.float64:
+        return _attention_reference(qkv, heads)
     qkv = qkv.contiguous()
     b, n, e3 = qkv.shape
     out = qkv.new_empty(b, n, e3 // 3)
@@ -367,6 +384,8 @@ def _(qkv: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tensor]:
 @tiny_head_attention_backward.register_kernel("cuda")
 def _(qkv: torch.Tensor, out: torch.Tensor, grad: torch.Tensor, lse: torch.Tensor,
       heads: int) -> torch.Tensor:
+    if qkv.dtype == torch.float64:
+        return _attention_reference_backward(qkv, out, grad, lse, heads)
     qkv = qkv.contiguous()
     dqkv = torch.empty_like(qkv)
     _, bwd, grid, meta = _launch(qkv, heads)

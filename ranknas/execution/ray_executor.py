@@ -1,10 +1,11 @@
 """Run trials in parallel with Ray Tune, on a local Ray or on a cluster.
 
 Tune owns the loop: it asks its search algorithm for configs and reports finished trials. A
-:class:`_StrategySearcher` adapts those calls to the strategy's ``ask``/``tell`` in the driver
-process, so strategies never import Ray. Each Tune trial evaluates one proposal with
-:func:`_trainable`, which receives the (picklable) job through ``tune.with_parameters``,
-rebuilds the proposal from JSON and reports the :class:`EvalResult` as a JSON string.
+Tune ``Searcher`` (``StrategySearcher``, see :func:`_tune_classes`) adapts those calls to the
+strategy's ``ask``/``tell`` in the driver process, so strategies never import Ray. Each Tune
+trial evaluates one proposal with :func:`_trainable`, which receives the (picklable) job
+through ``tune.with_parameters``, rebuilds the proposal from JSON and reports the
+:class:`EvalResult` as a JSON string.
 
 With ``workers=1`` Tune runs one trial at a time and ``tell`` lands before the next ``ask``, so
 the sequence of proposals and results is the one :class:`LocalExecutor` gives.
@@ -290,7 +291,7 @@ class RayExecutor(Executor):
     Args:
         workers: Trials run at once. With 1 (and no ``address``), trials use the driver's torch
             thread count, and results match :class:`LocalExecutor`'s exactly.
-        address: A Ray cluster to join (``"auto"``, ``"ray://host:10001"``, ...); None starts a
+        address: A Ray cluster to join as a driver (``"auto"``, ``"host:6379"``); None starts a
             local Ray with ``workers * cpus_per_trial`` CPUs (unless Ray is already running in
             this process, which is then used as is).
         cpus_per_trial: CPUs reserved for each trial.
@@ -315,6 +316,10 @@ class RayExecutor(Executor):
         if address is not None and (not isinstance(address, str) or not address):
             raise ConfigError("executor.address",
                               f"expected a Ray address such as 'auto', got {address!r}")
+        if address is not None and address.startswith("ray://"):
+            raise ConfigError("executor.address", "Ray Client addresses (ray://) would run Tune "
+                              "away from the strategy; run the search on a cluster node with "
+                              "address 'auto' (or the head's host:port)")
         self.workers = workers
         self.address = address
         self.cpus_per_trial = float(cpus_per_trial)

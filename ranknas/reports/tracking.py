@@ -11,19 +11,27 @@ decides where artifacts go.
 Resume: the ids of the experiment and parent run are kept in ``OUT/mlflow_run.json``. Starting
 again on the same folder re-opens that parent run and reads back which (run, trial_id) pairs
 already have a complete nested run (tag ``ranknas.logged``), so a resumed search logs each trial
-once. A nested run left half-written by a killed process is deleted and logged again.
+once. A nested run left half-written by a killed process is deleted and logged again, and
+:meth:`MlflowTracker.start_study` back-fills every journaled trial (``OUT/trials.jsonl``) that
+has no nested run yet.
+
+Failures: :meth:`MlflowTracker.check` reports an unreachable store before any training. An error
+later (the server went away) never stops the search: it is logged as a warning, tracking stops
+for the rest of the process (``tracker.failure`` says why; no retry storm per trial) and the
+next ``--resume`` back-fills the missing trials from the journal.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -32,6 +40,7 @@ from ranknas.errors import ConfigError
 from ranknas.evaluator.results import Status
 from ranknas.execution.journal import TrialRecord
 
+_log = logging.getLogger(__name__)
 STATE_FILE = "mlflow_run.json"
 PARENT_TAG = "mlflow.parentRunId"
 _MAX_KEY = 250
@@ -114,7 +123,8 @@ class NullTracker:
     def check(self) -> None:
         """Nothing to reach."""
 
-    def start_study(self, config: Mapping[str, Any], *, resume: bool = True) -> None:
+    def start_study(self, config: Mapping[str, Any], *, resume: bool = True,
+                    backfill: bool = True) -> None:
         """Nothing to start."""
 
     def log_trial(self, record: TrialRecord, choices: Mapping[str, Any] | None = None) -> bool:
@@ -157,6 +167,7 @@ class MlflowTracker:
         self.experiment_id: str | None = None
         self.parent_run_id: str | None = None
         self.logged: set[tuple[str, int]] = set()
+        self.failure: str | None = None  # set when logging failed mid-study; logging stops
         self._client: Any = None
 
     # -- connection -------------------------------------------------------------------------
@@ -227,7 +238,8 @@ class MlflowTracker:
         same_store = state.get("local") if self.local else state.get("tracking_uri") == self.uri
         return state if same_store and state.get("experiment") == self.experiment else None
 
-    def start_study(self, config: Mapping[str, Any], *, resume: bool = True) -> None:
+    def start_study(self, config: Mapping[str, Any], *, resume: bool = True,
+                    backfill: bool = True) -> None:
         """Create or get the experiment and open the study's parent run.
 
         Args:
@@ -235,8 +247,18 @@ class MlflowTracker:
                 artifact ``config.json``.
             resume: Re-open the parent run recorded in ``OUT/mlflow_run.json`` when it still
                 exists in this store, and remember which trials it already holds.
+            backfill: Then log every trial of ``OUT/trials.jsonl`` not logged yet (trials a
+                killed search journaled but never logged, or logged while tracking was down).
         """
+        self._open(config, resume)
+        if backfill:
+            from ranknas.execution.journal import Journal
+
+            self.sync(Journal(self.out_dir / "trials.jsonl"))
+
+    def _open(self, config: Mapping[str, Any], resume: bool) -> None:
         mlflow = _mlflow()
+        self.failure = None
         state = self._state() if resume else None
         if state is not None:
             try:
@@ -301,13 +323,36 @@ class MlflowTracker:
             choices: Architecture decisions for params; default ``record.arch["choices"]``.
 
         Returns:
-            True when a run was written, False when the trial was logged before.
+            True when a run was written; False when the trial was logged before or tracking
+            has stopped after an error (see :attr:`failure`).
         """
-        mlflow = _mlflow()
         parent = self._require_study()
         key = (record.run, record.trial_id)
-        if key in self.logged:
+        if key in self.logged or self.failure is not None:
             return False
+        if not self._guard(lambda: self._log_trial(parent, record, choices)):
+            return False
+        self.logged.add(key)
+        return True
+
+    def _guard(self, fn: Callable[[], Any]) -> bool:
+        """Run a logging call; on any error record it, warn once and stop tracking."""
+        if self.failure is not None:
+            return False
+        try:
+            fn()
+        except Exception as err:  # tracking must never stop a search; the journal has it all
+            text = str(err).strip()
+            self.failure = f"{type(err).__name__}: {text.splitlines()[0] if text else ''}"
+            _log.warning("MLflow logging stopped after an error (%s); the search goes on and "
+                         "`--resume` back-fills the missing trials from trials.jsonl",
+                         self.failure)
+            return False
+        return True
+
+    def _log_trial(self, parent: str, record: TrialRecord,
+                   choices: Mapping[str, Any] | None) -> None:
+        mlflow = _mlflow()
         res = record.result
         tags = {PARENT_TAG: parent, "ranknas.run": record.run,
                 "ranknas.strategy": record.strategy, "ranknas.trial_id": str(record.trial_id),
@@ -334,8 +379,6 @@ class MlflowTracker:
         self.client.set_tag(run_id, "ranknas.logged", "true")
         with _quiet_urls():
             self.client.set_terminated(run_id, _RUN_STATUS[res.status])
-        self.logged.add(key)
-        return True
 
     def sync(self, records: Iterable[TrialRecord]) -> int:
         """Log every record not yet logged (back-fill after a resume); returns how many."""
@@ -346,16 +389,17 @@ class MlflowTracker:
         parent = self._require_study()
         path = Path(path)
         if path.is_dir():
-            self.client.log_artifacts(parent, str(path), artifact_path)
+            self._guard(lambda: self.client.log_artifacts(parent, str(path), artifact_path))
         elif path.is_file():
-            self.client.log_artifact(parent, str(path), artifact_path)
+            self._guard(lambda: self.client.log_artifact(parent, str(path), artifact_path))
         else:
             raise ConfigError(str(path), "no such file or folder to log")
 
     def end_study(self, status: str = "FINISHED") -> None:
         """Close the parent run (``FINISHED``, ``FAILED`` or ``KILLED``)."""
         if self.parent_run_id is not None:
-            self.client.set_terminated(self.parent_run_id, status)
+            parent = self.parent_run_id
+            self._guard(lambda: self.client.set_terminated(parent, status))
 
 
 def make_tracker(tracking: Mapping[str, Any] | None, out_dir: str | Path,

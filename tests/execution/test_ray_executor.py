@@ -126,6 +126,8 @@ def test_settings_are_validated():
         RayExecutor(cpus_per_trial=0)
     with pytest.raises(ConfigError, match=r"executor\.gpus_per_trial"):
         RayExecutor(gpus_per_trial=-1)
+    with pytest.raises(ConfigError, match="Ray Client"):
+        RayExecutor(address="ray://head:10001")
 
 
 def test_missing_ray_says_how_to_install(monkeypatch):

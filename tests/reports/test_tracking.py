@@ -100,23 +100,49 @@ def test_local_store_logs_and_resumes_without_duplicates(tmp_path, records, help
     assert (out / "mlruns").is_dir() and (out / "mlflow.db").is_file()
 
     resumed = MlflowTracker(None, out, "study-a")
-    resumed.start_study(config)
+    resumed.start_study(config, backfill=False)
     assert resumed.parent_run_id == parent_id
     assert len(resumed.logged) == half
-    assert resumed.sync(records) == len(records) - half
+    assert resumed.sync(records[:-1]) == len(records) - half - 1
+    # The next resume back-fills what the journal holds but MLflow lacks.
+    helpers.write_study(out, records, config)
+    resumed = MlflowTracker(None, out, "study-a")
+    resumed.start_study(config)
+    assert resumed.parent_run_id == parent_id and len(resumed.logged) == len(records)
     resumed.end_study("FINISHED")
     _check_study(client, resumed, records, config)
     parent = client.get_run(parent_id)
-    assert parent.info.status == "FINISHED" and parent.data.tags["ranknas.resumes"] == "1"
+    assert parent.info.status == "FINISHED" and parent.data.tags["ranknas.resumes"] == "2"
     assert "note.txt" in [a.path.split("/")[-1] for a in client.list_artifacts(parent_id,
                                                                               "report")]
     # Without resume a new parent run is opened in the same experiment.
     fresh = MlflowTracker(None, out, "study-a")
-    fresh.start_study(config, resume=False)
+    fresh.start_study(config, resume=False, backfill=False)
     assert fresh.parent_run_id != parent_id and not fresh.logged
     state = json.loads((out / STATE_FILE).read_text())
     assert state["parent_run_id"] == fresh.parent_run_id
     assert "mlflow ui --backend-store-uri sqlite:///" in fresh.ui_command()
+
+
+def test_errors_mid_study_stop_tracking_not_the_search(tmp_path, records, caplog):
+    tracker = MlflowTracker(None, tmp_path, "x")
+    with pytest.raises(ConfigError, match="start_study"):
+        tracker.log_trial(records[0])
+    class Broken:
+        calls = 0
+
+        def __getattr__(self, name):
+            Broken.calls += 1
+            raise mlflow.exceptions.MlflowException("API request failed: connection refused")
+
+    tracker._client = Broken()
+    tracker.parent_run_id, tracker.experiment_id = "parent", "0"
+    assert tracker.log_trial(records[0]) is False
+    assert tracker.failure and "MLflow logging stopped" in caplog.text
+    assert tracker.log_trial(records[1]) is False  # no retry per trial
+    tracker.log_artifacts(tmp_path)
+    tracker.end_study()
+    assert Broken.calls == 1
 
 
 def test_unreachable_server_fails_fast(tmp_path):
@@ -131,6 +157,7 @@ def test_unreachable_server_fails_fast(tmp_path):
 
 def test_tracking_server(mlflow_server, tmp_path, records, helpers):
     uri = mlflow_server
+    records = records[:4]  # ok, ok, failed, infeasible: every kind, few round trips
     out = tmp_path / "out"
     config = helpers.study_config()
     tracker = MlflowTracker(uri, out, "server-study")

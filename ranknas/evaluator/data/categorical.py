@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import itertools
 import zlib
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -60,7 +61,7 @@ def tensors_to_data(schema: DataSchema, labels: np.ndarray, dense: np.ndarray,
     den = torch.from_numpy(np.ascontiguousarray(dense, dtype=np.float32))
     spa = torch.from_numpy(np.ascontiguousarray(sparse, dtype=np.int64))
     cuts = (0, n_train, n_train + n_valid, len(labels))
-    parts = [Batch(den[a:b], spa[a:b], lab[a:b]) for a, b in zip(cuts, cuts[1:], strict=False)]
+    parts = [Batch(den[a:b], spa[a:b], lab[a:b]) for a, b in itertools.pairwise(cuts)]
     return CTRData(schema, *parts)
 
 
@@ -82,7 +83,8 @@ class EncodingOptions:
 
     def __post_init__(self) -> None:
         if self.hash_buckets is not None and self.hash_buckets < 2:
-            raise DataError("hash_buckets", f"need >= 2 (row 0 is missing), got {self.hash_buckets}")
+            raise DataError("hash_buckets",
+                            f"need >= 2 (row 0 is missing), got {self.hash_buckets}")
         if self.min_count < 1:
             raise DataError("min_count", f"must be >= 1, got {self.min_count}")
         if self.hash_buckets is not None and self.min_count > 1:

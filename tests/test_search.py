@@ -1,0 +1,97 @@
+"""The main loop end to end, on tiny data: journal, tracking, report, failures and resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from ranknas.config import config_from_dict
+from ranknas.errors import ConfigError
+from ranknas.execution.journal import Journal
+from ranknas.search import run_search
+
+TINY = {
+    "name": "tiny",
+    "space": "dlrm",
+    "data": {"spec": "synthetic", "rows": 3000, "seed": 0},
+    "objectives": ["ne", "flops"],
+    "strategies": [{"name": "random"}, {"name": "evolution", "population": 3, "sample_size": 2}],
+    "budget": {"trials": 3},
+    "train": {"examples": 512, "batch_size": 256},
+}
+
+
+def config(**overrides):
+    return config_from_dict({**TINY, **overrides})
+
+
+def trials(out):
+    return [(r.run, r.trial_id, r.arch, r.result.status.value) for r in Journal(out / "trials.jsonl")]
+
+
+def test_search_writes_journal_tracking_and_report(tmp_path):
+    out = run_search(config(baseline="dlrm-default"), tmp_path / "s", progress=False)
+    records = list(Journal(out / "trials.jsonl"))
+    assert [r.run for r in records].count("random") == 3
+    assert [r.run for r in records].count("evolution") == 3
+    assert all(r.result.ok and 0 < r.result.metrics["ne"] < 2 for r in records)
+    assert json.loads((out / "baseline.json").read_text())["result"]["status"] == "ok"
+    assert (out / "report" / "report.html").stat().st_size > 1000
+    with pytest.raises(ConfigError, match="--resume"):
+        run_search(config(), out, progress=False)
+
+
+def test_diverging_architectures_fail_and_the_search_goes_on(tmp_path):
+    out = run_search(config(train={"examples": 512, "batch_size": 256, "lr": 1e12}),
+                     tmp_path / "s", progress=False)
+    records = list(Journal(out / "trials.jsonl"))
+    assert len(records) == 6
+    failed = [r for r in records if r.result.status.value == "failed"]
+    assert failed and all("diverged" in r.result.reason for r in failed)
+
+
+def test_unreachable_tracking_server_is_reported_before_training(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        run_search(config(tracking={"uri": "http://127.0.0.1:9"}), tmp_path / "s",
+                   progress=False)
+    assert "tracking.uri" in str(err.value)
+    assert not (tmp_path / "s" / "trials.jsonl").exists()
+
+
+def _search(cfg_path, out, *extra):
+    return subprocess.Popen([sys.executable, "-m", "ranknas.cli", "search", str(cfg_path),
+                             "--out", str(out), "--quiet", *extra],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def test_sigkilled_search_resumes_without_rerunning_or_duplicating(tmp_path):
+    cfg = {**TINY, "budget": {"trials": 4}}
+    cfg_path = tmp_path / "exp.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    reference = run_search(config_from_dict(cfg), tmp_path / "ref", progress=False)
+
+    out = tmp_path / "killed"
+    proc = _search(cfg_path, out)
+    journal = out / "trials.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if journal.exists() and journal.read_text().count("\n") >= 3:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.stderr.read().decode()
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = trials(out)
+    assert 3 <= len(done_before) < 8
+
+    resumed = _search(cfg_path, out, "--resume")
+    assert resumed.wait(timeout=300) == 0, resumed.stderr.read().decode()
+    after = trials(out)
+    assert after[: len(done_before)] == done_before  # nothing re-run or rewritten
+    assert len({(run, tid) for run, tid, _, _ in after}) == len(after) == 8
+    assert after == trials(reference)  # same trials as a search never killed
