@@ -31,7 +31,8 @@ def config(**overrides):
 
 
 def trials(out):
-    return [(r.run, r.trial_id, r.arch, r.result.status.value) for r in Journal(out / "trials.jsonl")]
+    journal = Journal(out / "trials.jsonl")
+    return [(r.run, r.trial_id, r.arch, r.result.status.value) for r in journal]
 
 
 def test_search_writes_journal_tracking_and_report(tmp_path):
