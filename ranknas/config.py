@@ -19,7 +19,7 @@ from ranknas.evaluator.results import KNOWN_OBJECTIVES, Objective
 from ranknas.evaluator.training import TrainConfig
 
 _TOP = ("space", "data", "objectives", "baseline", "strategies", "budget", "train", "seed",
-        "tracking", "executor", "constraints", "dedupe", "name")
+        "tracking", "executor", "constraints", "dedupe", "name", "report")
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,8 @@ class ExperimentConfig:
         seed: Seeds strategies, data, model initialisation and batch order.
         tracking: ``{"uri": None | "http://..."}``; None = local store under the output folder.
         executor: ``{"name": "local"}`` or ``{"name": "ray", "workers": N, "address": ...}``.
+        report: ``{"reference": {"ne": 1.0, "flops": 5e6}}`` fixes the hypervolume reference
+            point (default: NE 1.0 and the worst FLOPs seen, +10%).
     """
 
     space: str
@@ -65,6 +67,7 @@ class ExperimentConfig:
     seed: int = 0
     tracking: Mapping[str, Any] = field(default_factory=lambda: {"uri": None})
     executor: Mapping[str, Any] = field(default_factory=lambda: {"name": "local"})
+    report: Mapping[str, Any] = field(default_factory=dict)
 
     def train_config(self) -> TrainConfig:
         return TrainConfig(**{**self.train, "seed": self.seed})
@@ -194,12 +197,19 @@ def config_from_dict(doc: Any) -> ExperimentConfig:
     baseline = doc.get("baseline")
     if baseline is not None and not isinstance(baseline, str):
         raise ConfigError("baseline", "expected an architecture JSON path or random:SEED")
+    report = _mapping(doc.get("report", {}), "report", ("reference",))
+    reference = _mapping(report.get("reference", {}), "report.reference",
+                         tuple(o.name for o in _objectives(doc.get("objectives", ["ne", "flops"]))))
+    for k, v in reference.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ConfigError(f"report.reference.{k}", f"expected a number, got {v!r}")
     return ExperimentConfig(
         space=doc["space"], strategies=_strategies(doc["strategies"]), budget=budget,
         name=str(doc.get("name", "ranknas")), data=data,
         objectives=_objectives(doc.get("objectives", ["ne", "flops"])), train=train,
         baseline=baseline, constraints=constraints, dedupe=dedupe,
-        seed=_int(doc.get("seed", 0), "seed"), tracking={"uri": uri}, executor=executor)
+        seed=_int(doc.get("seed", 0), "seed"), tracking={"uri": uri}, executor=executor,
+        report=report)
 
 
 def _set_dotted(doc: dict, dotted: str, value: Any) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import platform
 import shlex
+import warnings
 from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
@@ -75,7 +76,9 @@ def _export_program(model: Any, dense: Any, sparse: Any, path: Path) -> dict[str
         try:
             shapes = ({0: batch}, {0: batch}) if dynamic else None
             program = torch.export.export(model, (dense, sparse), dynamic_shapes=shapes)
-            torch.export.save(program, str(path))
+            with warnings.catch_warnings():  # torch's note on aliased weights; harmless here
+                warnings.filterwarnings("ignore", message="No complete tensor found")
+                torch.export.save(program, str(path))
             with torch.no_grad():
                 diff = (program.module()(dense, sparse) - model(dense, sparse)).abs().max()
             return {"ok": True, "file": path.name, "dynamic_batch": dynamic,

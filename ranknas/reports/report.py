@@ -271,6 +271,10 @@ def write_report(out_dir: str | Path, *,
         + ("" if base["status"] == "ok" else f" — {html.escape(base['status'])}: "
            f"{html.escape(base['reason'])}"))
     failures = _failure_rows(records)
+    if front and not any(c.hypervolume.max(initial=0) > 0 for c in curves.values()):
+        ref_text += (". <b>Every hypervolume is 0</b>: no ok trial is better than the "
+                     "reference in all objectives (e.g. NE ≥ 1.0, no better than the constant "
+                     "predictor: train longer)")
     parts = [
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
         f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>",

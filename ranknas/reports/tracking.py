@@ -50,7 +50,7 @@ _BATCH = 100
 _RUN_STATUS = {Status.OK: "FINISHED", Status.FAILED: "FAILED", Status.INFEASIBLE: "KILLED",
                Status.PRUNED: "KILLED"}
 
-__all__ = ["MlflowTracker", "NullTracker", "flatten", "local_store_uri", "make_tracker"]
+__all__ = ["MlflowTracker", "NullTracker", "flatten", "local_store_uri"]
 
 
 def _mlflow() -> Any:
@@ -401,14 +401,3 @@ class MlflowTracker:
             parent = self.parent_run_id
             self._guard(lambda: self.client.set_terminated(parent, status))
 
-
-def make_tracker(tracking: Mapping[str, Any] | None, out_dir: str | Path,
-                 experiment: str) -> MlflowTracker | NullTracker:
-    """A tracker from the config's ``tracking`` section: ``{uri: null|URI, enabled: bool}``."""
-    tracking = dict(tracking or {})
-    if tracking.get("enabled", True) is False:
-        return NullTracker()
-    uri = tracking.get("uri")
-    if uri is not None and not isinstance(uri, str):
-        raise ConfigError("tracking.uri", f"expected a URI string or null, got {uri!r}")
-    return MlflowTracker(uri, out_dir, str(tracking.get("experiment") or experiment))

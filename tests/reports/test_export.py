@@ -82,3 +82,21 @@ def test_export_errors(tmp_path, helpers):
         train_config_from({"train": {"examples": 10, "bogus": 1}})
     cfg = train_config_from({"train": {"steps": 3}, "seed": 7}, train_examples=100)
     assert (cfg.examples, cfg.steps, cfg.seed) == (100, None, 7)
+
+
+def test_user_yaml_space_is_embedded_and_rebuilt(tmp_path):
+    from ranknas.reports.loading import space_from_spec
+
+    text = """name: tiny_yaml
+inputs: {dense: 13, sparse: 26, embedding_dim: 8}
+blocks:
+  - {id: b1, ops: [linear-2d, dot-product], width: [16, 32], inputs: {from: [dense, sparse]}}
+output: {from: last}
+"""
+    (tmp_path / "space.yaml").write_text(text)
+    space, embedded = space_from_spec("space.yaml", base_dir=tmp_path)  # relative to OUT
+    assert embedded == text
+    again, _ = space_from_spec({"name": "tiny_yaml", "yaml": embedded})
+    assert [c.name for c in again.choices()] == [c.name for c in space.choices()]
+    with pytest.raises(ConfigError, match="space"):
+        space_from_spec(None)

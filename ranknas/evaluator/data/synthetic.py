@@ -61,9 +61,11 @@ class SyntheticConfig:
         num_dense_sparse: (dense feature, sparse field) pairs with a ``x_d * g_f[id]`` effect.
         scales: Standard deviation of each logit term, in order: first-order, 2nd-order,
             3rd-order, dense x sparse, dense nonlinear.
-        interaction_head: Rank r0 after which interaction vectors shrink, by
-            ``(1 + rank / r0) ** -interaction_decay``, so that tail ids carry little interaction.
-        interaction_decay: Exponent of that shrinkage (0 = none).
+        head_rank: Rank r0 after which per-id effects (interaction vectors, and first-order and
+            dense x sparse weights when ``shrink_first``) shrink by ``(1 + rank / r0) **
+            -tail_decay``: the signal lives mostly on ids seen often enough to be learnt.
+        tail_decay: Exponent of that shrinkage (0 = none).
+        shrink_first: Shrink first-order and dense x sparse weights too.
         dense_missing: Upper bound of the per-feature missing rate (missing dense -> 0).
     """
 
@@ -79,8 +81,9 @@ class SyntheticConfig:
     num_triples: int = 8
     num_dense_sparse: int = 8
     scales: tuple[float, float, float, float, float] = (0.7, 1.0, 0.8, 0.35, 0.45)
-    interaction_head: float = 20.0
-    interaction_decay: float = 0.5
+    head_rank: float = 20.0
+    tail_decay: float = 0.5
+    shrink_first: bool = False
     dense_missing: float = 0.2
     name: str = field(default="synthetic", compare=False)
 
@@ -107,8 +110,8 @@ class SyntheticConfig:
                 raise DataError(name, f"must be >= 0, got {getattr(self, name)}")
         if len(self.scales) != 5 or min(self.scales) < 0:
             raise DataError("scales", "give 5 non-negative term scales")
-        if self.interaction_head <= 0 or self.interaction_decay < 0:
-            raise DataError("interaction_head", "need interaction_head > 0 and decay >= 0")
+        if self.head_rank <= 0 or self.tail_decay < 0:
+            raise DataError("head_rank", "need head_rank > 0 and decay >= 0")
         if not 0.0 <= self.dense_missing < 1.0:
             raise DataError("dense_missing", f"must lie in [0, 1), got {self.dense_missing}")
 
@@ -263,7 +266,7 @@ def build_teacher(config: SyntheticConfig) -> SyntheticTeacher:
     rank_of_id = torch.cat([p.argsort() for p in perms]).float()
     # Interaction vectors shrink along the tail: the interactions live mostly on ids seen often
     # enough to be learnt, as in real logs where rare ids behave like an average id.
-    shrink = (1.0 + rank_of_id / config.interaction_head).pow(-config.interaction_decay)[:, None]
+    shrink = (1.0 + rank_of_id / config.head_rank).pow(-config.tail_decay)[:, None]
     pairs = _groups(num_fields, 2, config.num_pairs, gen)
     pair_weights = torch.zeros(num_fields, num_fields)
     pair_weights[pairs[:, 0], pairs[:, 1]] = 0.5 + torch.rand(len(pairs), generator=gen)
@@ -272,14 +275,14 @@ def build_teacher(config: SyntheticConfig) -> SyntheticTeacher:
     hidden = 16
     teacher = SyntheticTeacher(
         offsets=offsets, cardinalities=cards, zipf_exponent=expo, rank_to_id=rank_to_id,
-        first=torch.randn(total, generator=gen),
+        first=torch.randn(total, generator=gen) * (shrink[:, 0] if config.shrink_first else 1.0),
         # Zero-mean factors: interactions carry no first-order signal a linear model could grab.
         factors2=torch.randn(total, k, generator=gen) * shrink,
         factors3=torch.randn(total, k, generator=gen) * shrink,
         pair_weights=pair_weights, triples=triples,
         ds_dense=torch.randint(0, max(num_dense, 1), (m,), generator=gen),
         ds_field=torch.randint(0, num_fields, (m,), generator=gen),
-        ds_weight=torch.randn(total, generator=gen),
+        ds_weight=torch.randn(total, generator=gen) * (shrink[:, 0] if config.shrink_first else 1.0),
         mlp_w1=torch.randn(num_dense, hidden, generator=gen) * (2.0 / math.sqrt(max(num_dense, 1))),
         mlp_b1=torch.randn(hidden, generator=gen) * 0.5,
         mlp_w2=torch.randn(hidden, generator=gen),
