@@ -81,22 +81,33 @@ CRITEO_FULL_BEST = {
 
 _INDEX = {"embedding_update": "index"}
 _GRAPH = {"embedding_update": "index", "cuda_graph": True}
-#: name -> TrainConfig options; in the order they run (most telling first).
+_FA = {"fused_attention": True}
+#: name -> TrainConfig options.
 VARIANTS: dict[str, dict] = {
     "eager": {},
-    "compile+graph+bf16": {"compile": True, "precision": "bf16", **_GRAPH},
-    "compile+graph": {"compile": True, **_GRAPH},
-    "graph": dict(_GRAPH),
-    "compile": {"compile": True},
-    "compile+graph+tf32": {"compile": True, "precision": "tf32", **_GRAPH},
-    "index": dict(_INDEX),
-    "compile+index": {"compile": True, **_INDEX},
     "eager+tf32": {"precision": "tf32"},
+    "eager+bf16": {"precision": "bf16"},
+    "index": dict(_INDEX),
+    "graph": dict(_GRAPH),
+    "graph+fa": {**_GRAPH, **_FA},
+    "compile": {"compile": True},
+    "compile+fa": {"compile": True, **_FA},
+    "compile+index": {"compile": True, **_INDEX},
+    "compile+index+bf16": {"compile": True, "precision": "bf16", **_INDEX},
+    "compile+graph": {"compile": True, **_GRAPH},
+    "compile+graph+tf32": {"compile": True, "precision": "tf32", **_GRAPH},
+    "compile+graph+bf16": {"compile": True, "precision": "bf16", **_GRAPH},
+    "compile+graph+fa": {"compile": True, **_GRAPH, **_FA},
+    "compile+graph+tf32+fa": {"compile": True, "precision": "tf32", **_GRAPH, **_FA},
+    "compile+graph+bf16+fa": {"compile": True, "precision": "bf16", **_GRAPH, **_FA},
 }
-GPU_VARIANTS = tuple(VARIANTS)
-VARIANTS["eager+bf16"] = {"precision": "bf16"}
-VARIANTS["compile+index+bf16"] = {"compile": True, "precision": "bf16", **_INDEX}
+#: Run in this order (most telling first).
+GPU_VARIANTS = ("eager", "compile+graph+tf32+fa", "compile+graph+fa", "compile+graph+bf16+fa",
+                "compile+graph+tf32", "graph+fa", "compile+fa")
 CPU_VARIANTS = ("eager", "index", "compile+index", "compile+index+bf16")
+GPU_NE_VARIANTS = ("eager", "compile+graph+fa", "compile+graph+tf32+fa",
+                   "compile+graph+bf16+fa")
+PROFILE_VARIANTS = ("compile+graph+tf32+fa",)  # profiled without the CUDA graph
 
 
 def criteo_schema() -> DataSchema:
@@ -273,7 +284,7 @@ def ne_check(space, arch, schema, device, batch: int, steps: int, variants: list
 
 def profile(space, arch, schema, data, device, batch: int, options: dict, top: int) -> dict:
     """Kernels of 5 steps of ``TrainStep`` (no CUDA graph), after 5 warm-up steps."""
-    from ranknas.evaluator.fast_train import TrainStep
+    from ranknas.evaluator.fast_train import TrainStep, precision_context
 
     torch._dynamo.reset()
     model = build_model(space, arch, schema, seed=0).to(device)
@@ -283,14 +294,15 @@ def profile(space, arch, schema, data, device, batch: int, options: dict, top: i
                      data.train.sparse[i * batch:(i + 1) * batch],
                      data.train.labels[i * batch:(i + 1) * batch]) for i in range(10)]
     try:
-        for b in batches[:5]:
-            step(b)
-        torch.cuda.synchronize()
-        acts = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
-        with torch.profiler.profile(activities=acts) as prof:
-            for b in batches[5:]:
+        with precision_context(cfg.precision):
+            for b in batches[:5]:
                 step(b)
             torch.cuda.synchronize()
+            acts = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+            with torch.profiler.profile(activities=acts) as prof:
+                for b in batches[5:]:
+                    step(b)
+                torch.cuda.synchronize()
     finally:
         step.close()
     events = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
@@ -301,6 +313,40 @@ def profile(space, arch, schema, data, device, batch: int, options: dict, top: i
             "kernels_per_step": launches,
             "top": [{"name": e.key[:90], "us_per_step": e.self_device_time_total / 5,
                      "calls_per_step": e.count / 5} for e in rows]}
+
+
+def check_attention(device: torch.device) -> dict:
+    """Relative error of the fused attention kernel (forward, backward) against a float64
+    reference, on fresh random inputs of the model's two attention shapes."""
+    from ranknas.evaluator.fast_train import tiny_head_attention
+
+    out = {}
+    for n in (64, 48):
+        qkv = torch.randn(512, n, 48, device=device, requires_grad=True)
+        o, _ = tiny_head_attention(qkv, 8)
+        grad = torch.randn_like(o)
+        (dq,) = torch.autograd.grad(o, qkv, grad)
+        ref_in = qkv.detach().double().requires_grad_()
+        ref, _ = tiny_head_attention(ref_in, 8)  # float64 runs the PyTorch reference
+        (ref_dq,) = torch.autograd.grad(ref, ref_in, grad.double())
+        o, ref = o.detach().double(), ref.detach()
+        out[f"L={n}"] = {"fwd": float((o - ref).norm() / ref.norm()),
+                         "bwd": float((dq.double() - ref_dq).norm() / ref_dq.norm())}
+        # forward + backward time at B=4096, fused kernel vs PyTorch's SDPA on [B, h, L, d]
+        qkv = torch.randn(4096, n, 48, device=device, requires_grad=True)
+        grad = torch.randn(4096, n, 16, device=device)
+
+        def fused(qkv=qkv, grad=grad) -> None:
+            torch.autograd.grad(tiny_head_attention(qkv, 8)[0], qkv, grad)
+
+        def sdpa(qkv=qkv, grad=grad, n=n) -> None:
+            q, k, v = qkv.view(4096, n, 3, 8, 2).permute(2, 0, 3, 1, 4).unbind(0)
+            o = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+            torch.autograd.grad(o.transpose(1, 2).reshape(4096, n, 16), qkv, grad)
+
+        out[f"L={n}"].update(fused_fwd_bwd_ms=1e3 * _cuda_time(fused, 20),
+                             sdpa_fwd_bwd_ms=1e3 * _cuda_time(sdpa, 20))
+    return out
 
 
 def environment(device: torch.device) -> dict:
@@ -345,7 +391,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rows", type=int, default=None, help="random train rows on the device")
     ap.add_argument("--ne-steps", type=int, default=None, help="0: no NE check")
     ap.add_argument("--ne-variants", nargs="+", default=None, choices=sorted(VARIANTS))
-    ap.add_argument("--profile", action="store_true", help="kernel table of the best path")
+    ap.add_argument("--profile", nargs="*", choices=sorted(VARIANTS), default=None,
+                    help=f"kernel tables (no CUDA graph) of these; bare: {PROFILE_VARIANTS}")
     ap.add_argument("--budget-s", type=float, default=480.0,
                     help="skip what is left after this many seconds")
     ap.add_argument("--out", type=Path, required=True, help="JSON results path")
@@ -359,8 +406,7 @@ def main(argv: list[str] | None = None) -> int:
     chunks = args.chunks or (8 if gpu else 2)
     rows = args.rows or (2**21 if gpu else 2**16)
     ne_steps = args.ne_steps if args.ne_steps is not None else (300 if gpu else 0)
-    ne_variants = args.ne_variants or (["eager", "compile+graph", "compile+graph+bf16",
-                                        "compile+graph+tf32"] if gpu else
+    ne_variants = args.ne_variants or (list(GPU_NE_VARIANTS) if gpu else
                                        ["eager", "compile+index+bf16"])
     torch._dynamo.config.cache_size_limit = 64  # fresh models per variant: no silent eager
     t_start = time.perf_counter()
@@ -382,6 +428,9 @@ def main(argv: list[str] | None = None) -> int:
                                for b in args.batch_sizes},
                      "throughput": {}, "args": {k: str(v) for k, v in vars(args).items()}}
     del probe
+    if gpu:
+        results["attention_check"] = check_attention(device)
+        print("fused attention rel. error:", results["attention_check"], flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
 
     def save() -> None:
@@ -391,7 +440,8 @@ def main(argv: list[str] | None = None) -> int:
     plan = [("tp", b) for b in args.batch_sizes[:1]]
     plan += [("ne", None)] if ne_steps else []
     plan += [("tp", b) for b in args.batch_sizes[1:]]
-    plan += [("profile", None)] if args.profile and gpu else []
+    profiled = (args.profile or PROFILE_VARIANTS) if args.profile is not None else ()
+    plan += [("profile", None)] if profiled and gpu else []
     for kind, b in plan:
         if kind == "tp":
             per = results["throughput"].setdefault(b, {})
@@ -414,8 +464,8 @@ def main(argv: list[str] | None = None) -> int:
                                            args.batch_sizes[0], ne_steps, ne_variants)
             save()
         elif kind == "profile" and time.perf_counter() - t_start < args.budget_s:
-            for opts in ({"compile": True, **_INDEX},
-                         {"compile": True, "precision": "bf16", **_INDEX}):
+            for name in profiled:
+                opts = {**VARIANTS[name], "cuda_graph": False}
                 try:
                     prof = profile(space, arch, schema, data, device, args.batch_sizes[0],
                                    opts, 15)

@@ -77,6 +77,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ranknas.evaluator.data import load_data
+    from ranknas.evaluator.standalone import torch_threads
     from ranknas.evaluator.training import TrainConfig, evaluate, train
     from ranknas.spaces import build_model, load_space
 
@@ -95,9 +96,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         bar.set_postfix(loss=f"{info['loss']:.4f}")
         bar.refresh()
 
-    result = train(model, data, config, progress=progress)
+    with torch_threads(args.threads):
+        result = train(model, data, config, progress=progress)
+        metrics = evaluate(model, data.valid, data.background_ctr)
     bar.close()
-    metrics = evaluate(model, data.valid, data.background_ctr)
     out = {"space": space.name, "arch_id": arch.arch_id, "data": args.data,
            "ne": metrics["ne"], "logloss": metrics["logloss"], "auc": metrics["auc"],
            "calibration": metrics["calibration"], "flops": graph.flops,
@@ -204,6 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--lr", type=float, default=0.05)
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    tr.add_argument("--threads", type=int, default=1,
+                    help="CPU threads (default 1: fastest for small models on shared cores)")
     tr.add_argument("--json", action="store_true", help="print one JSON object")
     tr.add_argument("--quiet", action="store_true", help="no progress bar")
     tr.set_defaults(func=cmd_train)

@@ -38,7 +38,8 @@ class ExperimentConfig:
     Attributes:
         name: Study name (the MLflow experiment).
         space: Built-in space name or a YAML file path.
-        data: ``{"spec": "synthetic" | "criteo:PATH" | ..., "rows": N, "seed": S}``.
+        data: ``{"spec": "synthetic" | "criteo:PATH" | ..., "rows": N, "seed": S, **options}``;
+            options go to the reader (``load_data``), which names any it does not know.
         objectives: What to optimise; the first is primary.
         strategies: Strategy runs, each on the same ``budget``.
         budget: ``{"trials": N, "examples": M}`` per strategy run (whichever ends first).
@@ -154,12 +155,16 @@ def config_from_dict(doc: Any) -> ExperimentConfig:
             raise ConfigError(key, "missing (required: space, strategies, budget)")
     if not isinstance(doc["space"], str):
         raise ConfigError("space", "expected a built-in space name or a .yaml path")
-    data = _mapping(doc.get("data", {}), "data", ("name", "spec", "rows", "seed", "path"))
+    data = _mapping(doc.get("data", {}), "data",
+                    ("name", "spec", "rows", "seed", "path", "options"))
     spec = data.pop("spec", None) or data.pop("name", "synthetic")
     if "path" in data:
         spec = f"{spec}:{data.pop('path')}"
+    options = data.get("options") or {}
+    if not isinstance(options, Mapping):
+        raise ConfigError("data.options", "expected a mapping of reader options")
     data = {"spec": spec, "rows": _int(data.get("rows", 200_000), "data.rows", 1),
-            "seed": _int(data.get("seed", doc.get("seed", 0)), "data.seed")}
+            "seed": _int(data.get("seed", doc.get("seed", 0)), "data.seed"), **options}
     budget = _mapping(doc["budget"], "budget", ("trials", "examples"))
     if not budget:
         raise ConfigError("budget", "set trials and/or examples (per strategy)")

@@ -15,7 +15,11 @@ from ranknas.config import config_from_dict
 DEMO_CONFIG: dict[str, Any] = {
     "name": "ranknas-demo",
     "space": "nasrec_small",
-    "data": {"spec": "synthetic", "rows": 60_000, "seed": 0},
+    # Fields capped at 200 ids so that embeddings learn within a demo-sized budget.
+    "data": {"spec": "synthetic", "rows": 60_000, "seed": 0,
+             "options": {"cardinalities": [min(c, 200) for c in (
+                 1460, 583, 10131, 2202, 305, 24, 12517, 633, 3, 9327, 5683, 8351, 3194, 27,
+                 14992, 5461, 10, 5652, 2173, 4, 7046, 18, 15, 20000, 105, 142)]}},
     "objectives": [{"name": "ne"}, {"name": "flops"}],
     "baseline": "dlrm-default",
     "strategies": [
@@ -23,12 +27,12 @@ DEMO_CONFIG: dict[str, Any] = {
         {"name": "evolution", "population": 6, "sample_size": 3},
         {"name": "optuna", "sampler": "NSGAIISampler", "sampler_options": {"population_size": 6}},
     ],
-    "budget": {"trials": 10},
-    "constraints": {"max_flops": 3_000_000},
-    "train": {"examples": 30_000, "batch_size": 512, "lr": 0.05},
+    "budget": {"trials": 12},
+    "constraints": {"max_flops": 1_500_000},
+    "train": {"examples": 40_000, "batch_size": 256, "lr": 0.02},
     "seed": 0,
 }
-EXPORT_EXAMPLES = 30_000
+EXPORT_EXAMPLES = 40_000
 
 
 def _fresh(out: Path) -> Path:

@@ -33,6 +33,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ranknas.errors import ConfigError
+
+try:  # only for the fused attention kernel on CUDA; CPU-only installs have no Triton
+    import triton
+    import triton.language as tl
+except ImportError:
+    triton = tl = None
 from ranknas.evaluator.data.schema import Batch
 
 __all__ = ["IndexAdagrad", "TrainStep", "build_optimizers", "clip_grad_norm_",
@@ -138,8 +144,8 @@ class IndexAdagrad:
     Same math as ``torch.optim.Adagrad`` on a sparse gradient (``lr_decay=0``): duplicate rows
     are summed first, then ``state += g*g`` and ``w -= lr * g / (sqrt(state) + eps)``. Built
     from fixed-shape ops (sort, cumsum, ``index_add_``), so it never syncs with the host and can
-    be captured in a CUDA graph. The row list is padded to the number of lookups with row 0 and
-    a zero gradient, which leaves every row it touches unchanged.
+    be captured in a CUDA graph. The row list is padded to the number of lookups with zero
+    gradients, which leave the rows they point at unchanged.
     """
 
     def __init__(self, weight: nn.Parameter, lr: float, eps: float, adagrad: bool = True) -> None:
@@ -151,8 +157,8 @@ class IndexAdagrad:
                  grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(rows [N], grad sums [N, E])`` of ``N`` lookups ``ids`` with row grads ``grad``.
 
-        Row ``segment[i]`` of the sorted lookups gets the sum of its duplicates; entries past
-        the number of distinct rows stay (row 0, zero gradient).
+        Entry ``j`` holds the ``j``-th distinct row and the sum of its duplicates' gradients;
+        entries past the number of distinct rows hold a zero gradient.
         """
         flat = ids.reshape(-1)
         grad = grad.reshape(flat.numel(), -1)
@@ -162,7 +168,10 @@ class IndexAdagrad:
         is_new[1:] = sorted_keys[1:] != sorted_keys[:-1]
         segment = torch.cumsum(is_new, 0) - 1
         sums = torch.zeros_like(grad).index_add_(0, segment, grad.index_select(0, order))
-        rows = torch.zeros_like(flat).scatter_(0, segment, flat.index_select(0, order))
+        # Padding entries (past the distinct rows) point at row ``i % rows``, not all at one
+        # row, so their zero updates do not serialise on one address.
+        rows = torch.arange(flat.numel(), device=flat.device) % self.weight.shape[0]
+        rows.scatter_(0, segment, flat.index_select(0, order))
         return rows, sums
 
     @torch.no_grad()
@@ -205,7 +214,7 @@ class _ForeachDense:
 
 # -- fused self-attention for tiny heads ----------------------------------------------------
 #: Calls the fused kernel takes (others fall back to nn.MultiheadAttention): tokens, head dim.
-FUSED_MAX_TOKENS, FUSED_MAX_HEAD_DIM = 128, 8
+FUSED_MAX_TOKENS, FUSED_MAX_HEAD_DIM = 128, 4
 
 
 def _split_qkv(qkv: torch.Tensor, heads: int) -> tuple[torch.Tensor, ...]:
@@ -221,8 +230,8 @@ def tiny_head_attention(qkv: torch.Tensor, heads: int) -> tuple[torch.Tensor, to
     """Softmax self-attention of packed ``qkv [B, L, 3E]``: ``(out [B, L, E], lse [B*h, L])``.
 
     Same math as ``nn.MultiheadAttention`` between its in- and out-projections (scale
-    ``1/sqrt(d)``, no mask, no dropout). On CUDA one Triton program per (example, head) keeps
-    the ``[L, L]`` scores in registers; elsewhere (and for float64) this PyTorch reference runs.
+    ``1/sqrt(d)``, no mask, no dropout). On CUDA a Triton kernel that never writes the
+    ``[L, L]`` scores runs (head dim <= 4); elsewhere (and for float64) this PyTorch reference.
     """
     return _attention_reference(qkv, heads)
 
@@ -287,109 +296,156 @@ def _attention_grad(ctx: Any, grad_out: torch.Tensor, grad_lse: torch.Tensor) ->
 tiny_head_attention.register_autograd(_attention_grad, setup_context=_attention_setup)
 
 
-def _triton_attention() -> Any:
-    """The Triton kernels (imported on first CUDA use: CPU-only installs have no Triton)."""
-    import triton
-    import triton.language as tl
+# The Triton kernels of tiny_head_attention. One program per (example, head), one thread per
+# token: the thread of query i loops over the keys (unrolled: N is a compile-time constant)
+# with broadcast loads of each key and value, so the [N, N] scores live one row per thread and
+# nothing needs a cross-thread reduction. Backward: the thread of token t computes dq_t looping
+# over keys, then dk_t and dv_t looping over queries (scores recomputed from lse). Head dims up
+# to 4; components past D are compiled out.
+if triton is not None:
+    @triton.jit
+    def _load4(ptr, D: tl.constexpr):
+        x0 = tl.load(ptr).to(tl.float32)
+        x1, x2, x3 = x0, x0, x0  # placeholders, never read when D is smaller
+        if D > 1:
+            x1 = tl.load(ptr + 1).to(tl.float32)
+        if D > 2:
+            x2 = tl.load(ptr + 2).to(tl.float32)
+        if D > 3:
+            x3 = tl.load(ptr + 3).to(tl.float32)
+        return x0, x1, x2, x3
 
     @triton.jit
-    def fwd(qkv_ptr, o_ptr, lse_ptr, n, scale, H: tl.constexpr, D: tl.constexpr,
-            BLOCK: tl.constexpr):
-        pid = tl.program_id(0)
-        e = H * D
-        row = tl.arange(0, BLOCK)
-        ok = row < n
-        base = qkv_ptr + (pid // H) * n * 3 * e + (pid % H) * D + row * 3 * e
-        s = tl.zeros((BLOCK, BLOCK), dtype=tl.float32)
-        for d in tl.static_range(D):  # S = Q K^T as D rank-1 updates: D is 1..8
-            q = tl.load(base + d, mask=ok, other=0.0).to(tl.float32)
-            k = tl.load(base + e + d, mask=ok, other=0.0).to(tl.float32)
-            s += q[:, None] * k[None, :]
-        s = tl.where(ok[None, :], s * scale, float("-inf"))
-        m = tl.max(s, axis=1)
-        p = tl.exp(s - m[:, None])
-        total = tl.sum(p, axis=1)
-        p = p / total[:, None]
-        out = o_ptr + (pid // H) * n * e + (pid % H) * D + row * e
-        for d in tl.static_range(D):
-            v = tl.load(base + 2 * e + d, mask=ok, other=0.0).to(tl.float32)
-            tl.store(out + d, tl.sum(p * v[None, :], axis=1).to(o_ptr.dtype.element_ty),
-                     mask=ok)
-        tl.store(lse_ptr + pid * n + row, m + tl.log(total), mask=ok)
+    def _dot4(a0, a1, a2, a3, b0, b1, b2, b3, D: tl.constexpr):
+        r = a0 * b0
+        if D > 1:
+            r += a1 * b1
+        if D > 2:
+            r += a2 * b2
+        if D > 3:
+            r += a3 * b3
+        return r
 
     @triton.jit
-    def bwd(qkv_ptr, o_ptr, do_ptr, lse_ptr, dqkv_ptr, n, scale, H: tl.constexpr,
-            D: tl.constexpr, BLOCK: tl.constexpr):
+    def _store4(ptr, x0, x1, x2, x3, mask, D: tl.constexpr):  # store casts to ptr's type
+        tl.store(ptr, x0, mask=mask)
+        if D > 1:
+            tl.store(ptr + 1, x1, mask=mask)
+        if D > 2:
+            tl.store(ptr + 2, x2, mask=mask)
+        if D > 3:
+            tl.store(ptr + 3, x3, mask=mask)
+
+    @triton.jit
+    def _attention_fwd(qkv_ptr, o_ptr, lse_ptr, scale, N: tl.constexpr, H: tl.constexpr,
+            D: tl.constexpr, ROWS: tl.constexpr):
         pid = tl.program_id(0)
         e = H * D
-        row = tl.arange(0, BLOCK)
-        ok = row < n
-        base = qkv_ptr + (pid // H) * n * 3 * e + (pid % H) * D + row * 3 * e
-        dbase = dqkv_ptr + (pid // H) * n * 3 * e + (pid % H) * D + row * 3 * e
-        obase = (pid // H) * n * e + (pid % H) * D + row * e
-        s = tl.zeros((BLOCK, BLOCK), dtype=tl.float32)
-        dp = tl.zeros((BLOCK, BLOCK), dtype=tl.float32)
-        delta = tl.zeros((BLOCK,), dtype=tl.float32)
-        for d in tl.static_range(D):
-            q = tl.load(base + d, mask=ok, other=0.0).to(tl.float32)
-            k = tl.load(base + e + d, mask=ok, other=0.0).to(tl.float32)
-            v = tl.load(base + 2 * e + d, mask=ok, other=0.0).to(tl.float32)
-            do = tl.load(do_ptr + obase + d, mask=ok, other=0.0).to(tl.float32)
-            o = tl.load(o_ptr + obase + d, mask=ok, other=0.0).to(tl.float32)
-            s += q[:, None] * k[None, :]
-            dp += do[:, None] * v[None, :]
-            delta += do * o
-        lse = tl.load(lse_ptr + pid * n + row, mask=ok, other=0.0)
-        p = tl.where(ok[:, None] & ok[None, :], tl.exp(s * scale - lse[:, None]), 0.0)
-        ds = p * (dp - delta[:, None]) * scale
-        ty = dqkv_ptr.dtype.element_ty
-        for d in tl.static_range(D):
-            q = tl.load(base + d, mask=ok, other=0.0).to(tl.float32)
-            k = tl.load(base + e + d, mask=ok, other=0.0).to(tl.float32)
-            do = tl.load(do_ptr + obase + d, mask=ok, other=0.0).to(tl.float32)
-            tl.store(dbase + d, tl.sum(ds * k[None, :], axis=1).to(ty), mask=ok)
-            tl.store(dbase + e + d, tl.sum(ds * q[:, None], axis=0).to(ty), mask=ok)
-            tl.store(dbase + 2 * e + d, tl.sum(p * do[:, None], axis=0).to(ty), mask=ok)
+        t = tl.arange(0, ROWS)
+        ok = t < N
+        t = tl.where(ok, t, 0)  # padding threads redo row 0 and store nothing
+        base = qkv_ptr + (pid // H) * N * 3 * e + (pid % H) * D
+        q0, q1, q2, q3 = _load4(base + t * 3 * e, D)
+        q0, q1, q2, q3 = q0 * scale, q1 * scale, q2 * scale, q3 * scale
+        m = tl.full((ROWS,), float("-inf"), tl.float32)
+        for j in tl.static_range(N):
+            k0, k1, k2, k3 = _load4(base + j * 3 * e + e, D)
+            m = tl.maximum(m, _dot4(q0, q1, q2, q3, k0, k1, k2, k3, D))
+        total = tl.zeros((ROWS,), tl.float32)
+        a0, a1, a2, a3 = total, total, total, total
+        for j in tl.static_range(N):
+            k0, k1, k2, k3 = _load4(base + j * 3 * e + e, D)
+            v0, v1, v2, v3 = _load4(base + j * 3 * e + 2 * e, D)
+            p = tl.exp(_dot4(q0, q1, q2, q3, k0, k1, k2, k3, D) - m)
+            total += p
+            a0, a1, a2, a3 = a0 + p * v0, a1 + p * v1, a2 + p * v2, a3 + p * v3
+        inv = 1.0 / total
+        out = o_ptr + (pid // H) * N * e + (pid % H) * D + t * e
+        _store4(out, a0 * inv, a1 * inv, a2 * inv, a3 * inv, ok, D)
+        tl.store(lse_ptr + pid * N + t, m + tl.log(total), mask=ok)
 
-    return triton, fwd, bwd
+    @triton.jit
+    def _attention_bwd(qkv_ptr, o_ptr, do_ptr, lse_ptr, dqkv_ptr, scale, N: tl.constexpr,
+            H: tl.constexpr, D: tl.constexpr, ROWS: tl.constexpr):
+        pid = tl.program_id(0)
+        e = H * D
+        t = tl.arange(0, ROWS)
+        ok = t < N
+        t = tl.where(ok, t, 0)
+        base = qkv_ptr + (pid // H) * N * 3 * e + (pid % H) * D
+        obase = (pid // H) * N * e + (pid % H) * D
+        lbase = lse_ptr + pid * N
+        # token t as a query: dq_t = scale * sum_j ds_tj k_j
+        q0, q1, q2, q3 = _load4(base + t * 3 * e, D)
+        q0, q1, q2, q3 = q0 * scale, q1 * scale, q2 * scale, q3 * scale
+        g0, g1, g2, g3 = _load4(do_ptr + obase + t * e, D)
+        o0, o1, o2, o3 = _load4(o_ptr + obase + t * e, D)
+        delta = _dot4(g0, g1, g2, g3, o0, o1, o2, o3, D)
+        lse = tl.load(lbase + t)
+        dq0 = tl.zeros((ROWS,), tl.float32)
+        dq1, dq2, dq3 = dq0, dq0, dq0
+        for j in tl.static_range(N):
+            k0, k1, k2, k3 = _load4(base + j * 3 * e + e, D)
+            v0, v1, v2, v3 = _load4(base + j * 3 * e + 2 * e, D)
+            p = tl.exp(_dot4(q0, q1, q2, q3, k0, k1, k2, k3, D) - lse)
+            ds = p * (_dot4(g0, g1, g2, g3, v0, v1, v2, v3, D) - delta)
+            dq0, dq1, dq2, dq3 = dq0 + ds * k0, dq1 + ds * k1, dq2 + ds * k2, dq3 + ds * k3
+        dbase = dqkv_ptr + (pid // H) * N * 3 * e + (pid % H) * D + t * 3 * e
+        _store4(dbase, dq0 * scale, dq1 * scale, dq2 * scale, dq3 * scale, ok, D)
+        # token t as a key: dv_t = sum_i p_it do_i, dk_t = scale * sum_i ds_it q_i
+        k0, k1, k2, k3 = _load4(base + t * 3 * e + e, D)
+        v0, v1, v2, v3 = _load4(base + t * 3 * e + 2 * e, D)
+        dk0, dk1, dk2, dk3 = dq0 * 0.0, dq0 * 0.0, dq0 * 0.0, dq0 * 0.0
+        dv0, dv1, dv2, dv3 = dk0, dk0, dk0, dk0
+        for i in tl.static_range(N):
+            q0, q1, q2, q3 = _load4(base + i * 3 * e, D)
+            g0, g1, g2, g3 = _load4(do_ptr + obase + i * e, D)
+            o0, o1, o2, o3 = _load4(o_ptr + obase + i * e, D)
+            p = tl.exp(_dot4(q0, q1, q2, q3, k0, k1, k2, k3, D) * scale - tl.load(lbase + i))
+            ds = p * (_dot4(g0, g1, g2, g3, v0, v1, v2, v3, D)
+                      - _dot4(g0, g1, g2, g3, o0, o1, o2, o3, D))
+            dv0, dv1, dv2, dv3 = dv0 + p * g0, dv1 + p * g1, dv2 + p * g2, dv3 + p * g3
+            dk0, dk1, dk2, dk3 = dk0 + ds * q0, dk1 + ds * q1, dk2 + ds * q2, dk3 + ds * q3
+        _store4(dbase + e, dk0 * scale, dk1 * scale, dk2 * scale, dk3 * scale, ok, D)
+        _store4(dbase + 2 * e, dv0, dv1, dv2, dv3, ok, D)
 
 
-_TRITON: list = []
+def _kernel_fits(qkv: torch.Tensor, heads: int) -> bool:
+    return (triton is not None and qkv.dtype != torch.float64
+            and qkv.shape[1] <= FUSED_MAX_TOKENS
+            and qkv.shape[2] // 3 // heads <= FUSED_MAX_HEAD_DIM)
 
 
-def _launch(qkv: torch.Tensor, heads: int) -> tuple[Any, Any, tuple, dict]:
-    if not _TRITON:
-        _TRITON.extend(_triton_attention())
-    triton, fwd, bwd = _TRITON
+def _launch(qkv: torch.Tensor, heads: int) -> tuple[tuple, dict]:
     b, n, e3 = qkv.shape
     d = e3 // 3 // heads
-    block = max(16, triton.next_power_of_2(n))
-    meta = {"H": heads, "D": d, "BLOCK": block, "num_warps": 4 if block <= 64 else 8}
-    return fwd, bwd, (b * heads,), {"n": n, "scale": 1 / math.sqrt(d), **meta}
+    rows = max(32, triton.next_power_of_2(n))
+    meta = {"N": n, "H": heads, "D": d, "ROWS": rows, "num_warps": rows // 32}
+    return (b * heads,), {"scale": 1 / math.sqrt(d), **meta}
 
 
 @tiny_head_attention.register_kernel("cuda")
 def _(qkv: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tensor]:
-    if qkv.dtype == torch.float64:
+    if not _kernel_fits(qkv, heads):
         return _attention_reference(qkv, heads)
     qkv = qkv.contiguous()
     b, n, e3 = qkv.shape
     out = qkv.new_empty(b, n, e3 // 3)
     lse = qkv.new_empty(b * heads, n, dtype=torch.float32)
-    fwd, _, grid, meta = _launch(qkv, heads)
-    fwd[grid](qkv, out, lse, **meta)
+    grid, meta = _launch(qkv, heads)
+    _attention_fwd[grid](qkv, out, lse, **meta)
     return out, lse
 
 
 @tiny_head_attention_backward.register_kernel("cuda")
 def _(qkv: torch.Tensor, out: torch.Tensor, grad: torch.Tensor, lse: torch.Tensor,
       heads: int) -> torch.Tensor:
-    if qkv.dtype == torch.float64:
+    if not _kernel_fits(qkv, heads):
         return _attention_reference_backward(qkv, out, grad, lse, heads)
     qkv = qkv.contiguous()
     dqkv = torch.empty_like(qkv)
-    _, bwd, grid, meta = _launch(qkv, heads)
-    bwd[grid](qkv, out.contiguous(), grad.contiguous(), lse, dqkv, **meta)
+    grid, meta = _launch(qkv, heads)
+    _attention_bwd[grid](qkv, out.contiguous(), grad.contiguous(), lse, dqkv, **meta)
     return dqkv
 
 

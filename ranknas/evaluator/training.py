@@ -66,7 +66,7 @@ class TrainConfig:
             ``index``: the same Adagrad/SGD update from fixed-shape index ops, with no host
             sync (``fast_train.IndexAdagrad``); needs optimizer ``adagrad`` or ``sgd``.
         fused_attention: Run ``nn.MultiheadAttention`` self-attention with small heads (head
-            dim <= 8, <= 128 tokens) as one fused kernel on CUDA (``fast_train``).
+            dim <= 4, <= 128 tokens) as one fused kernel on CUDA (``fast_train``).
         cuda_graph: Capture the whole step in a CUDA graph after 3 warm-up steps and replay
             it; needs a CUDA device and ``embedding_update="index"``.
     """

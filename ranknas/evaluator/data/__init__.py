@@ -4,7 +4,7 @@ from ranknas.evaluator.data.avazu import read_avazu
 from ranknas.evaluator.data.base import CTRData, iter_batches
 from ranknas.evaluator.data.categorical import EncodingOptions, ReadStats
 from ranknas.evaluator.data.criteo import read_criteo
-from ranknas.evaluator.data.fetch import default_cache_dir, fetch, fetch_movielens_100k
+from ranknas.evaluator.data.fetch import default_cache_dir, fetch_dataset, fetch_movielens_100k
 from ranknas.evaluator.data.loading import KNOWN_SPECS, load_data
 from ranknas.evaluator.data.movielens import load_movielens
 from ranknas.evaluator.data.schema import Batch, DataSchema
@@ -27,7 +27,7 @@ __all__ = [
     "SyntheticTeacher",
     "build_teacher",
     "default_cache_dir",
-    "fetch",
+    "fetch_dataset",
     "fetch_movielens_100k",
     "generate_synthetic",
     "iter_batches",

@@ -138,7 +138,7 @@ def fetch_movielens_100k(cache_dir: str | Path | None = None, *, force: bool = F
 FETCHERS: dict[str, Callable[..., Path]] = {"movielens-100k": fetch_movielens_100k}
 
 
-def fetch(name: str, cache_dir: str | Path | None = None, *, force: bool = False) -> Path:
+def fetch_dataset(name: str, cache_dir: str | Path | None = None, *, force: bool = False) -> Path:
     """What ``ranknas data fetch NAME`` runs: fetch a named dataset and return its folder."""
     if name not in FETCHERS:
         raise DataError(name, f"unknown dataset to fetch; known: {', '.join(sorted(FETCHERS))}")
@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="download again")
     args = parser.parse_args(argv)
     try:
-        path = fetch(args.name, args.cache, force=args.force)
+        path = fetch_dataset(args.name, args.cache, force=args.force)
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -2,15 +2,21 @@
 
 The teacher is built so that architectures really differ in NE and good ones are findable:
 
-* category frequencies follow a per-field Zipf law (a few ids dominate, a long tail is rare);
+* category frequencies follow a per-field Zipf-like law (a bounded continuous power law with
+  exponent s in ``zipf_exponents``, floored to ranks): a few ids dominate, a long tail is rare;
 * the logit sums first-order effects, FM-style 2nd-order inner products on a random subset of
   field pairs, 3rd-order elementwise triple products on a few field triples, dense x sparse
   effects and a small tanh network of the dense features;
+* per-id effects shrink along each field's tail (``head_rank``, ``tail_decay``), so the signal
+  sits on ids seen often enough to be learnt;
 * every term is scaled to a fixed standard deviation on a calibration sample and the bias is
   bisected so the click rate is ``base_ctr``; labels are ``Bernoulli(sigmoid(logit))``.
 
 A logistic regression only captures the first-order part, so it sits well above the teacher's NE,
-while models with (higher-order) interactions can close most of the gap.
+while models with (higher-order) interactions close much of the gap, more so with more rows.
+Measured on the default (seed 0, test split, H200, Adagrad 0.05, 2 epochs, embedding dim 16):
+200k rows: teacher 0.729, LR 0.892, FM 0.926, DNN 0.851, FwFM 0.848, DLRM 0.823;
+1M rows: teacher 0.724, LR 0.873, FM 0.851, FwFM 0.798, DNN 0.790, DLRM 0.772.
 
 The teacher (parameters, scales, bias) is built on the CPU from ``seed`` alone, so it is identical
 for every ``rows`` and device; the rows are drawn on ``device`` with a seeded generator there.
@@ -37,7 +43,7 @@ DEFAULT_CARDINALITIES: tuple[int, ...] = (
     10, 5652, 2173, 4, 7046, 18, 15, 20000, 105, 142,
 )
 
-_CHUNK = 32_768  # rows per teacher evaluation chunk: bounds the [chunk, F, k] gathers
+_CHUNK = 65_536  # rows per teacher evaluation chunk: bounds the [chunk, F, k] gathers
 _CALIBRATION_ROWS = 20_000
 # Independent random streams derived from the seed (never the global torch/numpy state).
 _STREAM_TEACHER, _STREAM_CALIBRATION, _STREAM_ROWS = 1, 2, 3
@@ -75,21 +81,23 @@ class SyntheticConfig:
     cardinalities: tuple[int, ...] | None = None
     base_ctr: float = 0.25
     splits: tuple[float, float, float] = (0.8, 0.1, 0.1)
-    zipf_exponents: tuple[float, float] = (1.05, 1.3)
-    factor_dim: int = 8
+    zipf_exponents: tuple[float, float] = (1.1, 1.5)
+    factor_dim: int = 4
     num_pairs: int = 24
     num_triples: int = 8
     num_dense_sparse: int = 8
-    scales: tuple[float, float, float, float, float] = (0.7, 1.0, 0.8, 0.35, 0.45)
-    head_rank: float = 20.0
-    tail_decay: float = 0.5
-    shrink_first: bool = False
+    scales: tuple[float, float, float, float, float] = (1.0, 1.0, 0.8, 0.35, 0.45)
+    head_rank: float = 5.0
+    tail_decay: float = 1.0
+    shrink_first: bool = True
     dense_missing: float = 0.2
     name: str = field(default="synthetic", compare=False)
 
     def __post_init__(self) -> None:
         if self.rows < 1:
             raise DataError("rows", f"need at least 1 row, got {self.rows}")
+        if self.seed < 0:
+            raise DataError("seed", f"must be >= 0, got {self.seed}")
         if self.num_dense < 0:
             raise DataError("num_dense", f"must be >= 0, got {self.num_dense}")
         cards = DEFAULT_CARDINALITIES if self.cardinalities is None else self.cardinalities
@@ -264,8 +272,8 @@ def build_teacher(config: SyntheticConfig) -> SyntheticTeacher:
     perms = [torch.randperm(c, generator=gen) for c in config.cardinalities]
     rank_to_id = torch.cat(perms)
     rank_of_id = torch.cat([p.argsort() for p in perms]).float()
-    # Interaction vectors shrink along the tail: the interactions live mostly on ids seen often
-    # enough to be learnt, as in real logs where rare ids behave like an average id.
+    # Per-id effects shrink along the tail: the signal lives mostly on ids seen often enough to
+    # be learnt, as in real logs where rare ids behave much like an average id.
     shrink = (1.0 + rank_of_id / config.head_rank).pow(-config.tail_decay)[:, None]
     pairs = _groups(num_fields, 2, config.num_pairs, gen)
     pair_weights = torch.zeros(num_fields, num_fields)
@@ -273,16 +281,17 @@ def build_teacher(config: SyntheticConfig) -> SyntheticTeacher:
     triples = _groups(num_fields, 3, config.num_triples, gen)
     m = config.num_dense_sparse if num_dense > 0 else 0
     hidden = 16
+    tail = shrink[:, 0] if config.shrink_first else torch.ones(total)
     teacher = SyntheticTeacher(
         offsets=offsets, cardinalities=cards, zipf_exponent=expo, rank_to_id=rank_to_id,
-        first=torch.randn(total, generator=gen) * (shrink[:, 0] if config.shrink_first else 1.0),
+        first=torch.randn(total, generator=gen) * tail,
         # Zero-mean factors: interactions carry no first-order signal a linear model could grab.
         factors2=torch.randn(total, k, generator=gen) * shrink,
         factors3=torch.randn(total, k, generator=gen) * shrink,
         pair_weights=pair_weights, triples=triples,
         ds_dense=torch.randint(0, max(num_dense, 1), (m,), generator=gen),
         ds_field=torch.randint(0, num_fields, (m,), generator=gen),
-        ds_weight=torch.randn(total, generator=gen) * (shrink[:, 0] if config.shrink_first else 1.0),
+        ds_weight=torch.randn(total, generator=gen) * tail,
         mlp_w1=torch.randn(num_dense, hidden, generator=gen) * (2.0 / math.sqrt(max(num_dense, 1))),
         mlp_b1=torch.randn(hidden, generator=gen) * 0.5,
         mlp_w2=torch.randn(hidden, generator=gen),
