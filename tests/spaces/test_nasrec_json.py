@@ -54,7 +54,7 @@ def test_wrong_space_and_malformed_blocks_are_named():
         from_nasrec_json(full, broken)
     broken = json.loads(json.dumps(doc))
     broken["micro"][0]["dense_in_dims"] = 100
-    with pytest.raises(InvalidArchitecture, match="b1.dense.width"):
+    with pytest.raises(InvalidArchitecture, match=r"b1\.dense\.width"):
         from_nasrec_json(full, broken)
     with pytest.raises(InvalidArchitecture, match="only for"):
         from_nasrec_json(load_space("dlrm"), doc)
