@@ -1,0 +1,70 @@
+"""The opt-in fast training paths compute what the plain path computes (CPU checks)."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from ranknas.errors import ConfigError
+from ranknas.evaluator.data import make_synthetic
+from ranknas.evaluator.tiny_attention import tiny_head_attention
+from ranknas.evaluator.training import TrainConfig, train
+from ranknas.spaces import build_model, load_space
+from ranknas.spaces.nasrec_json import from_nasrec_json
+
+FULL_BEST = Path(__file__).parents[3] / "shared" / "nasrec-configs" / "criteo_full_best.json"
+
+
+@pytest.fixture(scope="module")
+def setup():
+    torch.set_num_threads(1)
+    data = make_synthetic(3000, seed=0)
+    space = load_space("nasrec_full")
+    if FULL_BEST.exists():  # has transformers: exercises the fused attention too
+        arch = from_nasrec_json(space, json.loads(FULL_BEST.read_text()))
+    else:
+        arch = space.sample(__import__("random").Random(0))
+    return data, space, arch
+
+
+def trained(setup, steps=6, **options):
+    data, space, arch = setup
+    model = build_model(space, arch, data.schema, seed=0)
+    train(model, data, TrainConfig(steps=steps, batch_size=64, lr=0.05, seed=0, **options))
+    return model.state_dict()
+
+
+def test_index_adagrad_matches_torch_sparse_adagrad(setup):
+    plain, fast = trained(setup), trained(setup, embedding_update="index")
+    for key in plain:
+        torch.testing.assert_close(fast[key], plain[key], rtol=1e-5, atol=1e-6)
+
+
+def test_fused_attention_matches_multihead_attention(setup):
+    # SGD keeps updates proportional to gradients; Adagrad's first step is lr * sign(g), which
+    # turns rounding-level gradient differences on near-zero rows into lr-sized ones.
+    plain = trained(setup, steps=3, optimizer="sgd")
+    fast = trained(setup, steps=3, optimizer="sgd", fused_attention=True)
+    for key in plain:
+        torch.testing.assert_close(fast[key], plain[key], rtol=1e-4, atol=1e-5)
+
+
+def test_tiny_head_attention_reference_against_sdpa():
+    gen = torch.Generator().manual_seed(0)
+    qkv = torch.randn(5, 12, 3 * 16, generator=gen, dtype=torch.float64)
+    out, _ = tiny_head_attention(qkv, 8)
+    q, k, v = (t.reshape(5, 12, 8, 2).transpose(1, 2) for t in qkv.split(16, dim=-1))
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    torch.testing.assert_close(out.reshape(5, 12, 8, 2), ref.transpose(1, 2))
+
+
+@pytest.mark.parametrize(("options", "field"), [
+    ({"cuda_graph": True}, "cuda_graph"),
+    ({"embedding_update": "index", "optimizer": "adam"}, "embedding_update"),
+    ({"precision": "fp16"}, "precision"),
+])
+def test_fast_options_are_validated(options, field):
+    with pytest.raises(ConfigError) as err:
+        TrainConfig(steps=1, **options)
+    assert err.value.where == field
