@@ -77,8 +77,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ranknas.evaluator.data import load_data
-    from ranknas.evaluator.standalone import torch_threads
     from ranknas.evaluator.training import TrainConfig, evaluate, train
+    from ranknas.execution.standalone import torch_threads
     from ranknas.spaces import build_model, load_space
 
     space = load_space(args.space)

@@ -64,8 +64,8 @@ class EvalJob:
     def evaluator(self) -> Any:
         if "evaluator" not in self._cache:
             from ranknas.evaluator.data import load_data
-            from ranknas.evaluator.standalone import StandaloneEvaluator
             from ranknas.evaluator.training import TrainConfig
+            from ranknas.execution.standalone import StandaloneEvaluator
             from ranknas.spaces import load_space
 
             data_opts = dict(self.data)

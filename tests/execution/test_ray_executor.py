@@ -97,8 +97,8 @@ class TinyJob(EvalJob):
             return super().evaluator()
         if "evaluator" not in self._cache:
             from ranknas.evaluator.data.synthetic import make_synthetic
-            from ranknas.evaluator.standalone import StandaloneEvaluator
             from ranknas.evaluator.training import TrainConfig
+            from ranknas.execution.standalone import StandaloneEvaluator
 
             opts = {k: v for k, v in self.data.items() if k != "spec"}
             self._cache["evaluator"] = StandaloneEvaluator(
