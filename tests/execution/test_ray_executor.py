@@ -85,30 +85,8 @@ class Failing(Instant):
         return super().__call__(proposal)
 
 
-class TinyJob(EvalJob):
-    """:class:`EvalJob`, building its synthetic data directly while ``load_data`` is missing."""
-
-    def evaluator(self):
-        try:
-            from ranknas.evaluator.data import load_data  # noqa: F401
-        except ImportError:
-            pass
-        else:
-            return super().evaluator()
-        if "evaluator" not in self._cache:
-            from ranknas.evaluator.data.synthetic import make_synthetic
-            from ranknas.evaluator.training import TrainConfig
-            from ranknas.execution.standalone import StandaloneEvaluator
-
-            opts = {k: v for k, v in self.data.items() if k != "spec"}
-            self._cache["evaluator"] = StandaloneEvaluator(
-                load_space(self.space), make_synthetic(**opts), TrainConfig(**self.train),
-                seed=self.seed)
-        return self._cache["evaluator"]
-
-
 def tiny_job() -> EvalJob:
-    return TinyJob(SPACE, {"spec": "synthetic", "rows": 2000, "seed": 0},
+    return EvalJob(SPACE, {"spec": "synthetic", "rows": 2000, "seed": 0},
                    {"examples": 2048, "batch_size": 256}, seed=0)
 
 
