@@ -61,6 +61,16 @@ class Architecture:
         """First 16 hex digits of the SHA-256 of :meth:`dumps`."""
         return hashlib.sha256(self.dumps().encode()).hexdigest()[:16]
 
+    @classmethod
+    def from_json(cls, obj: Any, where: str = "architecture") -> Architecture:
+        """Rebuild from :meth:`to_json` output, structurally (lists become tuples).
+
+        This does not check the choices against a space; use ``space.from_json`` for that.
+        """
+        space, version, raw = cls.parse_json(obj, where)
+        return cls(space, version, tuple(
+            (k, tuple(v) if isinstance(v, list) else v) for k, v in raw.items()))
+
     @staticmethod
     def parse_json(obj: Any, where: str = "architecture") -> tuple[str, str, dict[str, Any]]:
         """Check the outer shape of architecture JSON; return (space, version, raw choices)."""

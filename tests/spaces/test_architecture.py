@@ -22,7 +22,7 @@ def test_json_round_trip_keeps_arch_id(name, seed):
     arch = space.sample(random.Random(seed))
     text = json.dumps(arch.to_json())
     again = space.from_json(json.loads(text))
-    assert again == arch
+    assert again == arch == Architecture.from_json(json.loads(text))
     assert again.arch_id == arch.arch_id
 
 
