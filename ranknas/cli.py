@@ -258,7 +258,8 @@ def _quiet_libraries() -> None:
 
     # torch's sparse Adagrad warns that invariant checks are off, which is their default.
     warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
-    logging.getLogger("optuna").setLevel(logging.WARNING)
+    for name in ("optuna", "mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

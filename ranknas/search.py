@@ -121,12 +121,13 @@ def run_search(config: ExperimentConfig, out: str | Path, *, resume: bool = Fals
     out = Path(out)
     echo = echo or (lambda msg: print(msg, file=sys.stderr))
     space = load_space(config.space)
+    job = EvalJob(config.space, dict(config.data), asdict(config.train_config()), config.seed)
+    job.evaluator()  # bad data options fail here, before the output folder exists
     journal = _prepare_out(config, out, resume)
     tracker = make_tracker(config, out)
     tracker.check()  # an unreachable server is reported before any training
     tracker.start_study(config.to_json())
     tracker.sync(journal)  # trials journaled but not yet tracked when a search was killed
-    job = EvalJob(config.space, dict(config.data), asdict(config.train_config()), config.seed)
     _evaluate_baseline(config, space, out, job)
     executor = make_executor(dict(config.executor), out)
     try:

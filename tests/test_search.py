@@ -96,3 +96,10 @@ def test_sigkilled_search_resumes_without_rerunning_or_duplicating(tmp_path):
     assert after[: len(done_before)] == done_before  # nothing re-run or rewritten
     assert len({(run, tid) for run, tid, _, _ in after}) == len(after) == 8
     assert after == trials(reference)  # same trials as a search never killed
+
+
+def test_bad_data_options_fail_before_the_output_folder_exists(tmp_path):
+    cfg = config(data={"spec": "synthetic", "rows": 500, "options": {"cardinalitie": [3]}})
+    with pytest.raises(ConfigError, match="cardinalitie"):
+        run_search(cfg, tmp_path / "s", progress=False)
+    assert not (tmp_path / "s").exists()  # so a corrected rerun needs no --resume
