@@ -1,4 +1,4 @@
-"""The shared-weight supernet: widest weights per (block, op, layer), sliced per architecture.
+"""The shared-weight supernet (widest weights sliced per architecture), path samplers, trainer.
 
 Importing this package registers one elastic counterpart for every catalogue operator.
 """
@@ -21,18 +21,37 @@ from ranknas.supernet.elastic_base import (
     register_elastic,
 )
 from ranknas.supernet.layout import SpaceLayout, module_key
+from ranknas.supernet.samplers import (
+    SAMPLERS,
+    AnyPathSampler,
+    BalancedSampler,
+    PathSampler,
+    UniformSampler,
+    WarmupSampler,
+    make_sampler,
+)
 from ranknas.supernet.supernet import Supernet, SupernetPlan
+from ranknas.supernet.trainer import SupernetTrainConfig, SupernetTrainer
 
 __all__ = [
     "ELASTIC_OPS",
+    "SAMPLERS",
+    "AnyPathSampler",
+    "BalancedSampler",
     "ElasticOp",
     "ElasticSpec",
+    "PathSampler",
     "PortCols",
     "SourceLayout",
     "SpaceLayout",
     "Supernet",
     "SupernetPlan",
+    "SupernetTrainConfig",
+    "SupernetTrainer",
+    "UniformSampler",
+    "WarmupSampler",
     "elastic_class",
+    "make_sampler",
     "module_key",
     "register_elastic",
 ]

@@ -1,0 +1,128 @@
+"""Supernet trainer: learning, op coverage, resume equality, divergence, config checks."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from ranknas.errors import ConfigError, TrainingDiverged
+from ranknas.evaluator.data import make_synthetic
+from ranknas.spaces.yaml_space import space_from_dict
+from ranknas.supernet import Supernet, SupernetTrainConfig, SupernetTrainer, make_sampler
+
+SPACE = {
+    "name": "tiny_train",
+    "inputs": {"dense": 13, "sparse": 26, "embedding_dim": 8},
+    "blocks": [
+        {"id": "b1", "ops": ["linear-2d", "dot-product"], "width": [16, 32],
+         "inputs": {"from": ["dense", "sparse"], "max": 2}},
+        {"id": "b2", "ops": ["linear-2d", "sigmoid-gating", "sum"], "width": [16, 32],
+         "inputs": {"from": "any-earlier", "max": 2}},
+    ],
+    "output": {"from": "last"},
+}
+
+
+@pytest.fixture(scope="module")
+def space():
+    return space_from_dict(SPACE)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return make_synthetic(4000, seed=0)
+
+
+def _trainer(space, data, sampler="uniform", seed=0, options=None, **cfg):
+    cfg = {"examples": 4000, "batch_size": 200, "lr": 0.05, "seed": seed, **cfg}
+    supernet = Supernet(space, data.schema, seed=seed)
+    paths = make_sampler(sampler, space, seed, schema=data.schema, **(options or {}))
+    return SupernetTrainer(supernet, data, paths, SupernetTrainConfig(**cfg))
+
+
+def test_loss_decreases_and_scores(space, data):
+    trainer = _trainer(space, data, "any-path", batch_size=100, examples=9600, log_every=10)
+    logs = []
+    result = trainer.train(progress=logs.append, examples=None)
+    assert result["examples"] == 9600 and result["steps"] == 96
+    first = logs[0]["loss"]
+    assert result["loss"] < first - 0.02, (first, result["loss"])
+    scores = trainer.score(trainer.sampler.sample(0))
+    assert scores["count"] == len(data.valid)
+    assert math.isfinite(scores["ne"]) and 0.5 < scores["auc"] <= 1
+    assert trainer.supernet.training  # score restores the mode
+
+
+def test_balanced_trains_every_op(space, data):
+    trainer = _trainer(space, data, "balanced", examples=2000)
+    before = {k: [p.detach().clone() for p in m.parameters()]
+              for k, m in trainer.supernet.elastic.items()}
+    trainer.train()
+    for key, module in trainer.supernet.elastic.items():
+        moved = any(not torch.equal(a, p) for a, p in zip(before[key], module.parameters(),
+                                                           strict=True))
+        assert moved or not before[key], f"{key} was never trained"
+    counts = trainer.sampler.counts
+    assert all(min(c.values()) >= 3 for c in counts.values()), counts
+
+
+def test_resume_equals_uninterrupted(space, data, tmp_path):
+    whole = _trainer(space, data, "warmup", options={"warmup_steps": 8})
+    whole.train(4000)
+    first = _trainer(space, data, "warmup", options={"warmup_steps": 8})
+    first.train(2000)
+    path = first.save(tmp_path / "ckpt" / "supernet.pt")
+    assert not list(path.parent.glob(".*tmp*"))
+    resumed = _trainer(space, data, "warmup", seed=5, options={"warmup_steps": 8})
+    resumed.load(path)
+    result = resumed.train()  # the rest of config.examples
+    assert result["examples"] == 4000 and result["steps"] == whole.step == 20
+    for (name, a), b in zip(whole.supernet.state_dict().items(),
+                            resumed.supernet.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    assert resumed.sampler.state_dict() == whole.sampler.state_dict()
+    for oa, ob in zip(whole.optimizers, resumed.optimizers, strict=True):
+        for sa, sb in zip(oa.state.values(), ob.state.values(), strict=True):
+            assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_periodic_checkpoints(space, data, tmp_path):
+    path = tmp_path / "periodic.pt"
+    trainer = _trainer(space, data, examples=1000, checkpoint_every=2,
+                       checkpoint_path=str(path))
+    trainer.train()
+    state = torch.load(path, weights_only=True)
+    assert state["step"] == 4 and state["examples"] == 800
+
+
+def test_sparse_embedding_has_its_own_sparse_optimizer(space, data):
+    trainer = _trainer(space, data, optimizer="adam")
+    dense_opt, sparse_opt = trainer.optimizers
+    assert isinstance(dense_opt, torch.optim.Adam)
+    assert isinstance(sparse_opt, torch.optim.SparseAdam)
+    assert sparse_opt.param_groups[0]["params"] == [trainer.supernet.embedding.table.weight]
+    trainer.train(400)
+
+
+def test_divergence_carries_the_step(space, data):
+    trainer = _trainer(space, data)
+    trainer.train(600)
+    with torch.no_grad():
+        trainer.supernet.head_bias.fill_(math.nan)
+    with pytest.raises(TrainingDiverged) as err:
+        trainer.train(600)
+    assert err.value.step == 4
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("examples", 0), ("batch_size", -1), ("optimizer", "lbfgs"), ("lr", 0.0),
+    ("sparse_lr", math.nan), ("seed", -1), ("device", "gpu7"), ("checkpoint_every", 0),
+    ("checkpoint_path", None), ("weight_decay", -1.0), ("eps", True),
+])
+def test_bad_config_fields_raise_config_error(field, value):
+    extra = {"checkpoint_every": 5} if field == "checkpoint_path" else {}
+    with pytest.raises(ConfigError) as err:
+        SupernetTrainConfig(**{field: value, **extra})
+    assert err.value.where == f"supernet.train.{field}"
