@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ranknas.errors import ConfigError
+from ranknas.evaluator.dominance import non_dominated_fronts
 from ranknas.evaluator.results import Objective
 from ranknas.execution.journal import TrialRecord
 
@@ -97,22 +98,7 @@ def non_dominated_sort(points: np.ndarray, directions: Sequence[str]) -> list[np
     Returns:
         Index arrays (sorted ascending), one per front; together they partition ``range(N)``.
     """
-    pts = _minimisation_form(points, directions)
-    n = len(pts)
-    if n == 0:
-        return []
-    le = np.all(pts[:, None, :] <= pts[None, :, :], axis=2)
-    lt = np.any(pts[:, None, :] < pts[None, :, :], axis=2)
-    dominates = le & lt  # dominates[i, j]: i dominates j
-    count = dominates.sum(axis=0)
-    fronts: list[np.ndarray] = []
-    current = np.flatnonzero(count == 0)
-    while current.size:
-        fronts.append(current)
-        count = count - dominates[current].sum(axis=0)
-        count[current] = -1
-        current = np.flatnonzero(count == 0)
-    return fronts
+    return non_dominated_fronts(_minimisation_form(points, directions))
 
 
 def _ok_records(records: Iterable[TrialRecord], objectives: Sequence[Objective]

@@ -24,13 +24,13 @@ comparison operator). Directions are honoured through ``Objective.sign``.
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ranknas.errors import ConfigError, SpaceError
+from ranknas.evaluator.dominance import crowding_distances, pareto_ranks
 from ranknas.evaluator.results import EvalResult, Objective
 from ranknas.spaces.architecture import Architecture
 from ranknas.spaces.space import SearchSpace
@@ -124,7 +124,7 @@ class RegularizedEvolution(Strategy):
         """Index -> (Pareto rank, -crowding distance) over the usable members."""
         idx = [i for i, m in enumerate(members) if m.key is not None]
         points = [members[i].key for i in idx]
-        ranks = nondominated_ranks(points)
+        ranks = pareto_ranks(points)
         crowd = crowding_distances(points, ranks)
         return {i: (r, -c) for i, r, c in zip(idx, ranks, crowd, strict=True)}
 
@@ -142,62 +142,3 @@ class RegularizedEvolution(Strategy):
             Member(self.space.from_json(m["arch"], where="state.members[].arch"),
                    None if m["key"] is None else tuple(float(v) for v in m["key"]))
             for m in state["members"])
-
-
-# -- Pareto helpers (minimisation) ------------------------------------------------------------
-def dominates(a: Sequence[float], b: Sequence[float]) -> bool:
-    """``a`` is no worse than ``b`` everywhere and better somewhere (all minimised)."""
-    return all(x <= y for x, y in zip(a, b, strict=True)) and any(
-        x < y for x, y in zip(a, b, strict=True))
-
-
-def nondominated_ranks(points: Sequence[Sequence[float]]) -> list[int]:
-    """Pareto rank of each point by fast non-dominated sorting: 0 = the front, 1 = the front
-    once rank 0 is removed, ... (Deb et al. 2002; O(M N^2))."""
-    n = len(points)
-    dominated_by = [0] * n  # how many points dominate i
-    dominating: list[list[int]] = [[] for _ in range(n)]
-    for i in range(n):
-        for j in range(i + 1, n):
-            if dominates(points[i], points[j]):
-                dominating[i].append(j)
-                dominated_by[j] += 1
-            elif dominates(points[j], points[i]):
-                dominating[j].append(i)
-                dominated_by[i] += 1
-    ranks = [0] * n
-    front = [i for i in range(n) if dominated_by[i] == 0]
-    rank = 0
-    while front:
-        nxt = []
-        for i in front:
-            ranks[i] = rank
-            for j in dominating[i]:
-                dominated_by[j] -= 1
-                if dominated_by[j] == 0:
-                    nxt.append(j)
-        front, rank = nxt, rank + 1
-    return ranks
-
-
-def crowding_distances(points: Sequence[Sequence[float]], ranks: Sequence[int]) -> list[float]:
-    """NSGA-II crowding distance of each point within its front: the sum over objectives of
-    the normalised gap between its neighbours; a front's extremes get infinity."""
-    out = [0.0] * len(points)
-    fronts: dict[int, list[int]] = {}
-    for i, r in enumerate(ranks):
-        fronts.setdefault(r, []).append(i)
-    for members in fronts.values():
-        if len(members) <= 2:
-            for i in members:
-                out[i] = math.inf
-            continue
-        for k in range(len(points[members[0]])):
-            order = sorted(members, key=lambda i: points[i][k])
-            lo, hi = points[order[0]][k], points[order[-1]][k]
-            out[order[0]] = out[order[-1]] = math.inf
-            if hi == lo:
-                continue
-            for prev, cur, nxt in zip(order, order[1:], order[2:], strict=False):
-                out[cur] += (points[nxt][k] - points[prev][k]) / (hi - lo)
-    return out

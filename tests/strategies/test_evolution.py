@@ -7,12 +7,8 @@ import math
 import pytest
 
 from ranknas.evaluator.results import EvalResult, Objective, Status
-from ranknas.strategies.evolution import (
-    Member,
-    RegularizedEvolution,
-    crowding_distances,
-    nondominated_ranks,
-)
+from ranknas.evaluator.dominance import crowding_distances, pareto_ranks
+from ranknas.strategies.evolution import Member, RegularizedEvolution
 from ranknas.testing.strategies import (
     enumerate_space,
     toy_evaluate,
@@ -98,11 +94,11 @@ def test_pending_asks_beyond_population_fall_back_to_random():
 
 def test_nondominated_ranks_and_crowding():
     points = [(1, 5), (2, 2), (5, 1), (3, 3), (4, 4), (6, 6)]
-    assert nondominated_ranks(points) == [0, 0, 0, 1, 2, 3]
-    crowd = crowding_distances(points, nondominated_ranks(points))
+    assert pareto_ranks(points) == [0, 0, 0, 1, 2, 3]
+    crowd = crowding_distances(points, pareto_ranks(points))
     assert crowd[0] == crowd[2] == math.inf and crowd[1] == pytest.approx(2.0)
     assert crowd[3] == crowd[4] == crowd[5] == math.inf  # fronts of one
-    assert nondominated_ranks([(1, 1), (1, 1)]) == [0, 0]  # equal points: no domination
+    assert pareto_ranks([(1, 1), (1, 1)]) == [0, 0]  # equal points: no domination
 
 
 def test_multi_objective_tournament_prefers_rank_then_crowding():
