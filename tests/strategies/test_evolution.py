@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from ranknas.evaluator.results import EvalResult, Objective, Status
 from ranknas.evaluator.dominance import crowding_distances, pareto_ranks
+from ranknas.evaluator.results import EvalResult, Objective, Status
 from ranknas.strategies.evolution import Member, RegularizedEvolution
 from ranknas.testing.strategies import (
     enumerate_space,
