@@ -18,7 +18,7 @@ from ranknas.config import ExperimentConfig, StrategySpec
 from ranknas.errors import ConfigError
 from ranknas.evaluator.data.schema import DataSchema
 from ranknas.evaluator.results import EvalResult, Status
-from ranknas.execution.base import Budget, EvalJob, Executor, LocalExecutor
+from ranknas.execution.base import Budget, EvalJob, Executor, LocalExecutor, cost_examples
 from ranknas.execution.journal import Journal, TrialRecord
 from ranknas.spaces import Architecture, SearchSpace, load_space
 from ranknas.strategies.base import Proposal, Strategy
@@ -167,7 +167,7 @@ def _run_one(spec: StrategySpec, config: ExperimentConfig, space: SearchSpace, j
                unit="trial", file=sys.stderr, disable=not progress, dynamic_ncols=True)
 
     def on_result(proposal: Proposal, result: EvalResult) -> None:
-        totals["examples"] += result.examples
+        totals["examples"] += result.examples + cost_examples(proposal)
         totals["seconds"] += result.seconds
         record = TrialRecord(spec.label, spec.name, proposal.trial_id, proposal.arch.to_json(),
                              result, totals["examples"], totals["seconds"],
@@ -180,5 +180,6 @@ def _run_one(spec: StrategySpec, config: ExperimentConfig, space: SearchSpace, j
         bar.set_postfix_str(f"{result.status.value} NE={ne:.4f}" if ne is not None
                             else result.status.value)
 
+    strategy.attach(job)
     executor.run(strategy, job, budget, on_result)
     bar.close()

@@ -36,9 +36,10 @@ class Budget:
         if self.trials is None and self.examples is None:
             raise ConfigError("budget", "set trials and/or examples")
 
-    def spend(self, result: EvalResult) -> None:
+    def spend(self, result: EvalResult, cost_examples: int = 0) -> None:
+        """Count a finished trial and its examples, plus the strategy's own ``cost_examples``."""
         self.used_trials += 1
-        self.used_examples += result.examples
+        self.used_examples += result.examples + cost_examples
 
     @property
     def exhausted(self) -> bool:
@@ -87,6 +88,11 @@ class EvalJob:
         object.__setattr__(self, "_cache", {})
 
 
+def cost_examples(proposal: Proposal) -> int:
+    """Examples the strategy spent itself before this proposal (``meta["cost_examples"]``)."""
+    return int(proposal.meta.get("cost_examples", 0))
+
+
 def drain_infeasible(strategy: Strategy, on_result: OnResult) -> None:
     """Report trials a constraints wrapper rejected before training (they cost no budget)."""
     from ranknas.strategies.wrappers import drain_infeasible as drain
@@ -119,5 +125,5 @@ class LocalExecutor(Executor):
                 return
             result = job(proposal)
             strategy.tell(proposal, result)
-            budget.spend(result)
+            budget.spend(result, cost_examples(proposal))
             on_result(proposal, result)

@@ -29,7 +29,7 @@ from typing import Any
 
 from ranknas.errors import ConfigError
 from ranknas.evaluator.results import EvalResult, Status
-from ranknas.execution.base import Budget, Executor, OnResult, drain_infeasible
+from ranknas.execution.base import Budget, Executor, OnResult, cost_examples, drain_infeasible
 from ranknas.strategies.base import Proposal, Strategy
 
 #: The key under which a trial reports its result (a JSON string: Tune flattens nested dicts).
@@ -204,7 +204,7 @@ def _tune_classes() -> dict[str, type]:
                 evaluated = EvalResult.from_json(json.loads(result[RESULT_KEY]))
             try:
                 self.strategy.tell(proposal, evaluated)
-                self.budget.spend(evaluated)
+                self.budget.spend(evaluated, cost_examples(proposal))
                 self.on_result(proposal, evaluated)
             except BaseException as err:
                 self.error = err

@@ -3,6 +3,7 @@
 Call order, driven by the search loop (``ranknas.search``)::
 
     strategy = make_strategy(name, space, objectives, seed=..., **options)
+    strategy.attach(job)                                   # optional hook: the run's data
     while (proposal := strategy.ask()) is not None:        # None: the strategy is done
         result = executor.evaluate(proposal)               # EvalResult, never an exception
         strategy.tell(proposal, result)                    # failed/infeasible results too
@@ -37,6 +38,9 @@ class Proposal:
         trial_id: 0, 1, 2, ... in ask order, per strategy.
         budget_examples: Training examples to spend on it; None = the run's default.
         meta: Strategy-specific notes (JSON-able), e.g. the parent of a mutation.
+            ``meta["cost_examples"]``: training examples the strategy itself processed since
+            its previous proposal (supernet training, fine-tuning); the loop charges them to
+            the run's budget, so one-shot and sampling-based runs compare at equal examples.
     """
 
     arch: Architecture
@@ -75,6 +79,10 @@ class Strategy(ABC):
         proposal = Proposal(arch, self._next_id, **kwargs)
         self._next_id += 1
         return proposal
+
+    def attach(self, job: Any) -> None:  # noqa: B027 - optional hook, no-op by default
+        """Receive the run's evaluation job (``EvalJob``: space, data, training settings)
+        before the first ``ask``. Strategies that train models themselves (one-shot) use it."""
 
     @abstractmethod
     def ask(self) -> Proposal | None:

@@ -61,6 +61,9 @@ class _Wrapper(Strategy):
         self.inner = inner
         self._infeasible: Drained = []
 
+    def attach(self, job: Any) -> None:
+        self.inner.attach(job)
+
     def drain_infeasible(self) -> Drained:
         """Rejected proposals with their INFEASIBLE results, oldest first; clears the list."""
         out, self._infeasible = self._infeasible, []

@@ -1,0 +1,321 @@
+"""One-shot NAS: train a weight-sharing supernet once, search on it, retrain the best.
+
+Three stages, all driven by :meth:`OneShot.ask`:
+
+1. On the first ``ask()`` after :meth:`OneShot.attach`, build ``Supernet(space, schema, seed)``
+   and train it with :class:`~ranknas.supernet.SupernetTrainer` on ``supernet_examples``
+   (optimizer, batch size and device from the run's ``TrainConfig``; ``supernet_lr`` overrides
+   the learning rate).
+2. Run the inner strategy (``evolution`` by default, any registered ask/tell strategy) for
+   ``candidates`` rounds. Each candidate is extracted from the supernet (a copy; the supernet
+   is untouched), fine-tuned per ``finetune`` on ``finetune_examples``, scored by validation
+   NE, and told back with its cheap metrics (flops, params).
+3. Propose the ``top_k`` distinct best candidates, one per ``ask()``, to be retrained from
+   scratch by the executor; then ``ask()`` returns None.
+
+Budget: the first retrain proposal carries ``meta["cost_examples"]`` = supernet training plus
+all fine-tuning examples, which the search loop adds to the run's totals; the retraining itself
+is charged by the executor as usual.
+
+Resume: the state holds the stage, the scored candidates, the retrain queue, the next id and
+the rng, not the supernet weights. Stages 1-2 run inside one ``ask()`` call, so a saved state
+is either before them (``init``) or after them; a run killed during stages 1-2 restarts
+them from scratch on resume. A run resumed in the retrain stage needs no supernet.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from typing import Any
+
+from ranknas.errors import ConfigError, TrainingDiverged
+from ranknas.evaluator.dominance import pareto_ranks
+from ranknas.evaluator.results import EvalResult, Objective, Status
+from ranknas.spaces.architecture import Architecture
+from ranknas.spaces.space import SearchSpace
+from ranknas.strategies.base import Proposal, Strategy
+from ranknas.strategies.registry import make_strategy, register_strategy
+
+__all__ = ["FINETUNE_MODES", "OneShot"]
+
+#: Fine-tuning modes of stage 2: no training, head + last block only, or every parameter.
+FINETUNE_MODES = ("none", "last", "whole")
+WHERE = "strategies[]"
+
+
+def _derived_seed(seed: int, tag: str) -> int:
+    """A non-negative seed for one component, independent of the other components' streams."""
+    return random.Random(f"oneshot-{tag}-{seed}").getrandbits(31)
+
+
+def _check_int(name: str, value: int, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{WHERE}.{name}", f"expected an integer >= {minimum}, got {value!r}")
+
+
+def _block(node_key: str) -> str:
+    """Block name of a materialized node key: ``top#0`` -> ``top``, ``b7.dense`` -> ``b7``."""
+    return re.split(r"[#.]", node_key, maxsplit=1)[0]
+
+
+@register_strategy
+class OneShot(Strategy):
+    """One-shot NAS: supernet training, inner search on the supernet, top-k retrained.
+
+    Args:
+        space: The search space.
+        objectives: What to optimise; with several, the top-k are taken by Pareto rank of
+            the supernet scores, then by NE.
+        seed: Seeds the supernet, its path sampler, fine-tuning and the inner strategy.
+        supernet_examples: Examples to train the supernet on (stage 1).
+        sampler: Path sampler name (``ranknas.supernet.SAMPLERS``).
+        sampler_options: Options of the sampler, e.g. ``{"max_inputs": 2}``.
+        warmup_steps: When > 0, wrap the sampler in ``warmup`` over this many steps.
+        inner: Registered name of the inner strategy (stage 2).
+        inner_options: Options of the inner strategy.
+        candidates: Inner ask/tell rounds, each scored on the supernet.
+        finetune: ``none``, ``last`` (logit head and the last block) or ``whole``.
+        finetune_examples: Fine-tuning examples per candidate (0: no fine-tuning).
+        top_k: Distinct best candidates proposed for retraining from scratch (stage 3).
+        supernet_lr: Learning rate of supernet training; None: the run's train lr.
+
+    Raises:
+        ConfigError: a bad option; ``where`` is ``strategies[].<option>``.
+    """
+
+    name = "oneshot"
+
+    def __init__(self, space: SearchSpace, objectives: Sequence[Objective], seed: int = 0,
+                 supernet_examples: int = 200_000, sampler: str = "any-path",
+                 sampler_options: dict | None = None, warmup_steps: int = 0,
+                 inner: str = "evolution", inner_options: dict | None = None,
+                 candidates: int = 100, finetune: str = "none", finetune_examples: int = 0,
+                 top_k: int = 3, supernet_lr: float | None = None) -> None:
+        super().__init__(space, objectives, seed)
+        from ranknas.supernet.samplers import SAMPLERS
+
+        _check_int("supernet_examples", supernet_examples, 1)
+        _check_int("warmup_steps", warmup_steps, 0)
+        _check_int("candidates", candidates, 1)
+        _check_int("finetune_examples", finetune_examples, 0)
+        _check_int("top_k", top_k, 1)
+        if sampler not in SAMPLERS or sampler == "warmup":
+            allowed = ", ".join(n for n in SAMPLERS if n != "warmup")
+            raise ConfigError(f"{WHERE}.sampler", f"unknown sampler {sampler!r}; allowed: "
+                              f"{allowed} (use warmup_steps for a full-path warm-up)")
+        if finetune not in FINETUNE_MODES:
+            raise ConfigError(f"{WHERE}.finetune", f"expected one of "
+                              f"{', '.join(FINETUNE_MODES)}, got {finetune!r}")
+        if finetune != "none" and finetune_examples == 0:
+            raise ConfigError(f"{WHERE}.finetune_examples", f"finetune={finetune!r} needs "
+                              "finetune_examples >= 1")
+        if supernet_lr is not None and not (supernet_lr > 0 and math.isfinite(supernet_lr)):
+            raise ConfigError(f"{WHERE}.supernet_lr", f"expected a finite number > 0, got "
+                              f"{supernet_lr!r}")
+        if inner == self.name:
+            raise ConfigError(f"{WHERE}.inner", "the inner strategy cannot be oneshot itself")
+        self.supernet_examples = supernet_examples
+        self.sampler = sampler
+        self.sampler_options = dict(sampler_options or {})
+        self.warmup_steps = warmup_steps
+        self.inner = inner
+        self.inner_options = dict(inner_options or {})
+        self.candidates = candidates
+        self.finetune = finetune
+        self.finetune_examples = finetune_examples
+        self.top_k = top_k
+        self.supernet_lr = supernet_lr
+        self._make_inner()  # fail at config time on a bad inner name or option
+        self._make_sampler(None)  # likewise for the sampler options
+        self._job: Any = None
+        self.stage = "init"  # init -> retrain -> done
+        self.candidates_scored: list[dict[str, Any]] = []
+        self.queue: list[dict[str, Any]] = []
+        self.pending_cost = 0
+        self.stages: list[dict[str, Any]] = []  # per-stage summaries, for logging
+        self.retrained: dict[str, dict[str, Any]] = {}
+
+    # -- components -----------------------------------------------------------------------
+    def _make_inner(self) -> Strategy:
+        return make_strategy(self.inner, self.space, self.objectives,
+                             seed=_derived_seed(self.seed, "inner"),
+                             where=f"{WHERE}.inner_options", **self.inner_options)
+
+    def _make_sampler(self, schema: Any) -> Any:
+        from ranknas.supernet.samplers import make_sampler
+
+        name, options = self.sampler, dict(self.sampler_options)
+        if self.warmup_steps > 0:
+            name, options = "warmup", {"warmup_steps": self.warmup_steps,
+                                       "inner": self.sampler, **options}
+        try:
+            return make_sampler(name, self.space, _derived_seed(self.seed, "sampler"),
+                                schema=schema, **options)
+        except ConfigError as err:
+            if err.where.startswith("supernet.sampler"):
+                raise ConfigError(f"{WHERE}.sampler_options", err.message) from err
+            raise
+
+    # -- the loop's hooks -------------------------------------------------------------------
+    def attach(self, job: Any) -> None:
+        """Take the run's ``EvalJob``: its space, data and train settings drive stages 1-2."""
+        self._job = job
+
+    def ask(self) -> Proposal | None:
+        if self.stage == "init":
+            if self._job is None:
+                raise ConfigError(f"{WHERE}.name", "the one-shot strategy needs the search "
+                                  "loop's data: call attach(job) with the run's EvalJob "
+                                  "before ask()")
+            self._search(self._job.evaluator())
+        if not self.queue:
+            self.stage = "done"
+            return None
+        entry = self.queue.pop(0)
+        meta: dict[str, Any] = {"stage": "retrain", "supernet_ne": entry["ne"],
+                                "rank": entry["rank"]}
+        if self.pending_cost:
+            meta["cost_examples"] = self.pending_cost
+            self.pending_cost = 0
+        arch = self.space.from_json(entry["arch"], where="state.queue[].arch")
+        return self._proposal(arch, meta=meta)
+
+    def tell(self, proposal: Proposal, result: EvalResult) -> None:
+        self.retrained[proposal.arch.arch_id] = {
+            "status": result.status.value, "ne": result.metrics.get("ne"),
+            "supernet_ne": proposal.meta.get("supernet_ne")}
+
+    # -- stages 1 and 2 -------------------------------------------------------------------
+    def _search(self, evaluator: Any) -> None:
+        """Train the supernet, score ``candidates`` inner proposals, fill the retrain queue."""
+        from ranknas.execution.standalone import torch_threads
+        from ranknas.supernet import Supernet, SupernetTrainConfig, SupernetTrainer
+
+        data, cfg = evaluator.data, evaluator.train_config
+        with torch_threads(getattr(evaluator, "threads", None)):
+            start = time.perf_counter()
+            supernet = Supernet(self.space, data.schema, _derived_seed(self.seed, "supernet"))
+            lr = cfg.lr if self.supernet_lr is None else self.supernet_lr
+            sparse_lr = cfg.sparse_lr if cfg.sparse_lr is not None else lr
+            trainer = SupernetTrainer(supernet, data, self._make_sampler(data.schema),
+                                      SupernetTrainConfig(
+                                          examples=self.supernet_examples,
+                                          batch_size=cfg.batch_size, optimizer=cfg.optimizer,
+                                          lr=lr, sparse_lr=sparse_lr,
+                                          weight_decay=cfg.weight_decay, eps=cfg.eps,
+                                          seed=_derived_seed(self.seed, "train"),
+                                          device=cfg.device,
+                                          eval_batch_size=cfg.eval_batch_size))
+            out = trainer.train(self.supernet_examples)
+            self.stages.append({"stage": "supernet", "examples": out["examples"],
+                                "steps": out["steps"], "loss": out["loss"],
+                                "seconds": time.perf_counter() - start})
+            start = time.perf_counter()
+            inner = self._make_inner()
+            finetuned = 0
+            for _ in range(self.candidates):
+                proposal = inner.ask()
+                if proposal is None:
+                    break
+                result = self._score(supernet, proposal.arch, data, cfg)
+                inner.tell(proposal, result)
+                finetuned += result.examples
+                if result.ok and math.isfinite(result.metrics.get("ne", math.nan)):
+                    self.candidates_scored.append({
+                        "arch": proposal.arch.to_json(), "arch_id": proposal.arch.arch_id,
+                        "ne": result.metrics["ne"], "flops": result.metrics["flops"],
+                        "params": result.metrics["params"], "metrics": dict(result.metrics)})
+            self.stages.append({"stage": "search", "examples": finetuned,
+                                "candidates": len(self.candidates_scored),
+                                "seconds": time.perf_counter() - start})
+        self.pending_cost = int(out["examples"]) + finetuned
+        self.queue = self._top_k()
+        self.stage = "retrain"
+
+    def _score(self, supernet: Any, arch: Architecture, data: Any, cfg: Any) -> EvalResult:
+        """Extract ``arch``, fine-tune the copy per ``finetune`` and score it on valid."""
+        from ranknas.evaluator.training import evaluate, train
+
+        start = time.perf_counter()
+        graph = self.space.materialize(arch, data.schema)
+        metrics: dict[str, float] = {"flops": graph.flops, "params": graph.params,
+                                     "dense_params": graph.dense_params}
+        model = supernet.extract(arch)
+        examples = 0
+        if self.finetune != "none":
+            if self.finetune == "last":
+                last = _block(graph.nodes[-1].key)
+                keep = {id(p) for p in model.head.parameters()}
+                for module, node in zip(model.ops, graph.nodes, strict=True):
+                    if _block(node.key) == last:
+                        keep.update(id(p) for p in module.parameters())
+                for p in model.parameters():
+                    p.requires_grad_(id(p) in keep)
+            ft_cfg = replace(cfg, examples=self.finetune_examples, steps=None,
+                             seed=_derived_seed(self.seed, "finetune"))
+            try:
+                examples = train(model, data, ft_cfg).examples
+            except TrainingDiverged as err:
+                return EvalResult(arch.arch_id, Status.FAILED, metrics,
+                                  examples=min(err.step * cfg.batch_size,
+                                               self.finetune_examples),
+                                  seconds=time.perf_counter() - start,
+                                  reason=f"fine-tuning diverged: {err}")
+        scores = evaluate(model, data.valid, data.background_ctr,
+                          batch_size=cfg.eval_batch_size)
+        metrics.update({k: scores[k] for k in ("ne", "logloss", "auc", "calibration")})
+        return EvalResult(arch.arch_id, Status.OK, metrics, examples=examples,
+                          seconds=time.perf_counter() - start)
+
+    # -- stage 3 --------------------------------------------------------------------------
+    def _top_k(self) -> list[dict[str, Any]]:
+        """The retrain queue: the best distinct scored candidates, best first.
+
+        One objective: by supernet NE. Several: by Pareto rank of the objective values (the
+        first front first), then by NE; candidates missing an objective value come last.
+        """
+        best: dict[str, dict[str, Any]] = {}
+        for cand in self.candidates_scored:  # distinct: the best score of each arch
+            if cand["arch_id"] not in best or cand["ne"] < best[cand["arch_id"]]["ne"]:
+                best[cand["arch_id"]] = cand
+        cands = list(best.values())
+        ranks = [0] * len(cands)
+        if len(self.objectives) > 1:
+            keys = [tuple(o.sign() * c["metrics"].get(o.name, math.nan)
+                          for o in self.objectives) for c in cands]
+            usable = [i for i, k in enumerate(keys) if all(math.isfinite(v) for v in k)]
+            ranks = [len(cands)] * len(cands)
+            if usable:
+                for i, r in zip(usable, pareto_ranks([keys[i] for i in usable]), strict=True):
+                    ranks[i] = r
+        order = sorted(range(len(cands)), key=lambda i: (ranks[i], cands[i]["ne"]))
+        return [{"arch": cands[i]["arch"], "arch_id": cands[i]["arch_id"],
+                 "ne": cands[i]["ne"], "rank": n}
+                for n, i in enumerate(order[:self.top_k])]
+
+    # -- state ----------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-able state; the supernet weights are not in it (see the module docs)."""
+        state = super().state_dict()
+        state.update({"stage": self.stage, "candidates_scored": self.candidates_scored,
+                      "queue": self.queue, "pending_cost": self.pending_cost,
+                      "stages": self.stages, "retrained": self.retrained})
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.stage = str(state["stage"])
+        if self.stage not in ("init", "retrain", "done"):
+            raise ConfigError("state.stage", f"unknown one-shot stage {self.stage!r}")
+        self.candidates_scored = [dict(c) for c in state["candidates_scored"]]
+        self.queue = [dict(e) for e in state["queue"]]
+        self.pending_cost = int(state.get("pending_cost", 0))
+        self.stages = [dict(s) for s in state.get("stages", [])]
+        self.retrained = {k: dict(v) for k, v in state.get("retrained", {}).items()}
+        if self.stage == "init":  # killed before or during stages 1-2: they run again
+            self.candidates_scored, self.queue, self.pending_cost = [], [], 0

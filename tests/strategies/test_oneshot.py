@@ -1,0 +1,153 @@
+"""The one-shot strategy: supernet training, inner search on the supernet, top-k retrain."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from ranknas.errors import ConfigError
+from ranknas.evaluator.results import EvalResult, Objective, Status
+from ranknas.execution.base import EvalJob
+from ranknas.strategies import make_strategy
+from ranknas.strategies.oneshot import OneShot
+
+OPTIONS = {"supernet_examples": 2048, "candidates": 6, "top_k": 2, "finetune": "last",
+           "finetune_examples": 256, "inner_options": {"population": 4, "sample_size": 2}}
+NE = (Objective.named("ne"),)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def job():
+    return EvalJob("dlrm", {"spec": "synthetic", "rows": 3000, "seed": 0},
+                   {"examples": 1024, "batch_size": 256}, seed=0)
+
+
+def _make(job, objectives=NE, seed=0, **options):
+    strategy = make_strategy("oneshot", job.evaluator().space, objectives, seed=seed,
+                             **{**OPTIONS, **options})
+    strategy.attach(job)
+    return strategy
+
+
+def _drain(strategy):
+    out = []
+    while (proposal := strategy.ask()) is not None:
+        out.append(proposal)
+        strategy.tell(proposal, EvalResult(proposal.arch.arch_id, Status.OK, {"ne": 0.9},
+                                           examples=1024))
+    return out
+
+
+@pytest.fixture(scope="module")
+def run(job):
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        strategy = _make(job)
+        return strategy, _drain(strategy)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_proposes_top_k_then_none(run, job):
+    strategy, proposals = run
+    space = job.evaluator().space
+    assert len(proposals) == 2
+    assert len({p.arch.arch_id for p in proposals}) == 2
+    for i, p in enumerate(proposals):
+        space.validate(p.arch)
+        assert p.trial_id == i
+        assert p.meta["stage"] == "retrain" and p.meta["rank"] == i
+    assert proposals[0].meta["supernet_ne"] <= proposals[1].meta["supernet_ne"]
+    assert proposals[0].meta["cost_examples"] == 2048 + 6 * 256
+    assert "cost_examples" not in proposals[1].meta
+    assert strategy.ask() is None
+    json.dumps([dict(p.meta) for p in proposals])
+
+
+def test_candidates_scored_on_the_supernet(run):
+    strategy, proposals = run
+    scored = strategy.candidates_scored
+    assert len(scored) == 6
+    assert all(math.isfinite(c["ne"]) and c["flops"] > 0 and c["params"] > 0 for c in scored)
+    best = min(c["ne"] for c in scored)
+    assert proposals[0].meta["supernet_ne"] == best
+    assert [s["stage"] for s in strategy.stages] == ["supernet", "search"]
+    assert strategy.stages[0]["examples"] == 2048
+
+
+def test_same_seed_same_proposals(run, job):
+    _, proposals = run
+    again = _drain(_make(job))
+    assert [p.arch.arch_id for p in again] == [p.arch.arch_id for p in proposals]
+    assert [dict(p.meta) for p in again] == [dict(p.meta) for p in proposals]
+
+
+def test_state_round_trip_mid_retrain(job):
+    strategy = _make(job, candidates=3, top_k=3, finetune="none", finetune_examples=0)
+    first = strategy.ask()
+    assert first.meta["cost_examples"] == 2048  # no fine-tuning
+    state = json.loads(json.dumps(strategy.state_dict()))
+    rest = _drain(strategy)
+    resumed = make_strategy("oneshot", job.evaluator().space, NE, seed=0,
+                            **{**OPTIONS, "candidates": 3, "top_k": 3, "finetune": "none",
+                               "finetune_examples": 0})
+    resumed.load_state_dict(state)  # no attach needed past stage 2
+    again = _drain(resumed)
+    assert [(p.arch.arch_id, p.trial_id, dict(p.meta)) for p in again] == \
+        [(p.arch.arch_id, p.trial_id, dict(p.meta)) for p in rest]
+    assert rest  # the queue held more than the first proposal
+
+
+def test_multi_objective_takes_the_pareto_front_first(run, job):
+    strategy, _ = run
+    objs = (Objective.named("ne"), Objective.named("flops"))
+    other = OneShot(job.evaluator().space, objs, seed=0, top_k=3)
+    other.candidates_scored = strategy.candidates_scored
+    queue = other._top_k()
+    front = [c for c in strategy.candidates_scored
+             if not any(d["ne"] <= c["ne"] and d["flops"] <= c["flops"]
+                        and (d["ne"], d["flops"]) != (c["ne"], c["flops"])
+                        for d in strategy.candidates_scored)]
+    ids = {c["arch_id"] for c in front}
+    head = queue[:min(len(ids), 3)]
+    assert {e["arch_id"] for e in head} <= ids
+    assert [e["ne"] for e in head] == sorted(e["ne"] for e in head)
+
+
+def test_ask_without_attach_raises(job):
+    strategy = make_strategy("oneshot", job.evaluator().space, NE, seed=0, **OPTIONS)
+    with pytest.raises(ConfigError, match=r"attach\(job\)"):
+        strategy.ask()
+    json.dumps(strategy.state_dict())
+
+
+@pytest.mark.parametrize(("option", "value"), [
+    ("supernet_examples", 0), ("supernet_examples", "many"), ("candidates", 0),
+    ("top_k", 0), ("finetune", "most"), ("finetune_examples", -1), ("sampler", "nope"),
+    ("warmup_steps", -1), ("supernet_lr", 0.0), ("inner", "nope"), ("inner", "oneshot"),
+])
+def test_bad_options_name_the_option(job, option, value):
+    with pytest.raises(ConfigError, match=rf"strategies\[\]\.{option}"):
+        make_strategy("oneshot", job.evaluator().space, NE, seed=0, **{option: value})
+
+
+def test_bad_nested_options_name_the_field(job):
+    space = job.evaluator().space
+    with pytest.raises(ConfigError, match=r"strategies\[\]\.inner_options\.bogus"):
+        make_strategy("oneshot", space, NE, inner_options={"bogus": 1})
+    with pytest.raises(ConfigError, match=r"strategies\[\]\.sampler_options"):
+        make_strategy("oneshot", space, NE, sampler_options={"bogus": 1})
+    with pytest.raises(ConfigError, match=r"strategies\[\]\.finetune_examples"):
+        make_strategy("oneshot", space, NE, finetune="whole")
