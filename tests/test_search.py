@@ -103,3 +103,14 @@ def test_bad_data_options_fail_before_the_output_folder_exists(tmp_path):
     with pytest.raises(ConfigError, match="cardinalitie"):
         run_search(cfg, tmp_path / "s", progress=False)
     assert not (tmp_path / "s").exists()  # so a corrected rerun needs no --resume
+
+
+def test_oneshot_runs_in_the_same_loop_and_is_charged_its_supernet_work(tmp_path):
+    cfg = config(strategies=[{"name": "oneshot", "supernet_examples": 1024, "candidates": 4,
+                              "top_k": 2, "inner": "random"}],
+                 budget={"trials": 5})
+    out = run_search(cfg, tmp_path / "s", progress=False)
+    records = list(Journal(out / "trials.jsonl"))
+    assert [r.meta["stage"] for r in records] == ["retrain", "retrain"]  # then it stops
+    assert records[0].examples_total == 1024 + records[0].result.examples
+    assert (out / "report" / "report.html").exists()

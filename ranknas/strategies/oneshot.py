@@ -142,9 +142,14 @@ class OneShot(Strategy):
 
     # -- components -----------------------------------------------------------------------
     def _make_inner(self) -> Strategy:
-        return make_strategy(self.inner, self.space, self.objectives,
-                             seed=_derived_seed(self.seed, "inner"),
-                             where=f"{WHERE}.inner_options", **self.inner_options)
+        try:
+            return make_strategy(self.inner, self.space, self.objectives,
+                                 seed=_derived_seed(self.seed, "inner"),
+                                 where=f"{WHERE}.inner_options", **self.inner_options)
+        except ConfigError as err:
+            if err.where == f"{WHERE}.inner_options.name":
+                raise ConfigError(f"{WHERE}.inner", err.message) from err
+            raise
 
     def _make_sampler(self, schema: Any) -> Any:
         from ranknas.supernet.samplers import make_sampler

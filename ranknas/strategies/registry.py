@@ -37,6 +37,7 @@ _BUILTIN_MODULES = (
     "ranknas.strategies.random_search",
     "ranknas.strategies.evolution",
     "ranknas.strategies.optuna_adapter",
+    "ranknas.strategies.oneshot",
 )
 _FIXED_PARAMS = ("self", "space", "objectives", "seed")
 _REGISTRY: dict[str, type[Strategy]] = {}

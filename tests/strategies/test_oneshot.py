@@ -139,7 +139,7 @@ def test_ask_without_attach_raises(job):
     ("warmup_steps", -1), ("supernet_lr", 0.0), ("inner", "nope"), ("inner", "oneshot"),
 ])
 def test_bad_options_name_the_option(job, option, value):
-    with pytest.raises(ConfigError, match=rf"strategies\[\]\.{option}"):
+    with pytest.raises(ConfigError, match=rf"^strategies\[\]\.{option}:"):
         make_strategy("oneshot", job.evaluator().space, NE, seed=0, **{option: value})
 
 
@@ -151,3 +151,31 @@ def test_bad_nested_options_name_the_field(job):
         make_strategy("oneshot", space, NE, sampler_options={"bogus": 1})
     with pytest.raises(ConfigError, match=r"strategies\[\]\.finetune_examples"):
         make_strategy("oneshot", space, NE, finetune="whole")
+
+
+def test_finetune_last_trains_only_the_head_and_last_block(job):
+    from ranknas.supernet import Supernet
+
+    ev = job.evaluator()
+    strategy = make_strategy("oneshot", ev.space, NE, seed=0, **OPTIONS)
+    supernet = Supernet(ev.space, ev.data.schema, 0)
+    arch = ev.space.sample(strategy.rng)
+    before = {k: v.clone() for k, v in supernet.state_dict().items()}
+    reference = supernet.extract(arch).state_dict()
+    captured = {}
+    original = supernet.extract
+
+    def extract(a):
+        captured["model"] = original(a)
+        return captured["model"]
+
+    supernet.extract = extract
+    result = strategy._score(supernet, arch, ev.data, ev.train_config)
+    assert result.ok and result.examples == 256 and math.isfinite(result.metrics["ne"])
+    assert all(torch.equal(before[k], v) for k, v in supernet.state_dict().items())
+    last = len(captured["model"].ops) - 1
+    changed = {k for k, v in captured["model"].state_dict().items()
+               if not torch.equal(v, reference[k])}
+    assert any(k.startswith("head.") for k in changed)
+    assert "embedding.table.weight" not in changed
+    assert all(k.startswith(("head.", f"ops.{last}.", f"ops.{last - 1}.")) for k in changed)
