@@ -147,6 +147,23 @@ def _print_outputs(out: Path, uri: str | None, export: Path | None = None) -> No
     print(f"runs:    mlflow ui --backend-store-uri {uri or local_store_uri(out)}")
 
 
+def cmd_rank_corr(args: argparse.Namespace) -> int:
+    from ranknas.config import load_config
+    from ranknas.reports.rankcorr import run_rank_correlation
+
+    config = load_config(args.config, args.set or ())
+    options: dict[str, Any] = {}
+    if args.finetune_examples is not None:
+        options["finetune_examples"] = args.finetune_examples
+    run_rank_correlation(config, args.out, archs=args.archs,
+                         standalone_examples=args.standalone_examples,
+                         supernet_examples=args.supernet_examples, finetune=args.finetune,
+                         bootstrap=args.bootstrap, seed=args.seed, progress=not args.quiet,
+                         **options)
+    print(f"results: {Path(args.out) / 'rankcorr.json'}")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from ranknas.reports.report import write_report
 
@@ -220,6 +237,23 @@ def build_parser() -> argparse.ArgumentParser:
                     help="override a config field, e.g. --set budget.trials=10")
     se.add_argument("--quiet", action="store_true")
     se.set_defaults(func=cmd_search)
+
+    rc = sub.add_parser("rank-corr", help="rank correlation of supernet scores vs standalone NE")
+    rc.add_argument("config", help="experiment YAML (space, data, train, seed, tracking)")
+    rc.add_argument("--out", required=True, help="output folder")
+    rc.add_argument("--archs", type=int, default=50, help="architectures, stratified by FLOPs")
+    rc.add_argument("--standalone-examples", type=int, default=None,
+                    help="standalone training examples (default: the config's train budget)")
+    rc.add_argument("--supernet-examples", type=int, default=200_000)
+    rc.add_argument("--finetune-examples", type=int, default=None,
+                    help="fine-tuning examples per architecture (default 20000)")
+    rc.add_argument("--finetune", default="last", choices=["last", "whole"])
+    rc.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples of the CIs")
+    rc.add_argument("--seed", type=int, default=None, help="default: the config's seed")
+    rc.add_argument("--set", action="append", metavar="KEY=VALUE",
+                    help="override a config field, e.g. --set train.examples=20000")
+    rc.add_argument("--quiet", action="store_true")
+    rc.set_defaults(func=cmd_rank_corr)
 
     rep = sub.add_parser("report", help="write the HTML report of a search folder")
     rep.add_argument("dir")

@@ -1,7 +1,8 @@
 """FLOPs as PyTorch itself counts them, to cross-check the analytic costs.
 
 The analytic counts (``MaterializedGraph.flops``) are what ranknas reports; this module runs a
-forward pass under ``torch.utils.flop_counter`` for tests and ``ranknas spaces show``.
+forward pass under ``torch.utils.flop_counter`` so tests (and users adding operators) can hold
+the analytic counts against PyTorch's own.
 """
 
 from __future__ import annotations

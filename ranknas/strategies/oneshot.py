@@ -27,24 +27,21 @@ from __future__ import annotations
 
 import math
 import random
-import re
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
 from typing import Any
 
-from ranknas.errors import ConfigError, TrainingDiverged
+from ranknas.errors import ConfigError
 from ranknas.evaluator.dominance import pareto_ranks
-from ranknas.evaluator.results import EvalResult, Objective, Status
+from ranknas.evaluator.results import EvalResult, Objective
 from ranknas.spaces.architecture import Architecture
 from ranknas.spaces.space import SearchSpace
 from ranknas.strategies.base import Proposal, Strategy
 from ranknas.strategies.registry import make_strategy, register_strategy
+from ranknas.supernet.scoring import FINETUNE_MODES
 
 __all__ = ["FINETUNE_MODES", "OneShot"]
 
-#: Fine-tuning modes of stage 2: no training, head + last block only, or every parameter.
-FINETUNE_MODES = ("none", "last", "whole")
 WHERE = "strategies[]"
 
 
@@ -56,11 +53,6 @@ def _derived_seed(seed: int, tag: str) -> int:
 def _check_int(name: str, value: int, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ConfigError(f"{WHERE}.{name}", f"expected an integer >= {minimum}, got {value!r}")
-
-
-def _block(node_key: str) -> str:
-    """Block name of a materialized node key: ``top#0`` -> ``top``, ``b7.dense`` -> ``b7``."""
-    return re.split(r"[#.]", node_key, maxsplit=1)[0]
 
 
 @register_strategy
@@ -244,38 +236,11 @@ class OneShot(Strategy):
 
     def _score(self, supernet: Any, arch: Architecture, data: Any, cfg: Any) -> EvalResult:
         """Extract ``arch``, fine-tune the copy per ``finetune`` and score it on valid."""
-        from ranknas.evaluator.training import evaluate, train
+        from ranknas.supernet.scoring import score_on_supernet
 
-        start = time.perf_counter()
-        graph = self.space.materialize(arch, data.schema)
-        metrics: dict[str, float] = {"flops": graph.flops, "params": graph.params,
-                                     "dense_params": graph.dense_params}
-        model = supernet.extract(arch)
-        examples = 0
-        if self.finetune != "none":
-            if self.finetune == "last":
-                last = _block(graph.nodes[-1].key)
-                keep = {id(p) for p in model.head.parameters()}
-                for module, node in zip(model.ops, graph.nodes, strict=True):
-                    if _block(node.key) == last:
-                        keep.update(id(p) for p in module.parameters())
-                for p in model.parameters():
-                    p.requires_grad_(id(p) in keep)
-            ft_cfg = replace(cfg, examples=self.finetune_examples, steps=None,
-                             seed=_derived_seed(self.seed, "finetune"))
-            try:
-                examples = train(model, data, ft_cfg).examples
-            except TrainingDiverged as err:
-                return EvalResult(arch.arch_id, Status.FAILED, metrics,
-                                  examples=min(err.step * cfg.batch_size,
-                                               self.finetune_examples),
-                                  seconds=time.perf_counter() - start,
-                                  reason=f"fine-tuning diverged: {err}")
-        scores = evaluate(model, data.valid, data.background_ctr,
-                          batch_size=cfg.eval_batch_size)
-        metrics.update({k: scores[k] for k in ("ne", "logloss", "auc", "calibration")})
-        return EvalResult(arch.arch_id, Status.OK, metrics, examples=examples,
-                          seconds=time.perf_counter() - start)
+        return score_on_supernet(supernet, self.space, arch, data, cfg, finetune=self.finetune,
+                                 finetune_examples=self.finetune_examples,
+                                 seed=_derived_seed(self.seed, "finetune"))
 
     # -- stage 3 --------------------------------------------------------------------------
     def _top_k(self) -> list[dict[str, Any]]:

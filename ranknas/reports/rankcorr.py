@@ -1,0 +1,339 @@
+"""Rank-correlation diagnostics: does the supernet rank architectures like standalone training?
+
+:func:`run_rank_correlation` (the ``ranknas rank-corr`` command):
+
+1. samples ``archs`` architectures of the config's space stratified by FLOPs: it draws
+   ``20 * archs`` (deduplicated, seeded), sorts them by FLOPs, splits them into ``archs``
+   equal-count (quantile) bins and takes one at random from each bin;
+2. trains each standalone with the config's training settings (``standalone_examples``
+   overrides the per-architecture budget) and records its validation NE;
+3. trains one supernet (any-path sampler) on ``supernet_examples`` and scores every
+   architecture on it twice with :func:`~ranknas.supernet.scoring.score_on_supernet`: without
+   fine-tuning (inherited weights) and fine-tuned per ``finetune`` on ``finetune_examples``;
+4. reports, for both variants, Kendall τ, Spearman ρ and the top-10% overlap between supernet
+   NE and standalone NE (see :func:`rank_statistics`), writes ``OUT/rankcorr.json`` and
+   ``OUT/rankcorr.png`` and logs them with the summary metrics to MLflow (experiment
+   ``<config name>-rankcorr``; the local SQLite store under ``OUT`` when ``tracking.uri`` is
+   null).
+
+Lower NE is better in both rankings, so a positive τ means the supernet agrees with
+standalone training.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import sys
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ranknas.errors import ConfigError
+
+__all__ = ["STATISTICS", "rank_statistics", "run_rank_correlation", "stratified_sample"]
+
+#: Summary statistics, each reported as ``{"value", "lo", "hi"}``.
+STATISTICS = ("kendall_tau", "spearman", "top10_overlap")
+VARIANTS = ("no_finetune", "finetune")
+POOL_FACTOR = 20
+
+
+def _check_int(name: str, value: Any, minimum: int, optional: bool = False) -> None:
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(name, f"expected an integer >= {minimum}, got {value!r}")
+
+
+def _top_overlap(x: np.ndarray, y: np.ndarray, fraction: float = 0.1) -> float:
+    """Fraction of the ``fraction`` lowest of ``x`` that are also among the lowest of ``y``."""
+    k = max(1, round(fraction * len(x)))
+    top_x = set(np.argsort(x, kind="stable")[:k].tolist())
+    top_y = set(np.argsort(y, kind="stable")[:k].tolist())
+    return len(top_x & top_y) / k
+
+
+def _kendall(x: np.ndarray, y: np.ndarray) -> float:
+    from scipy.stats import kendalltau
+
+    return float(kendalltau(x, y).statistic)
+
+
+def _spearman(x: np.ndarray, y: np.ndarray) -> float:
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(x, y).statistic)
+
+
+_FUNCTIONS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
+    "kendall_tau": _kendall, "spearman": _spearman, "top10_overlap": _top_overlap}
+
+
+def rank_statistics(standalone: Sequence[float], supernet: Sequence[float], *,
+                    bootstrap: int = 1000, seed: int = 0) -> dict[str, dict[str, float]]:
+    """Kendall τ, Spearman ρ and top-10% overlap of two NE lists, with bootstrap 95% CIs.
+
+    The top-10% overlap is the fraction of the standalone top 10% (lowest NE, at least one
+    architecture) that is also in the supernet top 10%. The confidence intervals come from
+    ``scipy.stats.bootstrap`` with paired resampling (architectures are resampled with both
+    their NEs), ``method='percentile'``, ``n_resamples=bootstrap`` and a generator seeded with
+    ``seed``. Resamples where a statistic is undefined (e.g. all-equal NEs) are dropped from
+    the percentiles; a CI is nan when no resample is usable or ``bootstrap`` is 0.
+
+    Args:
+        standalone: Standalone NE per architecture.
+        supernet: Supernet NE of the same architectures, in the same order.
+        bootstrap: Bootstrap resamples (0: no CIs).
+        seed: Seeds the bootstrap.
+
+    Returns:
+        ``{name: {"value", "lo", "hi"}}`` for every name in :data:`STATISTICS`.
+
+    Raises:
+        ConfigError: lists of different lengths, fewer than 2 entries, or non-finite values.
+    """
+    from scipy.stats import bootstrap as scipy_bootstrap
+
+    x, y = np.asarray(standalone, dtype=float), np.asarray(supernet, dtype=float)
+    if x.shape != y.shape or x.ndim != 1:
+        raise ConfigError("rank_statistics", f"need two 1-d lists of equal length, got "
+                          f"shapes {x.shape} and {y.shape}")
+    if len(x) < 2:
+        raise ConfigError("rank_statistics", f"need at least 2 architectures, got {len(x)}")
+    if not (np.isfinite(x).all() and np.isfinite(y).all()):
+        raise ConfigError("rank_statistics", "NE values must be finite")
+    _check_int("bootstrap", bootstrap, 0)
+    out: dict[str, dict[str, float]] = {}
+    for name in STATISTICS:
+        fn = _FUNCTIONS[name]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # constant resamples: nan tau, degenerate data
+            value = fn(x, y)
+            lo = hi = math.nan
+            if bootstrap > 0:
+                res = scipy_bootstrap((x, y), fn, paired=True, vectorized=False,
+                                      n_resamples=bootstrap, confidence_level=0.95,
+                                      method="percentile", rng=np.random.default_rng(seed))
+                lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
+                dist = np.asarray(res.bootstrap_distribution, dtype=float)
+                if not (math.isfinite(lo) and math.isfinite(hi)) and np.isfinite(dist).any():
+                    lo, hi = (float(v) for v in np.nanpercentile(dist, [2.5, 97.5]))
+        out[name] = {"value": value, "lo": lo, "hi": hi}
+    return out
+
+
+def stratified_sample(space: Any, schema: Any, archs: int, seed: int) -> list[Any]:
+    """``archs`` distinct architectures, one from each FLOPs quantile bin of a seeded pool.
+
+    Raises:
+        ConfigError: the space yields fewer than ``archs`` distinct architectures.
+    """
+    rng = random.Random(f"rankcorr-sample-{seed}")
+    pool: dict[str, tuple[float, Any]] = {}
+    for _ in range(POOL_FACTOR * archs):
+        arch = space.sample(rng)
+        if arch.arch_id not in pool:
+            pool[arch.arch_id] = (float(space.materialize(arch, schema).flops), arch)
+    if len(pool) < archs:
+        raise ConfigError("archs", f"the space gave only {len(pool)} distinct architectures "
+                          f"in {POOL_FACTOR * archs} draws; ask for at most that many")
+    ordered = sorted(pool.values(), key=lambda item: (item[0], item[1].arch_id))
+    bins = np.array_split(np.arange(len(ordered)), archs)
+    return [ordered[int(rng.choice(list(b)))][1] for b in bins]
+
+
+def _scatter(rows: list[dict[str, Any]], summary: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.5), sharex=True)
+    for ax, variant in zip(axes, VARIANTS, strict=True):
+        xs = [r["standalone_ne"] for r in rows]
+        ys = [r[f"supernet_ne_{variant}"] for r in rows]
+        ax.scatter(xs, ys, s=18, alpha=0.8)
+        tau = summary.get(variant, {}).get("kendall_tau", {}).get("value", math.nan)
+        ax.set_title(f"{variant.replace('_', ' ')}: Kendall τ = {tau:.3f}")
+        ax.set_xlabel("standalone NE")
+        ax.set_ylabel("supernet NE")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _log_mlflow(config: Any, out: Path, options: dict[str, Any], rows: list[dict[str, Any]],
+                summary: dict[str, Any], files: Sequence[Path]) -> str:
+    """One run in experiment ``<name>-rankcorr``: params, summary metrics, per-arch steps."""
+    import mlflow
+
+    from ranknas.reports.tracking import MlflowTracker
+
+    tracker = MlflowTracker(config.tracking.get("uri"), out, f"{config.name}-rankcorr")
+    tracker.check()
+    tracker.start_study({"config": config.to_json(), "rankcorr": options}, resume=False,
+                        backfill=False)
+    run_id = tracker.parent_run_id
+    now = int(time.time() * 1000)
+    metrics = [mlflow.entities.Metric(f"{variant}.{name}{suffix}", stat[key], now, 0)
+               for variant in VARIANTS for name, stat in summary[variant].items()
+               for key, suffix in (("value", ""), ("lo", ".lo"), ("hi", ".hi"))
+               if math.isfinite(stat[key])]
+    for i, row in enumerate(rows):
+        for key in ("standalone_ne", "supernet_ne_no_finetune", "supernet_ne_finetune"):
+            if math.isfinite(row[key]):
+                metrics.append(mlflow.entities.Metric(key, row[key], now, i))
+    metrics.append(mlflow.entities.Metric("archs_used", float(summary["archs_used"]), now, 0))
+    for start in range(0, len(metrics), 500):
+        tracker.client.log_batch(run_id, metrics=metrics[start:start + 500])
+    tracker.client.set_tag(run_id, "ranknas.role", "rankcorr")
+    for path in files:
+        tracker.log_artifacts(path)
+    tracker.end_study("FINISHED")
+    return run_id
+
+
+def _jsonable(value: Any) -> Any:
+    """``value`` with non-finite floats as None (strict JSON)."""
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, float | np.floating):
+        return float(value) if math.isfinite(value) else None
+    return value
+
+
+def run_rank_correlation(config: Any, out: str | Path, *, archs: int = 50,
+                         standalone_examples: int | None = None,
+                         supernet_examples: int = 200_000, finetune: str = "last",
+                         finetune_examples: int = 20_000, bootstrap: int = 1000,
+                         seed: int | None = None, progress: bool = True) -> dict[str, Any]:
+    """Rank correlation of supernet scores (with and without fine-tuning) vs standalone NE.
+
+    Args:
+        config: An :class:`~ranknas.config.ExperimentConfig` (space, data, train, seed,
+            tracking, name are used).
+        out: Output folder for ``rankcorr.json``, ``rankcorr.png`` and the local MLflow store.
+        archs: Architectures to sample (>= 2), stratified by FLOPs.
+        standalone_examples: Standalone training examples per architecture; None: the
+            config's per-trial budget.
+        supernet_examples: Supernet training examples.
+        finetune: Fine-tuning mode of the fine-tuned variant: ``last`` or ``whole``.
+        finetune_examples: Fine-tuning examples per architecture.
+        bootstrap: Bootstrap resamples of the confidence intervals (0: none).
+        seed: Seeds sampling, supernet, fine-tuning and bootstrap; None: the config's seed.
+        progress: Print per-architecture progress to stderr and a summary table to stdout.
+
+    Returns:
+        The ``rankcorr.json`` document: ``{"options", "rows", "summary", "mlflow_run_id"}``;
+        ``summary[variant][statistic] = {"value", "lo", "hi"}`` for variants
+        ``no_finetune`` and ``finetune``, plus ``archs_used``. The file stores non-finite
+        numbers (a failed architecture's NE, an undefined CI) as null.
+
+    Raises:
+        ConfigError: a bad option, or fewer than 2 architectures with finite NEs.
+    """
+    from ranknas.execution.base import EvalJob
+    from ranknas.execution.standalone import torch_threads
+    from ranknas.supernet import Supernet, SupernetTrainConfig, SupernetTrainer, make_sampler
+    from ranknas.supernet.scoring import score_on_supernet
+
+    _check_int("archs", archs, 2)
+    _check_int("standalone_examples", standalone_examples, 1, optional=True)
+    _check_int("supernet_examples", supernet_examples, 1)
+    _check_int("finetune_examples", finetune_examples, 1)
+    _check_int("bootstrap", bootstrap, 0)
+    if finetune not in ("last", "whole"):
+        raise ConfigError("finetune", f"expected last or whole, got {finetune!r}")
+    seed = config.seed if seed is None else seed
+    _check_int("seed", seed, 0)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    options = {"archs": archs, "standalone_examples": standalone_examples,
+               "supernet_examples": supernet_examples, "finetune": finetune,
+               "finetune_examples": finetune_examples, "bootstrap": bootstrap, "seed": seed,
+               "sampler": "any-path", "pool_factor": POOL_FACTOR}
+    say: Callable[[str], None] = (lambda m: print(m, file=sys.stderr, flush=True)) \
+        if progress else (lambda m: None)
+
+    train = asdict(config.train_config())
+    train["seed"] = seed
+    ev = EvalJob(config.space, dict(config.data), train, seed).evaluator()
+    space, data, cfg = ev.space, ev.data, ev.train_config
+    sample = stratified_sample(space, data.schema, archs, seed)
+    rows: list[dict[str, Any]] = []
+    for i, arch in enumerate(sample):
+        res = ev(arch, standalone_examples)
+        ne = float(res.metrics.get("ne", math.nan)) if res.ok else math.nan
+        rows.append({"arch_id": arch.arch_id, "arch": arch.to_json(),
+                     "flops": float(res.metrics["flops"]), "params": res.metrics["params"],
+                     "standalone_ne": ne, "standalone_examples": res.examples,
+                     "standalone_status": res.status.value})
+        say(f"[{i + 1}/{archs}] standalone {arch.arch_id}: NE {ne:.4f}")
+
+    with torch_threads(ev.threads):
+        start = time.perf_counter()
+        supernet = Supernet(space, data.schema, seed)
+        sparse_lr = cfg.sparse_lr if cfg.sparse_lr is not None else cfg.lr
+        trainer = SupernetTrainer(
+            supernet, data, make_sampler("any-path", space, seed, schema=data.schema),
+            SupernetTrainConfig(examples=supernet_examples, batch_size=cfg.batch_size,
+                                optimizer=cfg.optimizer, lr=cfg.lr, sparse_lr=sparse_lr,
+                                weight_decay=cfg.weight_decay, eps=cfg.eps, seed=seed,
+                                device=cfg.device, eval_batch_size=cfg.eval_batch_size))
+        trained = trainer.train(supernet_examples)
+        say(f"supernet: {trained['examples']:,} examples, loss {trained['loss']:.4f}, "
+            f"{time.perf_counter() - start:.1f} s")
+        for i, (row, arch) in enumerate(zip(rows, sample, strict=True)):
+            for variant, mode in (("no_finetune", "none"), ("finetune", finetune)):
+                res = score_on_supernet(supernet, space, arch, data, cfg, finetune=mode,
+                                        finetune_examples=finetune_examples, seed=seed)
+                row[f"supernet_ne_{variant}"] = (float(res.metrics["ne"]) if res.ok
+                                                 else math.nan)
+            say(f"[{i + 1}/{archs}] supernet {row['arch_id']}: NE "
+                f"{row['supernet_ne_no_finetune']:.4f} / fine-tuned "
+                f"{row['supernet_ne_finetune']:.4f}")
+
+    keys = ("standalone_ne", "supernet_ne_no_finetune", "supernet_ne_finetune")
+    usable = [r for r in rows if all(math.isfinite(r[k]) for k in keys)]
+    if len(usable) < 2:
+        raise ConfigError("archs", f"only {len(usable)} architectures have finite NEs on "
+                          "every side; raise the training budgets or lower the lr")
+    standalone = [r["standalone_ne"] for r in usable]
+    summary: dict[str, Any] = {"archs_used": len(usable), "supernet": {
+        "examples": trained["examples"], "steps": trained["steps"], "loss": trained["loss"]}}
+    for variant in VARIANTS:
+        summary[variant] = rank_statistics(standalone,
+                                           [r[f"supernet_ne_{variant}"] for r in usable],
+                                           bootstrap=bootstrap, seed=seed)
+    doc: dict[str, Any] = {"options": options, "rows": rows, "summary": summary}
+    png, path = out / "rankcorr.png", out / "rankcorr.json"
+    _scatter(rows, summary, png)
+    path.write_text(json.dumps(_jsonable(doc), indent=1) + "\n")
+    doc["mlflow_run_id"] = _log_mlflow(config, out, options, rows, summary, (path, png))
+    path.write_text(json.dumps(_jsonable(doc), indent=1) + "\n")
+    if progress:
+        print(format_table(summary))
+    return doc
+
+
+def format_table(summary: dict[str, Any]) -> str:
+    """The summary as a short text table: statistic x variant, value [95% CI]."""
+    lines = [f"{'statistic':<15}" + "".join(f"{v:>26}" for v in VARIANTS)]
+    for name in STATISTICS:
+        cells = []
+        for variant in VARIANTS:
+            s = summary[variant][name]
+            cells.append(f"{s['value']:>7.3f} [{s['lo']:>6.3f}, {s['hi']:>6.3f}]")
+        lines.append(f"{name:<15}" + "".join(f"{c:>26}" for c in cells))
+    lines.append(f"architectures used: {summary['archs_used']}")
+    return "\n".join(lines)

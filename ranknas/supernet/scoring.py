@@ -1,0 +1,99 @@
+"""Score one architecture on a trained supernet: extract, optionally fine-tune, evaluate.
+
+Shared by the one-shot strategy (:mod:`ranknas.strategies.oneshot`) and the rank-correlation
+diagnostics (:mod:`ranknas.reports.rankcorr`), so both measure the same thing.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import replace
+from typing import Any
+
+from ranknas.errors import ConfigError, TrainingDiverged
+from ranknas.evaluator.results import EvalResult, Status
+from ranknas.spaces.architecture import Architecture
+from ranknas.spaces.space import SearchSpace
+
+__all__ = ["FINETUNE_MODES", "block_of", "score_on_supernet"]
+
+#: Fine-tuning modes: no training, head + last block only, or every parameter.
+FINETUNE_MODES = ("none", "last", "whole")
+
+
+def block_of(node_key: str) -> str:
+    """Block name of a materialized node key: ``top#0`` -> ``top``, ``b7.dense`` -> ``b7``."""
+    return re.split(r"[#.]", node_key, maxsplit=1)[0]
+
+
+def _freeze_all_but_last(model: Any, graph: Any) -> None:
+    """Leave only the logit head and the ops of the graph's last block trainable."""
+    last = block_of(graph.nodes[-1].key)
+    keep = {id(p) for p in model.head.parameters()}
+    for module, node in zip(model.ops, graph.nodes, strict=True):
+        if block_of(node.key) == last:
+            keep.update(id(p) for p in module.parameters())
+    for p in model.parameters():
+        p.requires_grad_(id(p) in keep)
+
+
+def score_on_supernet(supernet: Any, space: SearchSpace, arch: Architecture, data: Any,
+                      train_config: Any, *, finetune: str = "none", finetune_examples: int = 0,
+                      seed: int = 0) -> EvalResult:
+    """Extract ``arch`` from ``supernet``, fine-tune the copy per ``finetune``, score on valid.
+
+    The supernet itself is never modified (``Supernet.extract`` returns a copy).
+
+    Args:
+        supernet: A trained :class:`~ranknas.supernet.Supernet`.
+        space: The search space of ``arch``.
+        arch: The architecture to score.
+        data: The dataset; fine-tuning reads ``train``, scoring reads ``valid``.
+        train_config: The run's :class:`~ranknas.evaluator.training.TrainConfig`; fine-tuning
+            uses its optimizer and batch size with ``finetune_examples`` and ``seed``.
+        finetune: ``none``, ``last`` (logit head and the last block) or ``whole``.
+        finetune_examples: Fine-tuning examples (needed >= 1 unless ``finetune='none'``).
+        seed: Seeds fine-tuning's batch order.
+
+    Returns:
+        An :class:`EvalResult` with flops/params/dense_params and ne/logloss/auc/calibration;
+        ``examples`` counts the fine-tuning examples. A diverging fine-tune comes back
+        ``failed``, never raised.
+
+    Raises:
+        ConfigError: an unknown ``finetune`` mode or a missing fine-tuning budget.
+    """
+    from ranknas.evaluator.training import evaluate, train
+
+    if finetune not in FINETUNE_MODES:
+        raise ConfigError("finetune", f"expected one of {', '.join(FINETUNE_MODES)}, "
+                          f"got {finetune!r}")
+    if finetune != "none" and (isinstance(finetune_examples, bool)
+                               or not isinstance(finetune_examples, int)
+                               or finetune_examples < 1):
+        raise ConfigError("finetune_examples", f"finetune={finetune!r} needs an integer "
+                          f">= 1, got {finetune_examples!r}")
+    start = time.perf_counter()
+    graph = space.materialize(arch, data.schema)
+    metrics: dict[str, float] = {"flops": graph.flops, "params": graph.params,
+                                 "dense_params": graph.dense_params}
+    model = supernet.extract(arch)
+    examples = 0
+    if finetune != "none":
+        if finetune == "last":
+            _freeze_all_but_last(model, graph)
+        ft_cfg = replace(train_config, examples=finetune_examples, steps=None, seed=seed)
+        try:
+            examples = train(model, data, ft_cfg).examples
+        except TrainingDiverged as err:
+            return EvalResult(arch.arch_id, Status.FAILED, metrics,
+                              examples=min(err.step * train_config.batch_size,
+                                           finetune_examples),
+                              seconds=time.perf_counter() - start,
+                              reason=f"fine-tuning diverged: {err}")
+    scores = evaluate(model, data.valid, data.background_ctr,
+                      batch_size=train_config.eval_batch_size)
+    metrics.update({k: scores[k] for k in ("ne", "logloss", "auc", "calibration")})
+    return EvalResult(arch.arch_id, Status.OK, metrics, examples=examples,
+                      seconds=time.perf_counter() - start)

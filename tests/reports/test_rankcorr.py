@@ -1,0 +1,98 @@
+"""Rank-correlation diagnostics: statistics on synthetic inputs and a tiny end-to-end run."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from ranknas.config import config_from_dict
+from ranknas.errors import ConfigError
+from ranknas.reports.rankcorr import STATISTICS, rank_statistics, run_rank_correlation
+
+TINY = {"name": "rankcorr-test", "space": "dlrm",
+        "data": {"spec": "synthetic", "rows": 3000, "seed": 0},
+        "train": {"examples": 512, "batch_size": 256, "lr": 0.05}, "seed": 0,
+        "strategies": [{"name": "random"}], "budget": {"trials": 1},
+        "tracking": {"uri": None}}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_statistics_perfect_and_reversed_rankings():
+    x = [0.80 + 0.01 * i for i in range(20)]
+    same = rank_statistics(x, [2 * v for v in x], bootstrap=50, seed=1)
+    assert set(same) == set(STATISTICS)
+    assert same["kendall_tau"]["value"] == pytest.approx(1.0)
+    assert same["spearman"]["value"] == pytest.approx(1.0)
+    assert same["top10_overlap"]["value"] == 1.0
+    assert same["kendall_tau"]["lo"] == pytest.approx(1.0)
+    assert same["kendall_tau"]["hi"] == pytest.approx(1.0)
+    rev = rank_statistics(x, [-v for v in x], bootstrap=50, seed=1)
+    assert rev["kendall_tau"]["value"] == pytest.approx(-1.0)
+    assert rev["spearman"]["value"] == pytest.approx(-1.0)
+    assert rev["top10_overlap"]["value"] == 0.0
+    assert rev["top10_overlap"]["hi"] == 0.0
+    none = rank_statistics(x, x, bootstrap=0)
+    assert math.isnan(none["spearman"]["lo"]) and none["spearman"]["value"] == 1.0
+
+
+def test_statistics_reject_bad_input():
+    with pytest.raises(ConfigError, match="equal length"):
+        rank_statistics([1.0, 2.0], [1.0])
+    with pytest.raises(ConfigError, match="at least 2"):
+        rank_statistics([1.0], [1.0])
+    with pytest.raises(ConfigError, match="finite"):
+        rank_statistics([1.0, math.nan], [1.0, 2.0])
+
+
+def test_run_rejects_bad_options(tmp_path):
+    config = config_from_dict(TINY)
+    with pytest.raises(ConfigError, match="finetune"):
+        run_rank_correlation(config, tmp_path, archs=6, finetune="none")
+    with pytest.raises(ConfigError, match="archs"):
+        run_rank_correlation(config, tmp_path, archs=1)
+
+
+def test_rank_correlation_end_to_end(tmp_path, capsys):
+    import mlflow
+
+    from ranknas.reports.tracking import local_store_uri
+
+    out = tmp_path / "rc"
+    doc = run_rank_correlation(config_from_dict(TINY), out, archs=6, supernet_examples=2048,
+                               finetune_examples=256, bootstrap=50)
+    assert "kendall_tau" in capsys.readouterr().out
+    saved = json.loads((out / "rankcorr.json").read_text())
+    assert saved["mlflow_run_id"] == doc["mlflow_run_id"]
+    rows = saved["rows"]
+    assert len(rows) == 6 and len({r["arch_id"] for r in rows}) == 6
+    for row in rows:
+        for key in ("standalone_ne", "supernet_ne_no_finetune", "supernet_ne_finetune"):
+            assert row[key] is not None and math.isfinite(row[key])
+    summary = saved["summary"]
+    assert summary["archs_used"] == 6
+    for variant in ("no_finetune", "finetune"):
+        for name in STATISTICS:
+            stat = summary[variant][name]
+            assert set(stat) == {"value", "lo", "hi"}
+            if all(stat[k] is not None for k in stat):
+                assert stat["lo"] <= stat["value"] + 1e-12
+                assert stat["value"] <= stat["hi"] + 1e-12
+    assert (out / "rankcorr.png").stat().st_size > 0
+
+    client = mlflow.MlflowClient(tracking_uri=local_store_uri(out))
+    run = client.get_run(doc["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    assert "finetune.kendall_tau" in run.data.metrics
+    assert "no_finetune.spearman" in run.data.metrics
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"rankcorr.json", "rankcorr.png"} <= artifacts
