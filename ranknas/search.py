@@ -183,3 +183,9 @@ def _run_one(spec: StrategySpec, config: ExperimentConfig, space: SearchSpace, j
     strategy.attach(job)
     executor.run(strategy, job, budget, on_result)
     bar.close()
+    summary = strategy.summary()
+    if summary is not None:  # work outside the trials: saved beside the journal and tracked
+        path = journal.path.parent / "strategies" / f"{spec.label}.json"
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(json.dumps(summary, indent=1, default=str))
+        tracker.log_artifacts(path, "strategies")

@@ -114,3 +114,6 @@ def test_oneshot_runs_in_the_same_loop_and_is_charged_its_supernet_work(tmp_path
     assert [r.meta["stage"] for r in records] == ["retrain", "retrain"]  # then it stops
     assert records[0].examples_total == 1024 + records[0].result.examples
     assert (out / "report" / "report.html").exists()
+    summary = json.loads((out / "strategies" / "oneshot.json").read_text())
+    assert [s["stage"] for s in summary["stages"]] == ["supernet", "search"]
+    assert len(summary["candidates"]) == 4

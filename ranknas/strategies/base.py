@@ -84,6 +84,11 @@ class Strategy(ABC):
         """Receive the run's evaluation job (``EvalJob``: space, data, training settings)
         before the first ``ask``. Strategies that train models themselves (one-shot) use it."""
 
+    def summary(self) -> dict[str, Any] | None:
+        """Optional: a JSON-able account of work done outside the trials (e.g. one-shot's
+        supernet training and candidate scores); the loop saves and tracks it. None here."""
+        return None
+
     @abstractmethod
     def ask(self) -> Proposal | None:
         """The next architecture to evaluate, or None when the strategy has nothing left."""

@@ -269,6 +269,13 @@ class OneShot(Strategy):
                 for n, i in enumerate(order[:self.top_k])]
 
     # -- state ----------------------------------------------------------------------------
+    def summary(self) -> dict[str, Any] | None:
+        """Stages (supernet training, candidate search) and every candidate's supernet score."""
+        if not self.stages:
+            return None
+        return {"stages": self.stages, "candidates": [
+            {k: v for k, v in c.items() if k != "arch"} for c in self.candidates_scored]}
+
     def state_dict(self) -> dict[str, Any]:
         """JSON-able state; the supernet weights are not in it (see the module docs)."""
         state = super().state_dict()

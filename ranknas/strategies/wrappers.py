@@ -64,6 +64,9 @@ class _Wrapper(Strategy):
     def attach(self, job: Any) -> None:
         self.inner.attach(job)
 
+    def summary(self) -> dict[str, Any] | None:
+        return self.inner.summary()
+
     def drain_infeasible(self) -> Drained:
         """Rejected proposals with their INFEASIBLE results, oldest first; clears the list."""
         out, self._infeasible = self._infeasible, []
