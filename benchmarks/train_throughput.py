@@ -46,38 +46,10 @@ CAP = 500_000
 #: NASRec's own code training this architecture on one H200 (examples/s).
 NASREC_REFERENCE = {512: 21_000, 4096: 114_000}
 TARGET = 1_000_000  # examples/s at B=4096 on one H100/H200
-ARCH_JSON = Path("/work/shared/nasrec-configs/criteo_full_best.json")
-#: shared/nasrec-configs/criteo_full_best.json (NASRec, Apache-2.0), for machines without it.
-CRITEO_FULL_BEST = {
-    "micro": [
-        {"active_nodes": [2, 4], "dense_in_dims": 128, "sparse_in_dims": 64,
-         "dense_sparse_interact": 1, "deep_fm": 0},
-        {"active_nodes": [1, 5], "dense_in_dims": 32, "sparse_in_dims": 64,
-         "dense_sparse_interact": 0, "deep_fm": 0},
-        {"active_nodes": [1, 5], "dense_in_dims": 768, "sparse_in_dims": 32,
-         "dense_sparse_interact": 0, "deep_fm": 1},
-        {"active_nodes": [2, 5], "dense_in_dims": 768, "sparse_in_dims": 48,
-         "dense_sparse_interact": 1, "deep_fm": 0},
-        {"active_nodes": [0, 5], "dense_in_dims": 16, "sparse_in_dims": 16,
-         "dense_sparse_interact": 0, "deep_fm": 1},
-        {"active_nodes": [0, 4], "dense_in_dims": 768, "sparse_in_dims": 16,
-         "dense_sparse_interact": 1, "deep_fm": 0},
-        {"active_nodes": [0, 4], "dense_in_dims": 128, "sparse_in_dims": 48,
-         "dense_sparse_interact": 0, "deep_fm": 1}],
-    "macro": [
-        {"dense_idx": [0], "sparse_idx": [0], "dense_left_idx": [0], "dense_right_idx": [0]},
-        {"dense_idx": [0], "sparse_idx": [0], "dense_left_idx": [0], "dense_right_idx": [1]},
-        {"dense_idx": [1, 2], "sparse_idx": [2, 1, 0], "dense_left_idx": [1],
-         "dense_right_idx": [2]},
-        {"dense_idx": [0, 3], "sparse_idx": [0, 2, 1, 3], "dense_left_idx": [2],
-         "dense_right_idx": [0]},
-        {"dense_idx": [4, 0, 3, 2], "sparse_idx": [2, 3, 0, 1], "dense_left_idx": [3],
-         "dense_right_idx": [1]},
-        {"dense_idx": [4, 0, 5, 3], "sparse_idx": [4, 1], "dense_left_idx": [2],
-         "dense_right_idx": [3]},
-        {"dense_idx": [0, 3, 2], "sparse_idx": [3, 1], "dense_left_idx": [6],
-         "dense_right_idx": [1]}],
-    "num_blocks": 7, "use_layernorm": 1, "config": "xlarge", "test_loss": 0.4511473774909973}
+#: NASRec's published Criteo-Full best architecture, from the team's shared/ folder beside the
+#: checkout; on a machine without it (the GPU box), copy the file over and pass --arch.
+ARCH_JSON = (Path(__file__).resolve().parents[2] / "shared" / "nasrec-configs"
+             / "criteo_full_best.json")
 
 _INDEX = {"embedding_update": "index"}
 _GRAPH = {"embedding_update": "index", "cuda_graph": True}
@@ -114,9 +86,10 @@ def criteo_schema() -> DataSchema:
     return DataSchema(13, tuple(min(c, CAP) for c in CRITEO_CARDINALITIES), "criteo-capped")
 
 
-def load_arch(space):
-    doc = json.loads(ARCH_JSON.read_text()) if ARCH_JSON.exists() else CRITEO_FULL_BEST
-    return from_nasrec_json(space, doc)
+def load_arch(space, path: Path = ARCH_JSON):
+    if not path.exists():
+        raise SystemExit(f"{path} not found: pass --arch PATH to criteo_full_best.json")
+    return from_nasrec_json(space, json.loads(path.read_text()))
 
 
 # -- data ----------------------------------------------------------------------------------
@@ -396,6 +369,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget-s", type=float, default=480.0,
                     help="skip what is left after this many seconds")
     ap.add_argument("--out", type=Path, required=True, help="JSON results path")
+    ap.add_argument("--arch", type=Path, default=ARCH_JSON,
+                    help="NASRec JSON of the architecture (default: shared/ beside the checkout)")
     args = ap.parse_args(argv)
 
     device = torch.device(args.device)
@@ -412,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
 
     space = load_space("nasrec_full")
-    arch = load_arch(space)
+    arch = load_arch(space, args.arch)
     schema = criteo_schema()
     env = environment(device)
     print(json.dumps(env), flush=True)
