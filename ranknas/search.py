@@ -189,3 +189,4 @@ def _run_one(spec: StrategySpec, config: ExperimentConfig, space: SearchSpace, j
         path.parent.mkdir(exist_ok=True)
         path.write_text(json.dumps(summary, indent=1, default=str))
         tracker.log_artifacts(path, "strategies")
+        tracker.log_series(summary.get("metrics", {}), prefix=f"{spec.label}.")

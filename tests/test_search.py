@@ -117,3 +117,18 @@ def test_oneshot_runs_in_the_same_loop_and_is_charged_its_supernet_work(tmp_path
     summary = json.loads((out / "strategies" / "oneshot.json").read_text())
     assert [s["stage"] for s in summary["stages"]] == ["supernet", "search"]
     assert len(summary["candidates"]) == 4
+    # every stage reaches MLflow as metrics of the parent run
+    import mlflow
+
+    from ranknas.reports.tracking import local_store_uri
+
+    client = mlflow.MlflowClient(tracking_uri=local_store_uri(out))
+    parent = json.loads((out / "mlflow_run.json").read_text())["parent_run_id"]
+    logged = client.get_run(parent).data.metrics
+    for key in ("supernet.loss", "supernet.examples", "search.supernet_ne",
+                "search.best_supernet_ne", "search.candidates", "retrain.ne"):
+        assert f"oneshot.{key}" in logged, key
+    assert logged["oneshot.supernet.examples"] == 1024
+    curve = client.get_metric_history(parent, "oneshot.search.best_supernet_ne")
+    values = [m.value for m in sorted(curve, key=lambda m: m.step)]
+    assert len(values) == 4 and values == sorted(values, reverse=True)

@@ -31,7 +31,7 @@ import re
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -137,6 +137,10 @@ class NullTracker:
 
     def log_artifacts(self, path: str | Path, artifact_path: str | None = None) -> None:
         """Nothing to upload."""
+
+    def log_series(self, series: Mapping[str, Iterable[Sequence[float]]],
+                   prefix: str = "") -> None:
+        """Nothing to log."""
 
     def end_study(self, status: str = "FINISHED") -> None:
         """Nothing to close."""
@@ -394,6 +398,19 @@ class MlflowTracker:
             self._guard(lambda: self.client.log_artifact(parent, str(path), artifact_path))
         else:
             raise ConfigError(str(path), "no such file or folder to log")
+
+    def log_series(self, series: Mapping[str, Iterable[Sequence[float]]],
+                   prefix: str = "") -> None:
+        """Log metric series ``{name: [(step, value), ...]}`` on the parent run as
+        ``<prefix><name>`` (e.g. a one-shot run's supernet loss curve); non-finite values
+        are skipped."""
+        mlflow, parent = _mlflow(), self._require_study()
+        now = int(time.time() * 1000)
+        metrics = [mlflow.entities.Metric(_key(prefix + name), float(value), now, int(step))
+                   for name, points in series.items() for step, value in points
+                   if math.isfinite(value)]
+        for chunk in _chunks(metrics):
+            self._guard(lambda chunk=chunk: self.client.log_batch(parent, metrics=chunk))
 
     def end_study(self, status: str = "FINISHED") -> None:
         """Close the parent run (``FINISHED``, ``FAILED`` or ``KILLED``)."""

@@ -86,7 +86,10 @@ class Strategy(ABC):
 
     def summary(self) -> dict[str, Any] | None:
         """Optional: a JSON-able account of work done outside the trials (e.g. one-shot's
-        supernet training and candidate scores); the loop saves and tracks it. None here."""
+        supernet training and candidate scores); the loop saves it to
+        ``OUT/strategies/<label>.json`` and attaches it to the MLflow parent run, and logs
+        its ``"metrics"`` entry, ``{name: [[step, value], ...]}``, as parent-run metrics
+        ``<label>.<name>``. None here."""
         return None
 
     @abstractmethod

@@ -17,6 +17,13 @@ Budget: the first retrain proposal carries ``meta["cost_examples"]`` = supernet 
 all fine-tuning examples, which the search loop adds to the run's totals; the retraining itself
 is charged by the executor as usual.
 
+Every stage is reported: :meth:`OneShot.summary` gives the stage totals, each candidate's
+supernet score and metric series (``supernet.loss`` per logged training step,
+``search.supernet_ne`` / ``search.best_supernet_ne`` per candidate, ``retrain.ne`` and
+``retrain.supernet_ne`` per retrained rank) that the search loop logs to the MLflow parent
+run. A supernet whose training diverges ends the strategy: the stage is recorded ``failed``
+with its reason and nothing is proposed, so the other runs of the study go on.
+
 Resume: the state holds the stage, the scored candidates, the retrain queue, the next id and
 the rng, not the supernet weights. Stages 1-2 run inside one ``ask()`` call, so a saved state
 is either before them (``init``) or after them; a run killed during stages 1-2 restarts
@@ -31,7 +38,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ranknas.errors import ConfigError
+from ranknas.errors import ConfigError, TrainingDiverged
 from ranknas.evaluator.dominance import pareto_ranks
 from ranknas.evaluator.results import EvalResult, Objective
 from ranknas.spaces.architecture import Architecture
@@ -131,6 +138,7 @@ class OneShot(Strategy):
         self.pending_cost = 0
         self.stages: list[dict[str, Any]] = []  # per-stage summaries, for logging
         self.retrained: dict[str, dict[str, Any]] = {}
+        self.series: dict[str, list[list[float]]] = {}  # metric -> [[step, value], ...]
 
     # -- components -----------------------------------------------------------------------
     def _make_inner(self) -> Strategy:
@@ -183,9 +191,17 @@ class OneShot(Strategy):
         return self._proposal(arch, meta=meta)
 
     def tell(self, proposal: Proposal, result: EvalResult) -> None:
+        ne, supernet_ne = result.metrics.get("ne"), proposal.meta.get("supernet_ne")
         self.retrained[proposal.arch.arch_id] = {
-            "status": result.status.value, "ne": result.metrics.get("ne"),
-            "supernet_ne": proposal.meta.get("supernet_ne")}
+            "status": result.status.value, "ne": ne, "supernet_ne": supernet_ne}
+        rank = proposal.meta.get("rank")
+        if rank is not None and ne is not None and math.isfinite(ne):
+            self._record("retrain.ne", rank, ne)
+            if supernet_ne is not None:
+                self._record("retrain.supernet_ne", rank, supernet_ne)
+
+    def _record(self, metric: str, step: int, value: float) -> None:
+        self.series.setdefault(metric, []).append([int(step), float(value)])
 
     # -- stages 1 and 2 -------------------------------------------------------------------
     def _search(self, evaluator: Any) -> None:
@@ -207,15 +223,25 @@ class OneShot(Strategy):
                                           weight_decay=cfg.weight_decay, eps=cfg.eps,
                                           seed=_derived_seed(self.seed, "train"),
                                           device=cfg.device,
-                                          eval_batch_size=cfg.eval_batch_size))
-            out = trainer.train(self.supernet_examples)
-            self.stages.append({"stage": "supernet", "examples": out["examples"],
-                                "steps": out["steps"], "loss": out["loss"],
-                                "seconds": time.perf_counter() - start})
+                                          eval_batch_size=cfg.eval_batch_size,
+                                          log_every=self._log_every(cfg.batch_size)))
+            try:
+                out = trainer.train(self.supernet_examples, progress=lambda p: self._record(
+                    "supernet.loss", p["step"], p["loss"]))
+            except TrainingDiverged as err:
+                self.stages.append({"stage": "supernet", "status": "failed",
+                                    "reason": f"supernet training diverged: {err}",
+                                    "examples": trainer.examples, "steps": trainer.step,
+                                    "seconds": time.perf_counter() - start})
+                self.pending_cost, self.queue, self.stage = trainer.examples, [], "retrain"
+                return
+            self.stages.append({"stage": "supernet", "status": "ok",
+                                "examples": out["examples"], "steps": out["steps"],
+                                "loss": out["loss"], "seconds": time.perf_counter() - start})
             start = time.perf_counter()
             inner = self._make_inner()
-            finetuned = 0
-            for _ in range(self.candidates):
+            finetuned, best = 0, math.inf
+            for i in range(self.candidates):
                 proposal = inner.ask()
                 if proposal is None:
                     break
@@ -223,16 +249,23 @@ class OneShot(Strategy):
                 inner.tell(proposal, result)
                 finetuned += result.examples
                 if result.ok and math.isfinite(result.metrics.get("ne", math.nan)):
+                    best = min(best, result.metrics["ne"])
+                    self._record("search.supernet_ne", i, result.metrics["ne"])
+                    self._record("search.best_supernet_ne", i, best)
                     self.candidates_scored.append({
                         "arch": proposal.arch.to_json(), "arch_id": proposal.arch.arch_id,
                         "ne": result.metrics["ne"], "flops": result.metrics["flops"],
                         "params": result.metrics["params"], "metrics": dict(result.metrics)})
-            self.stages.append({"stage": "search", "examples": finetuned,
+            self.stages.append({"stage": "search", "status": "ok", "examples": finetuned,
                                 "candidates": len(self.candidates_scored),
                                 "seconds": time.perf_counter() - start})
         self.pending_cost = int(out["examples"]) + finetuned
         self.queue = self._top_k()
         self.stage = "retrain"
+
+    def _log_every(self, batch_size: int) -> int:
+        """About 100 points on the supernet loss curve."""
+        return max(1, math.ceil(self.supernet_examples / batch_size / 100))
 
     def _score(self, supernet: Any, arch: Architecture, data: Any, cfg: Any) -> EvalResult:
         """Extract ``arch``, fine-tune the copy per ``finetune`` and score it on valid."""
@@ -270,18 +303,27 @@ class OneShot(Strategy):
 
     # -- state ----------------------------------------------------------------------------
     def summary(self) -> dict[str, Any] | None:
-        """Stages (supernet training, candidate search) and every candidate's supernet score."""
+        """Stages (supernet training, candidate search, retraining), every candidate's
+        supernet score and the metric series (``{"metrics": {name: [[step, value], ...]}}``,
+        see the module docs) that the search loop logs to MLflow."""
         if not self.stages:
             return None
-        return {"stages": self.stages, "candidates": [
-            {k: v for k, v in c.items() if k != "arch"} for c in self.candidates_scored]}
+        metrics = dict(self.series)
+        for stage in self.stages:  # stage totals as one-point series
+            for key in ("examples", "steps", "seconds", "candidates"):
+                if key in stage:
+                    metrics[f"{stage['stage']}.{key}"] = [[0, float(stage[key])]]
+        return {"stages": self.stages, "retrained": self.retrained, "metrics": metrics,
+                "candidates": [{k: v for k, v in c.items() if k != "arch"}
+                               for c in self.candidates_scored]}
 
     def state_dict(self) -> dict[str, Any]:
         """JSON-able state; the supernet weights are not in it (see the module docs)."""
         state = super().state_dict()
         state.update({"stage": self.stage, "candidates_scored": self.candidates_scored,
                       "queue": self.queue, "pending_cost": self.pending_cost,
-                      "stages": self.stages, "retrained": self.retrained})
+                      "stages": self.stages, "retrained": self.retrained,
+                      "series": self.series})
         return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -294,5 +336,7 @@ class OneShot(Strategy):
         self.pending_cost = int(state.get("pending_cost", 0))
         self.stages = [dict(s) for s in state.get("stages", [])]
         self.retrained = {k: dict(v) for k, v in state.get("retrained", {}).items()}
+        self.series = {k: [list(p) for p in v] for k, v in state.get("series", {}).items()}
         if self.stage == "init":  # killed before or during stages 1-2: they run again
             self.candidates_scored, self.queue, self.pending_cost = [], [], 0
+            self.stages, self.series = [], {}

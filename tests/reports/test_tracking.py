@@ -69,7 +69,8 @@ def test_flatten_clips_and_sanitises():
 
 def test_null_tracker_has_the_same_methods(records, tmp_path):
     null = NullTracker()
-    for name in ("check", "start_study", "log_trial", "sync", "log_artifacts", "end_study"):
+    for name in ("check", "start_study", "log_trial", "sync", "log_artifacts", "log_series",
+                 "end_study"):
         assert callable(getattr(null, name)) and callable(getattr(MlflowTracker, name))
     null.check()
     null.start_study({})

@@ -87,6 +87,29 @@ def test_candidates_scored_on_the_supernet(run):
     assert strategy.stages[0]["examples"] == 2048
 
 
+def test_summary_reports_every_stage_as_metric_series(run):
+    strategy, proposals = run
+    metrics = strategy.summary()["metrics"]
+    assert metrics["supernet.examples"] == [[0, 2048.0]]
+    assert metrics["search.candidates"][0][1] == len(strategy.candidates_scored)
+    assert [p[0] for p in metrics["search.supernet_ne"]] == list(range(6))
+    best = [p[1] for p in metrics["search.best_supernet_ne"]]
+    assert best == sorted(best, reverse=True)
+    assert metrics["supernet.loss"] and all(math.isfinite(v) for _, v in metrics["supernet.loss"])
+    assert [p[0] for p in metrics["retrain.ne"]] == [p.meta["rank"] for p in proposals]
+    json.dumps(strategy.summary())  # JSON-able as saved by the loop
+
+
+def test_diverging_supernet_is_recorded_and_proposes_nothing():
+    job = EvalJob("dlrm", {"spec": "synthetic", "rows": 3000, "seed": 0},
+                  {"examples": 1024, "batch_size": 256, "lr": 1e12}, seed=0)
+    strategy = _make(job, supernet_lr=1e12)
+    assert strategy.ask() is None
+    stage = strategy.summary()["stages"][0]
+    assert stage["status"] == "failed" and "diverged" in stage["reason"]
+    assert strategy.pending_cost == stage["examples"]
+
+
 def test_same_seed_same_proposals(run, job):
     _, proposals = run
     again = _drain(_make(job))
