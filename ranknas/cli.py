@@ -158,6 +158,8 @@ def cmd_rank_corr(args: argparse.Namespace) -> int:
     run_rank_correlation(config, args.out, archs=args.archs,
                          standalone_examples=args.standalone_examples,
                          supernet_examples=args.supernet_examples, finetune=args.finetune,
+                         sampler=args.sampler, warmup_steps=args.warmup_steps,
+                         supernet_lr=args.supernet_lr, standalone_from=args.standalone_from,
                          bootstrap=args.bootstrap, seed=args.seed, progress=not args.quiet,
                          **options)
     print(f"results: {Path(args.out) / 'rankcorr.json'}")
@@ -247,7 +249,15 @@ def build_parser() -> argparse.ArgumentParser:
     rc.add_argument("--supernet-examples", type=int, default=200_000)
     rc.add_argument("--finetune-examples", type=int, default=None,
                     help="fine-tuning examples per architecture (default 20000)")
-    rc.add_argument("--finetune", default="last", choices=["last", "whole"])
+    rc.add_argument("--finetune", nargs="+", default=["last"], choices=["last", "whole"],
+                    help="fine-tuning modes scored besides none (e.g. --finetune last whole)")
+    rc.add_argument("--sampler", default="any-path", help="supernet path sampler")
+    rc.add_argument("--warmup-steps", type=int, default=0,
+                    help="full-path warm-up steps before the sampler takes over")
+    rc.add_argument("--supernet-lr", type=float, default=None,
+                    help="supernet learning rate (default: the config's)")
+    rc.add_argument("--standalone-from", default=None, metavar="RANKCORR_JSON",
+                    help="reuse the standalone NEs of an earlier run with the same settings")
     rc.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples of the CIs")
     rc.add_argument("--seed", type=int, default=None, help="default: the config's seed")
     rc.add_argument("--set", action="append", metavar="KEY=VALUE",

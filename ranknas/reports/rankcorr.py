@@ -7,10 +7,14 @@
    equal-count (quantile) bins and takes one at random from each bin;
 2. trains each standalone with the config's training settings (``standalone_examples``
    overrides the per-architecture budget) and records its validation NE;
-3. trains one supernet (any-path sampler) on ``supernet_examples`` and scores every
-   architecture on it twice with :func:`~ranknas.supernet.scoring.score_on_supernet`: without
-   fine-tuning (inherited weights) and fine-tuned per ``finetune`` on ``finetune_examples``;
-4. reports, for both variants, Kendall τ, Spearman ρ and the top-10% overlap between supernet
+   (or reuses them from an earlier ``rankcorr.json`` made with the same space, data, training,
+   seed, architecture count and budget: ``standalone_from``);
+3. trains one supernet (``sampler``, NASRec's ``any-path`` by default, optionally behind a
+   full-path warm-up) on ``supernet_examples`` and scores every architecture on it with
+   :func:`~ranknas.supernet.scoring.score_on_supernet`: without fine-tuning (inherited
+   weights, variant ``no_finetune``) and after each fine-tuning mode of ``finetune`` on
+   ``finetune_examples`` (variants ``finetune_last``, ``finetune_whole``);
+4. reports, for every variant, Kendall τ, Spearman ρ and the top-10% overlap between supernet
    NE and standalone NE (see :func:`rank_statistics`), writes ``OUT/rankcorr.json`` and
    ``OUT/rankcorr.png`` and logs them with the summary metrics to MLflow (experiment
    ``<config name>-rankcorr``; the local SQLite store under ``OUT`` when ``tracking.uri`` is
@@ -22,6 +26,7 @@ standalone training.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import random
@@ -41,8 +46,12 @@ __all__ = ["STATISTICS", "rank_statistics", "run_rank_correlation", "stratified_
 
 #: Summary statistics, each reported as ``{"value", "lo", "hi"}``.
 STATISTICS = ("kendall_tau", "spearman", "top10_overlap")
-VARIANTS = ("no_finetune", "finetune")
 POOL_FACTOR = 20
+
+
+def variants(finetune: Sequence[str]) -> list[str]:
+    """Variant names: ``no_finetune`` then ``finetune_<mode>`` per fine-tuning mode."""
+    return ["no_finetune", *(f"finetune_{mode}" for mode in finetune)]
 
 
 def _check_int(name: str, value: Any, minimum: int, optional: bool = False) -> None:
@@ -155,8 +164,10 @@ def _scatter(rows: list[dict[str, Any]], summary: dict[str, Any], path: Path) ->
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.5), sharex=True)
-    for ax, variant in zip(axes, VARIANTS, strict=True):
+    names = [k.removeprefix("supernet_ne_") for k in rows[0] if k.startswith("supernet_ne_")]
+    fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 4.5), sharex=True,
+                             squeeze=False)
+    for ax, variant in zip(axes[0], names, strict=True):
         xs = [r["standalone_ne"] for r in rows]
         ys = [r[f"supernet_ne_{variant}"] for r in rows]
         ax.scatter(xs, ys, s=18, alpha=0.8)
@@ -184,11 +195,12 @@ def _log_mlflow(config: Any, out: Path, options: dict[str, Any], rows: list[dict
     run_id = tracker.parent_run_id
     now = int(time.time() * 1000)
     metrics = [mlflow.entities.Metric(f"{variant}.{name}{suffix}", stat[key], now, 0)
-               for variant in VARIANTS for name, stat in summary[variant].items()
+               for variant in variants(options["finetune"])
+               for name, stat in summary[variant].items()
                for key, suffix in (("value", ""), ("lo", ".lo"), ("hi", ".hi"))
                if math.isfinite(stat[key])]
     for i, row in enumerate(rows):
-        for key in ("standalone_ne", "supernet_ne_no_finetune", "supernet_ne_finetune"):
+        for key in ("standalone_ne", *(k for k in row if k.startswith("supernet_ne_"))):
             if math.isfinite(row[key]):
                 metrics.append(mlflow.entities.Metric(key, row[key], now, i))
     metrics.append(mlflow.entities.Metric("archs_used", float(summary["archs_used"]), now, 0))
@@ -212,10 +224,41 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def _fingerprint(config: Any, seed: int, archs: int, standalone_examples: int | None) -> str:
+    """What the standalone NEs depend on: space, data, training, seed, sample size, budget."""
+    key = {"space": config.space, "data": config.data, "train": asdict(config.train_config()),
+           "seed": seed, "archs": archs, "standalone_examples": standalone_examples}
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _reused_rows(path: str | Path, fingerprint: str, sample: list[Any]) -> list[dict[str, Any]]:
+    """The standalone rows of an earlier ``rankcorr.json`` made with the same fingerprint."""
+    where = "standalone_from"
+    try:
+        doc = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:
+        raise ConfigError(where, f"cannot read {path}: {err}") from None
+    if doc.get("options", {}).get("standalone_fingerprint") != fingerprint:
+        raise ConfigError(where, f"{path} was made with another space, data, training, seed, "
+                          "architecture count or standalone budget; rerun without "
+                          "--standalone-from, or with the options it was made with")
+    keep = ("arch_id", "arch", "flops", "params", "standalone_ne", "standalone_examples",
+            "standalone_status")
+    rows = [{k: row[k] for k in keep} for row in doc["rows"]]
+    if [r["arch_id"] for r in rows] != [a.arch_id for a in sample]:
+        raise ConfigError(where, f"{path} holds other architectures than this sample")
+    for row in rows:
+        row["standalone_ne"] = math.nan if row["standalone_ne"] is None else row["standalone_ne"]
+    return rows
+
+
 def run_rank_correlation(config: Any, out: str | Path, *, archs: int = 50,
                          standalone_examples: int | None = None,
-                         supernet_examples: int = 200_000, finetune: str = "last",
-                         finetune_examples: int = 20_000, bootstrap: int = 1000,
+                         supernet_examples: int = 200_000,
+                         finetune: str | Sequence[str] = "last",
+                         finetune_examples: int = 20_000, sampler: str = "any-path",
+                         warmup_steps: int = 0, supernet_lr: float | None = None,
+                         standalone_from: str | Path | None = None, bootstrap: int = 1000,
                          seed: int | None = None, progress: bool = True) -> dict[str, Any]:
     """Rank correlation of supernet scores (with and without fine-tuning) vs standalone NE.
 
@@ -227,20 +270,28 @@ def run_rank_correlation(config: Any, out: str | Path, *, archs: int = 50,
         standalone_examples: Standalone training examples per architecture; None: the
             config's per-trial budget.
         supernet_examples: Supernet training examples.
-        finetune: Fine-tuning mode of the fine-tuned variant: ``last`` or ``whole``.
-        finetune_examples: Fine-tuning examples per architecture.
+        finetune: Fine-tuning mode(s) scored besides no fine-tuning: ``last`` and/or
+            ``whole``.
+        finetune_examples: Fine-tuning examples per architecture and mode.
+        sampler: Path sampler of supernet training (``ranknas.supernet.SAMPLERS``).
+        warmup_steps: When > 0, a full-path warm-up over this many steps before ``sampler``.
+        supernet_lr: Learning rate of supernet training; None: the config's lr.
+        standalone_from: An earlier ``rankcorr.json`` whose standalone NEs to reuse; it must
+            have been made with the same space, data, training, seed, ``archs`` and
+            ``standalone_examples``.
         bootstrap: Bootstrap resamples of the confidence intervals (0: none).
         seed: Seeds sampling, supernet, fine-tuning and bootstrap; None: the config's seed.
         progress: Print per-architecture progress to stderr and a summary table to stdout.
 
     Returns:
         The ``rankcorr.json`` document: ``{"options", "rows", "summary", "mlflow_run_id"}``;
-        ``summary[variant][statistic] = {"value", "lo", "hi"}`` for variants
-        ``no_finetune`` and ``finetune``, plus ``archs_used``. The file stores non-finite
-        numbers (a failed architecture's NE, an undefined CI) as null.
+        ``summary[variant][statistic] = {"value", "lo", "hi"}`` for every variant of
+        :func:`variants`, plus ``archs_used``. The file stores non-finite numbers (a failed
+        architecture's NE, an undefined CI) as null.
 
     Raises:
-        ConfigError: a bad option, or fewer than 2 architectures with finite NEs.
+        ConfigError: a bad option, an unusable ``standalone_from``, or fewer than 2
+            architectures with finite NEs.
     """
     from ranknas.execution.base import EvalJob
     from ranknas.execution.standalone import torch_threads
@@ -251,17 +302,25 @@ def run_rank_correlation(config: Any, out: str | Path, *, archs: int = 50,
     _check_int("standalone_examples", standalone_examples, 1, optional=True)
     _check_int("supernet_examples", supernet_examples, 1)
     _check_int("finetune_examples", finetune_examples, 1)
+    _check_int("warmup_steps", warmup_steps, 0)
     _check_int("bootstrap", bootstrap, 0)
-    if finetune not in ("last", "whole"):
-        raise ConfigError("finetune", f"expected last or whole, got {finetune!r}")
+    modes = [finetune] if isinstance(finetune, str) else list(finetune)
+    if not modes or len(set(modes)) < len(modes) or set(modes) - {"last", "whole"}:
+        raise ConfigError("finetune", f"expected last and/or whole, got {finetune!r}")
+    if supernet_lr is not None and not (isinstance(supernet_lr, float | int)
+                                        and math.isfinite(supernet_lr) and supernet_lr > 0):
+        raise ConfigError("supernet_lr", f"expected a finite number > 0, got {supernet_lr!r}")
     seed = config.seed if seed is None else seed
     _check_int("seed", seed, 0)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    sampler_name, sampler_options = sampler, {}
+    if warmup_steps:
+        sampler_name, sampler_options = "warmup", {"warmup_steps": warmup_steps, "inner": sampler}
+    fingerprint = _fingerprint(config, seed, archs, standalone_examples)
     options = {"archs": archs, "standalone_examples": standalone_examples,
-               "supernet_examples": supernet_examples, "finetune": finetune,
+               "supernet_examples": supernet_examples, "finetune": modes,
                "finetune_examples": finetune_examples, "bootstrap": bootstrap, "seed": seed,
-               "sampler": "any-path", "pool_factor": POOL_FACTOR}
+               "sampler": sampler, "warmup_steps": warmup_steps, "supernet_lr": supernet_lr,
+               "pool_factor": POOL_FACTOR, "standalone_fingerprint": fingerprint}
     say: Callable[[str], None] = (lambda m: print(m, file=sys.stderr, flush=True)) \
         if progress else (lambda m: None)
 
@@ -270,48 +329,59 @@ def run_rank_correlation(config: Any, out: str | Path, *, archs: int = 50,
     ev = EvalJob(config.space, dict(config.data), train, seed).evaluator()
     space, data, cfg = ev.space, ev.data, ev.train_config
     sample = stratified_sample(space, data.schema, archs, seed)
-    rows: list[dict[str, Any]] = []
-    for i, arch in enumerate(sample):
-        res = ev(arch, standalone_examples)
-        ne = float(res.metrics.get("ne", math.nan)) if res.ok else math.nan
-        rows.append({"arch_id": arch.arch_id, "arch": arch.to_json(),
-                     "flops": float(res.metrics["flops"]), "params": res.metrics["params"],
-                     "standalone_ne": ne, "standalone_examples": res.examples,
-                     "standalone_status": res.status.value})
-        say(f"[{i + 1}/{archs}] standalone {arch.arch_id}: NE {ne:.4f}")
+    make_sampler(sampler_name, space, seed, schema=data.schema, **sampler_options)  # fail early
+    out = Path(out)
+    if standalone_from is not None:
+        rows = _reused_rows(standalone_from, fingerprint, sample)
+        say(f"standalone NEs of {len(rows)} architectures reused from {standalone_from}")
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        rows = []
+        for i, arch in enumerate(sample):
+            res = ev(arch, standalone_examples)
+            ne = float(res.metrics.get("ne", math.nan)) if res.ok else math.nan
+            rows.append({"arch_id": arch.arch_id, "arch": arch.to_json(),
+                         "flops": float(res.metrics["flops"]), "params": res.metrics["params"],
+                         "standalone_ne": ne, "standalone_examples": res.examples,
+                         "standalone_status": res.status.value})
+            say(f"[{i + 1}/{archs}] standalone {arch.arch_id}: NE {ne:.4f}")
+    out.mkdir(parents=True, exist_ok=True)
 
     with torch_threads(ev.threads):
         start = time.perf_counter()
         supernet = Supernet(space, data.schema, seed)
-        sparse_lr = cfg.sparse_lr if cfg.sparse_lr is not None else cfg.lr
+        lr = cfg.lr if supernet_lr is None else float(supernet_lr)
+        sparse_lr = cfg.sparse_lr if cfg.sparse_lr is not None else lr
         trainer = SupernetTrainer(
-            supernet, data, make_sampler("any-path", space, seed, schema=data.schema),
+            supernet, data,
+            make_sampler(sampler_name, space, seed, schema=data.schema, **sampler_options),
             SupernetTrainConfig(examples=supernet_examples, batch_size=cfg.batch_size,
-                                optimizer=cfg.optimizer, lr=cfg.lr, sparse_lr=sparse_lr,
+                                optimizer=cfg.optimizer, lr=lr, sparse_lr=sparse_lr,
                                 weight_decay=cfg.weight_decay, eps=cfg.eps, seed=seed,
                                 device=cfg.device, eval_batch_size=cfg.eval_batch_size))
         trained = trainer.train(supernet_examples)
         say(f"supernet: {trained['examples']:,} examples, loss {trained['loss']:.4f}, "
             f"{time.perf_counter() - start:.1f} s")
         for i, (row, arch) in enumerate(zip(rows, sample, strict=True)):
-            for variant, mode in (("no_finetune", "none"), ("finetune", finetune)):
+            for mode in ("none", *modes):
                 res = score_on_supernet(supernet, space, arch, data, cfg, finetune=mode,
                                         finetune_examples=finetune_examples, seed=seed)
-                row[f"supernet_ne_{variant}"] = (float(res.metrics["ne"]) if res.ok
-                                                 else math.nan)
-            say(f"[{i + 1}/{archs}] supernet {row['arch_id']}: NE "
-                f"{row['supernet_ne_no_finetune']:.4f} / fine-tuned "
-                f"{row['supernet_ne_finetune']:.4f}")
+                key = "no_finetune" if mode == "none" else f"finetune_{mode}"
+                row[f"supernet_ne_{key}"] = float(res.metrics["ne"]) if res.ok else math.nan
+            say(f"[{i + 1}/{archs}] supernet {row['arch_id']}: NE " + " / ".join(
+                f"{v:.4f}" for k, v in row.items() if k.startswith("supernet_ne_")))
 
-    keys = ("standalone_ne", "supernet_ne_no_finetune", "supernet_ne_finetune")
-    usable = [r for r in rows if all(math.isfinite(r[k]) for k in keys)]
+    names = variants(modes)
+    usable = [r for r in rows if all(math.isfinite(r[k]) for k in
+                                     ("standalone_ne", *(f"supernet_ne_{v}" for v in names)))]
     if len(usable) < 2:
         raise ConfigError("archs", f"only {len(usable)} architectures have finite NEs on "
                           "every side; raise the training budgets or lower the lr")
     standalone = [r["standalone_ne"] for r in usable]
     summary: dict[str, Any] = {"archs_used": len(usable), "supernet": {
-        "examples": trained["examples"], "steps": trained["steps"], "loss": trained["loss"]}}
-    for variant in VARIANTS:
+        "examples": trained["examples"], "steps": trained["steps"], "loss": trained["loss"],
+        "seconds": trained["seconds"]}}
+    for variant in names:
         summary[variant] = rank_statistics(standalone,
                                            [r[f"supernet_ne_{variant}"] for r in usable],
                                            bootstrap=bootstrap, seed=seed)
@@ -328,10 +398,11 @@ def run_rank_correlation(config: Any, out: str | Path, *, archs: int = 50,
 
 def format_table(summary: dict[str, Any]) -> str:
     """The summary as a short text table: statistic x variant, value [95% CI]."""
-    lines = [f"{'statistic':<15}" + "".join(f"{v:>26}" for v in VARIANTS)]
+    names = [k for k in summary if isinstance(summary[k], dict) and "kendall_tau" in summary[k]]
+    lines = [f"{'statistic':<15}" + "".join(f"{v:>26}" for v in names)]
     for name in STATISTICS:
         cells = []
-        for variant in VARIANTS:
+        for variant in names:
             s = summary[variant][name]
             cells.append(f"{s['value']:>7.3f} [{s['lo']:>6.3f}, {s['hi']:>6.3f}]")
         lines.append(f"{name:<15}" + "".join(f"{c:>26}" for c in cells))

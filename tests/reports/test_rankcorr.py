@@ -58,6 +58,10 @@ def test_run_rejects_bad_options(tmp_path):
     config = config_from_dict(TINY)
     with pytest.raises(ConfigError, match="finetune"):
         run_rank_correlation(config, tmp_path, archs=6, finetune="none")
+    with pytest.raises(ConfigError, match="finetune"):
+        run_rank_correlation(config, tmp_path, archs=6, finetune=["last", "last"])
+    with pytest.raises(ConfigError, match="sampler"):
+        run_rank_correlation(config, tmp_path, archs=6, sampler="nope")
     with pytest.raises(ConfigError, match="archs"):
         run_rank_correlation(config, tmp_path, archs=1)
 
@@ -69,18 +73,19 @@ def test_rank_correlation_end_to_end(tmp_path, capsys):
 
     out = tmp_path / "rc"
     doc = run_rank_correlation(config_from_dict(TINY), out, archs=6, supernet_examples=2048,
-                               finetune_examples=256, bootstrap=50)
+                               finetune=["last", "whole"], finetune_examples=256, bootstrap=50)
     assert "kendall_tau" in capsys.readouterr().out
     saved = json.loads((out / "rankcorr.json").read_text())
     assert saved["mlflow_run_id"] == doc["mlflow_run_id"]
     rows = saved["rows"]
     assert len(rows) == 6 and len({r["arch_id"] for r in rows}) == 6
     for row in rows:
-        for key in ("standalone_ne", "supernet_ne_no_finetune", "supernet_ne_finetune"):
+        for key in ("standalone_ne", "supernet_ne_no_finetune", "supernet_ne_finetune_last",
+                    "supernet_ne_finetune_whole"):
             assert row[key] is not None and math.isfinite(row[key])
     summary = saved["summary"]
     assert summary["archs_used"] == 6
-    for variant in ("no_finetune", "finetune"):
+    for variant in ("no_finetune", "finetune_last", "finetune_whole"):
         for name in STATISTICS:
             stat = summary[variant][name]
             assert set(stat) == {"value", "lo", "hi"}
@@ -92,7 +97,25 @@ def test_rank_correlation_end_to_end(tmp_path, capsys):
     client = mlflow.MlflowClient(tracking_uri=local_store_uri(out))
     run = client.get_run(doc["mlflow_run_id"])
     assert run.info.status == "FINISHED"
-    assert "finetune.kendall_tau" in run.data.metrics
+    assert "finetune_whole.kendall_tau" in run.data.metrics
     assert "no_finetune.spearman" in run.data.metrics
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"rankcorr.json", "rankcorr.png"} <= artifacts
+
+
+def test_standalone_results_are_reused_only_when_they_match(tmp_path):
+    config = config_from_dict(TINY)
+    first = run_rank_correlation(config, tmp_path / "a", archs=4, supernet_examples=1024,
+                                 finetune_examples=256, bootstrap=0, progress=False)
+    again = run_rank_correlation(config, tmp_path / "b", archs=4, supernet_examples=1024,
+                                 finetune_examples=256, bootstrap=0, progress=False,
+                                 warmup_steps=2, standalone_from=tmp_path / "a/rankcorr.json")
+    assert [r["standalone_ne"] for r in again["rows"]] == \
+        [r["standalone_ne"] for r in first["rows"]]
+    assert again["options"]["warmup_steps"] == 2
+    with pytest.raises(ConfigError, match="standalone_from"):
+        run_rank_correlation(config, tmp_path / "c", archs=4, standalone_examples=512,
+                             standalone_from=tmp_path / "a/rankcorr.json", progress=False)
+    with pytest.raises(ConfigError, match="standalone_from"):
+        run_rank_correlation(config, tmp_path / "c", archs=4,
+                             standalone_from=tmp_path / "missing.json", progress=False)
