@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import random
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, ClassVar
@@ -83,6 +83,11 @@ class Strategy(ABC):
     def attach(self, job: Any) -> None:  # noqa: B027 - optional hook, no-op by default
         """Receive the run's evaluation job (``EvalJob``: space, data, training settings)
         before the first ``ask``. Strategies that train models themselves (one-shot) use it."""
+
+    def constrain(self, wrap: Callable[[Strategy], Strategy]) -> None:  # noqa: B027
+        """Receive the study's constraints as a wrapper factory (``Constraints`` calls this
+        on the strategy it wraps). Strategies that run a search of their own inside (one-shot)
+        wrap their inner strategy with it, so internal candidates obey the bounds too."""
 
     def summary(self) -> dict[str, Any] | None:
         """Optional: a JSON-able account of work done outside the trials (e.g. one-shot's

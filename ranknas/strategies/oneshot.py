@@ -9,7 +9,8 @@ Three stages, all driven by :meth:`OneShot.ask`:
 2. Run the inner strategy (``evolution`` by default, any registered ask/tell strategy) for
    ``candidates`` rounds. Each candidate is extracted from the supernet (a copy; the supernet
    is untouched), fine-tuned per ``finetune`` on ``finetune_examples``, scored by validation
-   NE, and told back with its cheap metrics (flops, params).
+   NE, and told back with its cheap metrics (flops, params). The study's constraints (see
+   :meth:`OneShot.constrain`) apply to the inner strategy too.
 3. Propose the ``top_k`` distinct best candidates, one per ``ask()``, to be retrained from
    scratch by the executor; then ``ask()`` returns None.
 
@@ -35,7 +36,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ranknas.errors import ConfigError, TrainingDiverged
@@ -45,6 +46,7 @@ from ranknas.spaces.architecture import Architecture
 from ranknas.spaces.space import SearchSpace
 from ranknas.strategies.base import Proposal, Strategy
 from ranknas.strategies.registry import make_strategy, register_strategy
+from ranknas.strategies.wrappers import drain_infeasible
 from ranknas.supernet.scoring import FINETUNE_MODES
 
 __all__ = ["FINETUNE_MODES", "OneShot"]
@@ -132,6 +134,7 @@ class OneShot(Strategy):
         self._make_inner()  # fail at config time on a bad inner name or option
         self._make_sampler(None)  # likewise for the sampler options
         self._job: Any = None
+        self._wrap_inner: Callable[[Strategy], Strategy] | None = None
         self.stage = "init"  # init -> retrain -> done
         self.candidates_scored: list[dict[str, Any]] = []
         self.queue: list[dict[str, Any]] = []
@@ -170,6 +173,11 @@ class OneShot(Strategy):
     def attach(self, job: Any) -> None:
         """Take the run's ``EvalJob``: its space, data and train settings drive stages 1-2."""
         self._job = job
+
+    def constrain(self, wrap: Callable[[Strategy], Strategy]) -> None:
+        """Apply the study's constraints to the inner search, so that no supernet scoring is
+        spent on (and no retrain slot goes to) an architecture the study would reject."""
+        self._wrap_inner = wrap
 
     def ask(self) -> Proposal | None:
         if self.stage == "init":
@@ -240,9 +248,12 @@ class OneShot(Strategy):
                                 "loss": out["loss"], "seconds": time.perf_counter() - start})
             start = time.perf_counter()
             inner = self._make_inner()
+            if self._wrap_inner is not None:
+                inner = self._wrap_inner(inner)
             finetuned, best = 0, math.inf
             for i in range(self.candidates):
                 proposal = inner.ask()
+                drain_infeasible(inner)  # already told to the inner strategy; nothing to score
                 if proposal is None:
                     break
                 result = self._score(supernet, proposal.arch, data, cfg)

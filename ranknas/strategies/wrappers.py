@@ -30,7 +30,7 @@ Contract with the search loop:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ranknas.errors import ConfigError, InvalidArchitecture
@@ -63,6 +63,9 @@ class _Wrapper(Strategy):
 
     def attach(self, job: Any) -> None:
         self.inner.attach(job)
+
+    def constrain(self, wrap: Callable[[Strategy], Strategy]) -> None:
+        self.inner.constrain(wrap)
 
     def summary(self) -> dict[str, Any] | None:
         return self.inner.summary()
@@ -209,6 +212,8 @@ class Constraints(_Wrapper):
         self.max_flops, self.max_params, self.min_flops = max_flops, max_params, min_flops
         self.schema = schema
         self.max_rejects = max_rejects
+        inner.constrain(lambda s: Constraints(s, max_flops, max_params, min_flops, schema,
+                                              max_rejects))
 
     def check(self, arch: Architecture) -> EvalResult | None:
         """The INFEASIBLE result ``arch`` gets, or None if it satisfies every bound."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 
 import pytest
 import torch
@@ -98,6 +99,23 @@ def test_summary_reports_every_stage_as_metric_series(run):
     assert metrics["supernet.loss"] and all(math.isfinite(v) for _, v in metrics["supernet.loss"])
     assert [p[0] for p in metrics["retrain.ne"]] == [p.meta["rank"] for p in proposals]
     json.dumps(strategy.summary())  # JSON-able as saved by the loop
+
+
+def test_study_constraints_apply_to_the_inner_search(job):
+    from ranknas.strategies import Constraints
+
+    space = job.evaluator().space
+    schema = job.evaluator().data.schema
+    flops = sorted(space.materialize(space.sample(random.Random(i)), schema).flops
+                   for i in range(20))
+    bound = flops[len(flops) // 2]
+    strategy = Constraints(_make(job, candidates=4, finetune="none", finetune_examples=0),
+                           max_flops=bound, schema=schema)
+    proposals = _drain(strategy)
+    scored = strategy.inner.candidates_scored
+    assert scored and all(c["flops"] <= bound for c in scored)
+    assert proposals and all(space.materialize(p.arch, schema).flops <= bound
+                             for p in proposals)
 
 
 def test_diverging_supernet_is_recorded_and_proposes_nothing():
