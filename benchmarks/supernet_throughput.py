@@ -1,6 +1,14 @@
 """Supernet training throughput against the sampled subnets alone (``nasrec_full``).
 
     python benchmarks/supernet_throughput.py --device cuda --batch-sizes 512 4096 --out runs/sn.json
+    python benchmarks/supernet_throughput.py --device cuda --masked eager compile+graph+tf32
+
+Two designs, timed in the same run: the *sliced* supernet (``Supernet.forward``: each path at
+its own shapes, eager) and the *masked* fixed-shape execution (:class:`MaskedStep`: every path
+the same kernels, so one compiled graph and one CUDA graph serve all paths) in the variants
+given by ``--masked``. Masked rows report throughput with paths encoded beforehand and with a
+new path encoded on the host every step (the real cost of training), the encode time per path,
+and the step's FLOPs/bytes floor on the card's measured ceilings.
 
 Criteo-like data (13 dense, 26 fields with Kaggle cardinalities capped at 500k rows) made on the
 device. Each supernet step trains a new uniformly sampled path (from a pre-drawn cycle of
@@ -77,13 +85,138 @@ def _supernet_step_time(space: SearchSpace, schema: DataSchema, archs: list[Arch
     return timed_steps(super_step, steps, device)
 
 
-def measure(space: SearchSpace, schema: DataSchema, archs: list[Architecture], batch: int,
-            steps: int, device: torch.device) -> dict:
+MASKED_VARIANTS = {
+    "eager": {},
+    "compile": {"compile": True},
+    "compile+graph": {"compile": True, "cuda_graph": True},
+    "compile+graph+tf32": {"compile": True, "cuda_graph": True, "precision": "tf32"},
+    "compile+graph+bf16": {"compile": True, "cuda_graph": True, "precision": "bf16"},
+}
+
+
+def make_batch(schema: DataSchema, batch: int, device: torch.device) -> tuple:
     gen = torch.Generator(device=device).manual_seed(0)
     dense = torch.randn(batch, schema.num_dense, device=device, generator=gen)
     sparse = torch.stack([torch.randint(0, c, (batch,), device=device, generator=gen)
                           for c in schema.cardinalities], dim=1)
     labels = torch.randint(0, 2, (batch,), device=device, generator=gen).float()
+    return dense, sparse, labels
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def masked_cost(space: SearchSpace, schema: DataSchema, arch: Architecture,
+                device: torch.device) -> dict:
+    """Forward FLOPs and activation bytes per example of the masked execution (any path).
+
+    FLOPs: ``torch.utils.flop_counter`` (matmuls, attention). Bytes: every tensor an op
+    writes, counted once written and once read; all ops (eager) and without point-wise ops
+    (what a fusing compiler cannot avoid).
+    """
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from ranknas.supernet.masked import encode, masked_forward
+
+    b = 64
+
+    class Written(TorchDispatchMode):
+        """Bytes of the new tensors ops write: per example ([b, ...]) and per step (weights);
+        ``fused`` leaves out point-wise ops, which a compiler folds into their neighbours."""
+
+        example = fused = step = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            inputs = {a.untyped_storage().data_ptr() for a in args
+                      if isinstance(a, torch.Tensor)}
+            for t in out if isinstance(out, tuple | list) else (out,):
+                if not isinstance(t, torch.Tensor) or t.untyped_storage().data_ptr() in inputs:
+                    continue  # a view moves no bytes
+                size = t.numel() * t.element_size()
+                if t.dim() and t.shape[0] == b:
+                    Written.example += size
+                    Written.fused += 0 if torch.Tag.pointwise in func.tags else size
+                else:
+                    Written.step += size
+            return out
+
+    supernet = Supernet(space, schema, seed=0).to(device)
+    dense, sparse, _ = make_batch(schema, b, device)
+    path = encode(supernet, arch)
+    with torch.no_grad():
+        with FlopCounterMode(display=False) as counter:
+            masked_forward(supernet, dense, sparse, path)
+        with Written():
+            masked_forward(supernet, dense, sparse, path)
+    return {"fwd_flops_per_example": counter.get_total_flops() / b,
+            "fwd_activation_bytes_per_example": 2 * Written.example / b,
+            "fwd_fused_activation_bytes_per_example": 2 * Written.fused / b,
+            "fwd_weight_bytes_per_step": 2 * Written.step,
+            "dense_params": sum(p.numel() for p in supernet.dense_parameters())}
+
+
+def masked_floor(cost: dict, schema: DataSchema, batch: int, ceil: dict) -> dict:
+    """The step's FLOPs/bytes floor (fwd + bwd ~ 3x forward) at the measured ceilings, with
+    the activations a fusing compiler must still write (point-wise ops folded away)."""
+    flops = 3 * cost["fwd_flops_per_example"] * batch
+    act = 3 * cost["fwd_fused_activation_bytes_per_example"] * batch
+    other = (8 * batch * schema.num_sparse * 16 * 4 + 7 * 4 * cost["dense_params"]
+             + 3 * cost["fwd_weight_bytes_per_step"])  # gathered weight columns, fwd + bwd
+    out = {"step_flops": flops, "step_bytes": act + other}
+    if ceil:
+        bw = ceil["copy_bytes_per_s"]
+        for prec, rate, scale in (("fp32", "matmul_fp32_flop_per_s", 1.0),
+                                  ("tf32", "matmul_tf32_flop_per_s", 1.0),
+                                  ("bf16", "matmul_bf16_flop_per_s", 0.5)):
+            t = max(flops / ceil[rate], (act * scale + other) / bw)
+            out[f"floor_{prec}_ms"] = t * 1e3
+    return out
+
+
+def measure_masked(space: SearchSpace, schema: DataSchema, archs: list[Architecture],
+                   fresh: list[Architecture], batch: int, steps: int, device: torch.device,
+                   variant: str) -> dict:
+    """Masked step time with paths encoded beforehand, and with a new path every step."""
+    from ranknas.supernet import MaskedStep
+    from ranknas.supernet.masked import encode
+
+    dense, sparse, labels = make_batch(schema, batch, device)
+    supernet = Supernet(space, schema, seed=0).to(device)
+    step = MaskedStep(supernet, lr=0.01, **MASKED_VARIANTS[variant])
+    paths = [encode(supernet, a) for a in archs]
+    start = time.perf_counter()
+    for i in range(6):  # compile, CUDA-graph warm-up and capture
+        step(dense, sparse, labels, paths[i % len(paths)])
+    _sync(device)
+    setup = time.perf_counter() - start
+    start = time.perf_counter()
+    for i in range(steps):
+        step(dense, sparse, labels, paths[i % len(paths)])
+    _sync(device)
+    cached = (time.perf_counter() - start) / steps
+    start = time.perf_counter()
+    for arch in fresh[:steps]:
+        encode(supernet, arch)
+    encode_s = (time.perf_counter() - start) / min(steps, len(fresh))
+    extra = fresh[steps:2 * steps]
+    start = time.perf_counter()
+    for arch in extra:
+        step(dense, sparse, labels, arch)
+    loss = float(step(dense, sparse, labels, paths[0]))
+    _sync(device)
+    live = (time.perf_counter() - start) / (len(extra) + 1)
+    return {"batch": batch, "variant": variant, "setup_s": setup, "ms": cached * 1e3,
+            "ex_s": batch / cached, "encode_ms": encode_s * 1e3, "live_ms": live * 1e3,
+            "live_ex_s": batch / live, "loss": loss}
+
+
+def measure(space: SearchSpace, schema: DataSchema, archs: list[Architecture], batch: int,
+            steps: int, device: torch.device) -> dict:
+    dense, sparse, labels = make_batch(schema, batch, device)
     loss_fn = nn.BCEWithLogitsLoss()
 
     t_super = _supernet_step_time(space, schema, archs, (dense, sparse, labels), steps, device)
@@ -115,6 +248,9 @@ def main() -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[512, 4096])
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--paths", type=int, default=32)
+    parser.add_argument("--masked", nargs="*", default=[], choices=list(MASKED_VARIANTS),
+                        help="masked-execution variants to time beside the sliced design")
+    parser.add_argument("--no-sliced", action="store_true", help="time only --masked")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -122,7 +258,40 @@ def main() -> None:
     schema = DataSchema(13, tuple(min(c, 500_000) for c in CRITEO), "criteo-capped")
     rng = random.Random(0)
     archs = [space.sample(rng) for _ in range(args.paths)]
-    rows = [measure(space, schema, archs, b, args.steps, device) for b in args.batch_sizes]
+    fresh = [space.sample(rng) for _ in range(2 * args.steps)]
+    result: dict = {"device": str(device), "torch": torch.__version__}
+    if device.type == "cuda":
+        result["gpu"] = torch.cuda.get_device_name(device)
+    if args.masked:
+        from train_throughput import ceilings  # the sibling benchmark's ceiling probes
+
+        ceil = ceilings(device)
+        cost = masked_cost(space, schema, archs[0], device)
+        result.update(ceilings=ceil, masked_cost=cost)
+        result["masked"] = []
+        for b in args.batch_sizes:
+            floor = masked_floor(cost, schema, b, ceil)
+            for variant in args.masked:
+                row = {**measure_masked(space, schema, archs, fresh, b, args.steps, device,
+                                        variant), **floor}
+                result["masked"].append(row)
+                print(json.dumps(row), flush=True)
+                if args.out:
+                    Path(args.out).write_text(json.dumps(result, indent=1))
+        print(f"masked forward: {cost['fwd_flops_per_example'] / 1e6:.1f} MFLOP, "
+              f"{cost['fwd_activation_bytes_per_example'] / 1e6:.2f} MB (eager) / "
+              f"{cost['fwd_fused_activation_bytes_per_example'] / 1e6:.2f} MB (fused) per example")
+        print("| B | variant | ex/s (pre-encoded) | ms/step | ex/s (new path each step) | "
+              "encode ms/path | floor ms fp32/tf32/bf16 | set-up s |")
+        print("|---|---|---|---|---|---|---|---|")
+        for r in result["masked"]:
+            fl = "/".join(f"{r.get(f'floor_{p}_ms', float('nan')):.2f}"
+                          for p in ("fp32", "tf32", "bf16"))
+            print(f"| {r['batch']} | {r['variant']} | {r['ex_s']:,.0f} | {r['ms']:.2f} | "
+                  f"{r['live_ex_s']:,.0f} | {r['encode_ms']:.2f} | {fl} | {r['setup_s']:.0f} |")
+    rows = [] if args.no_sliced else [measure(space, schema, archs, b, args.steps, device)
+                                      for b in args.batch_sizes]
+    result["rows"] = rows
     print("| B | supernet ex/s | supernet ms/step | subnet own ms | subnet widest ms | "
           "ratio own | ratio widest |")
     print("|---|---|---|---|---|---|---|")
@@ -131,8 +300,7 @@ def main() -> None:
               f"{r['subnet_own_ms']:.2f} | {r['subnet_widest_ms']:.2f} | "
               f"{r['ratio_vs_own']:.2f} | {r['ratio_vs_widest']:.2f} |")
     if args.out:
-        Path(args.out).write_text(json.dumps({"device": str(device), "torch": torch.__version__,
-                                              "rows": rows}, indent=1))
+        Path(args.out).write_text(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":

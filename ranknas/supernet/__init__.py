@@ -21,6 +21,8 @@ from ranknas.supernet.elastic_base import (
     register_elastic,
 )
 from ranknas.supernet.layout import SpaceLayout, module_key
+from ranknas.supernet.masked import MaskedSupernet, PathTensors, masked_forward
+from ranknas.supernet.masked_step import MaskedStep
 from ranknas.supernet.samplers import (
     SAMPLERS,
     AnyPathSampler,
@@ -40,7 +42,10 @@ __all__ = [
     "BalancedSampler",
     "ElasticOp",
     "ElasticSpec",
+    "MaskedStep",
+    "MaskedSupernet",
     "PathSampler",
+    "PathTensors",
     "PortCols",
     "SourceLayout",
     "SpaceLayout",
@@ -52,6 +57,7 @@ __all__ = [
     "WarmupSampler",
     "elastic_class",
     "make_sampler",
+    "masked_forward",
     "module_key",
     "register_elastic",
 ]

@@ -42,6 +42,7 @@ Design notes:
 from __future__ import annotations
 
 from collections import Counter, OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
@@ -54,7 +55,7 @@ from ranknas.evaluator.data.schema import DataSchema
 from ranknas.spaces.architecture import Architecture
 from ranknas.spaces.materialized import MaterializedGraph
 from ranknas.spaces.model import FusedEmbedding, RankingModel, _as_kind, build_model
-from ranknas.spaces.ops import Kind, get_operator
+from ranknas.spaces.ops import Kind, TensorSpec, get_operator
 from ranknas.spaces.space import SearchSpace
 from ranknas.supernet.elastic_base import (
     Cols,
@@ -100,6 +101,22 @@ class SupernetPlan:
     output: tuple[int, ...]
     head_cols: Cols
     modules: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class StoragePositions:
+    """Storage positions of one architecture's inputs, on the CPU.
+
+    Attributes:
+        graph: The materialized architecture.
+        ports: Per node (in ``graph.nodes`` order): port -> (merged input spec, the storage
+            position of each merged feature or field).
+        head: Storage position of each feature the logit head reads.
+    """
+
+    graph: MaterializedGraph
+    ports: tuple[Mapping[str, tuple[TensorSpec, torch.Tensor]], ...]
+    head: torch.Tensor
 
 
 def _positive(value: int, where: str) -> int:
@@ -173,6 +190,33 @@ class Supernet(nn.Module):
             self._indices[key] = idx.to(self.head_bias.device)
         return self._indices[key]
 
+    def positions(self, arch: Architecture) -> StoragePositions:
+        """Where every port's merged input of ``arch`` lives in storage, as CPU index tensors
+        (not cached; :meth:`plan` caches its device form). The fixed-shape execution
+        (:mod:`ranknas.supernet.masked`) encodes paths from this without touching the device.
+
+        Raises:
+            InvalidArchitecture: ``arch`` is not a buildable member of the space.
+        """
+        if arch.space != self.space.name:
+            raise InvalidArchitecture("space", f"architecture is for {arch.space!r}, not "
+                                               f"{self.space.name!r}")
+        graph = self.space.materialize(arch, self.schema)
+        nodes = {n.key: n for n in graph.nodes}
+        specs = {**graph.input_specs, **{n.key: n.out for n in graph.nodes}}
+        layer = Counter[str]()
+        ports = []
+        for node in graph.nodes:
+            k = layer[node.block]
+            layer[node.block] += 1
+            shape = self.layout.layers[(node.block, node.op)][k]
+            ports.append(MappingProxyType({
+                port: (spec, self.layout.port_positions(shape.ports[port], sources, nodes,
+                                                        specs))
+                for (port, sources), (_, spec) in zip(node.ports, node.in_specs, strict=True)}))
+        head = self.layout.port_positions(self.layout.head, graph.output_sources, nodes, specs)
+        return StoragePositions(graph, tuple(ports), head)
+
     def plan(self, arch: Architecture) -> SupernetPlan:
         """The execution plan of ``arch`` (cached, LRU by ``arch_id``).
 
@@ -184,23 +228,17 @@ class Supernet(nn.Module):
         if cached is not None:
             self._plans.move_to_end(key)
             return cached
-        if arch.space != self.space.name:
-            raise InvalidArchitecture("space", f"architecture is for {arch.space!r}, not "
-                                               f"{self.space.name!r}")
-        graph = self.space.materialize(arch, self.schema)
-        nodes = {n.key: n for n in graph.nodes}
-        specs = {**graph.input_specs, **{n.key: n.out for n in graph.nodes}}
+        pos = self.positions(arch)
         slots = {"dense": 0, "sparse": 1}
         layer = Counter[str]()
         steps, modules = [], []
-        for node in graph.nodes:
+        for node, ports in zip(pos.graph.nodes, pos.ports, strict=True):
             k = layer[node.block]
             layer[node.block] += 1
-            shape = self.layout.layers[(node.block, node.op)][k]
             op = get_operator(node.op)
             inputs, cols = [], {}
-            for (port, sources), (_, spec) in zip(node.ports, node.in_specs, strict=True):
-                idx = self.layout.port_positions(shape.ports[port], sources, nodes, specs)
+            for port, sources in node.ports:
+                spec, idx = ports[port]
                 cols[port] = PortCols(spec, self._cols(idx))
                 inputs.append((port, tuple(slots[s] for s in sources), op.port(port).kind))
             mkey = module_key(node.block, node.op, k)
@@ -208,9 +246,9 @@ class Supernet(nn.Module):
                                MappingProxyType(cols)))
             modules.append(mkey)
             slots[node.key] = len(slots)
-        head = self.layout.port_positions(self.layout.head, graph.output_sources, nodes, specs)
-        plan = SupernetPlan(graph, tuple(steps), tuple(slots[s] for s in graph.output_sources),
-                            self._cols(head), tuple(modules))
+        plan = SupernetPlan(pos.graph, tuple(steps),
+                            tuple(slots[s] for s in pos.graph.output_sources),
+                            self._cols(pos.head), tuple(modules))
         self._plans[key] = plan
         if len(self._plans) > self.plan_cache_size:
             self._plans.popitem(last=False)

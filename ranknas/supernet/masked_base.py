@@ -1,0 +1,224 @@
+"""Building blocks of the fixed-shape supernet execution (:mod:`ranknas.supernet.masked`).
+
+Each :class:`MaskedOp` (in :mod:`ranknas.supernet.masked_ops`) mirrors one elastic op of
+:mod:`ranknas.supernet.elastic_dense` /
+``elastic_interaction`` / ``elastic_sparse`` / ``elastic_merge`` at its *widest* shapes, on the
+*same* parameters, and computes exactly what the sliced op computes, padded with zeros:
+
+- ports arrive as fixed tensors ``[B, bound]`` (dense) or ``[B, bound, E]`` (sparse) holding the
+  merged input in merged order, zeros beyond the actual width;
+- a port's weight columns are the storage positions of the merged input: either statically
+  ``[:bound]`` or gathered per architecture with a fixed-length index (:class:`PortIn`);
+- the chosen width is a 0/1 mask (LayerNorms normalise over the active features only);
+- the sliced op's shape-dependent branches (skip a projection when ``P == W`` ...) are both
+  computed and blended with 0/1 scalars.
+
+Every per-architecture value is a :class:`Slot` in two flat buffers (floats, long indices), so
+the whole path is two tensors of fixed size per space.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from ranknas.errors import ConfigError
+from ranknas.spaces.materialized import MaterializedNode
+from ranknas.spaces.ops import Kind
+from ranknas.supernet.elastic_base import ElasticOp, SlicedLinear, SlicedNorm
+
+#: Per-architecture tensors of one path: ``(floats [Nf], ints [Ni])``.
+Path = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Slot:
+    """A fixed range of one of the two path buffers."""
+
+    offset: int
+    size: int
+    ints: bool = False
+
+    def view(self, path: Path) -> torch.Tensor:
+        buf = path[1] if self.ints else path[0]
+        return buf.narrow(0, self.offset, self.size)
+
+
+class Slots:
+    """Allocates :class:`Slot` ranges and their defaults (the values of an unused op)."""
+
+    def __init__(self) -> None:
+        self.floats: list[float] = []
+        self.ints: list[int] = []
+        self._defaults: tuple[int, int, torch.Tensor, torch.Tensor] | None = None
+
+    def defaults(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The default float and int buffers (cached: building them from lists costs ~10 ms
+        per architecture for ``nasrec_full``)."""
+        n, m = len(self.floats), len(self.ints)
+        if self._defaults is None or self._defaults[:2] != (n, m):
+            self._defaults = (n, m, torch.tensor(self.floats, dtype=torch.float32),
+                              torch.tensor(self.ints, dtype=torch.long))
+        return self._defaults[2], self._defaults[3]
+
+    def f(self, size: int, default: float = 0.0) -> Slot:
+        slot = Slot(len(self.floats), size)
+        self.floats += [default] * size
+        return slot
+
+    def i(self, size: int, default: int = 0) -> Slot:
+        slot = Slot(len(self.ints), size, ints=True)
+        self.ints += [default] * size
+        return slot
+
+    def width(self, size: int) -> tuple[Slot, Slot]:
+        """(mask ``[size]``, 1/width ``[1]``); default: every position active."""
+        return self.f(size, 1.0), self.f(1, 1.0 / size)
+
+
+class Writer:
+    """Fills one architecture's path buffers (CPU) from the slots' defaults."""
+
+    def __init__(self, slots: Slots) -> None:
+        floats, ints = slots.defaults()
+        self.floats, self.ints = floats.clone(), ints.clone()
+
+    def set(self, slot: Slot, value: float | int | torch.Tensor) -> None:
+        buf = self.ints if slot.ints else self.floats
+        buf[slot.offset:slot.offset + slot.size] = value
+
+    def flag(self, slot: Slot, on: bool) -> None:
+        self.set(slot, 1.0 if on else 0.0)
+
+    def width(self, slots: tuple[Slot, Slot], n: int) -> None:
+        mask, inv = slots
+        if not 1 <= n <= mask.size:
+            raise ConfigError("masked", f"width {n} outside 1..{mask.size}")
+        self.set(mask, (torch.arange(mask.size) < n).float())
+        self.set(inv, 1.0 / n)
+
+
+def resize(x: torch.Tensor, n: int, dim: int = 1) -> torch.Tensor:
+    """Zero-pad or truncate ``dim`` to ``n`` (truncation only drops zero padding)."""
+    have = x.shape[dim]
+    if have == n:
+        return x
+    if have > n:
+        return x.narrow(dim, 0, n)
+    pad = [0, 0] * (x.dim() - 1 - dim % x.dim()) + [0, n - have]
+    return F.pad(x, pad)
+
+
+def as_kind(x: torch.Tensor, kind: Kind, dim: int) -> torch.Tensor:
+    """``_as_kind`` of :mod:`ranknas.spaces.model` on a padded natural form (same layout)."""
+    if kind is Kind.DENSE:
+        return x.flatten(1) if x.dim() == 3 else x
+    if x.dim() == 3:
+        return x
+    return resize(x, -(-x.shape[1] // dim) * dim).view(x.shape[0], -1, dim)
+
+
+def masked_norm(y: torch.Tensor, norm: SlicedNorm, mask: torch.Tensor,
+                inv: torch.Tensor) -> torch.Tensor:
+    """``SlicedNorm(y[..., :n], n)`` zero-padded: LayerNorm over the ``mask``-ed features of the
+    last dim (``inv = 1/n``), biased variance and eps as ``F.layer_norm``."""
+    mean = (y * mask).sum(-1, keepdim=True) * inv
+    d = (y - mean) * mask
+    var = (d * d).sum(-1, keepdim=True) * inv
+    return (d * torch.rsqrt(var + 1e-5) * norm.weight + norm.bias) * mask
+
+
+def blend(on: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a`` where the 0/1 scalar ``on`` is 1, else ``b``; the unused side gets zero grads."""
+    return on * a + (1 - on) * b
+
+
+def full_cols(cols: object, n: int) -> torch.Tensor:
+    """A ``Cols`` (slice or index) as a long tensor of ``n`` entries, zero-padded."""
+    idx = (torch.arange(cols.start, cols.stop) if isinstance(cols, slice)
+           else cols.detach().cpu().long())
+    return resize(idx[None], n)[0]
+
+
+@dataclass(frozen=True)
+class PortIn:
+    """Static shape of one port of one (block, op, layer).
+
+    Attributes:
+        name: Port name.
+        kind: Dense (features) or sparse (fields).
+        bound: Fixed merged length (the widest merged input, port units).
+        cols: Per-architecture storage positions ``[bound]``; None when they are always
+            ``0..bound-1`` (one candidate source, not pass-through, not capped).
+    """
+
+    name: str
+    kind: Kind
+    bound: int
+    cols: Slot | None
+
+    def take(self, weight: torch.Tensor, dim: int, path: Path) -> torch.Tensor:
+        """``weight`` at the merged positions along ``dim`` (padding: any column, meeting a
+        zero input)."""
+        if self.cols is None:
+            return weight.narrow(dim, 0, self.bound)
+        return weight.index_select(dim, self.cols.view(path))
+
+    def linear(self, x: torch.Tensor, lin: SlicedLinear, path: Path) -> torch.Tensor:
+        """``lin`` at every output row over the merged input ``x [..., bound]``."""
+        return F.linear(x, self.take(lin.weight, 1, path), lin.bias)
+
+
+class MaskedOp:
+    """Fixed-shape form of one elastic op (one (block, op, layer)).
+
+    Attributes:
+        out_kind: Output kind; ``out_size`` its natural padded size (features or fields).
+    """
+
+    op_name: ClassVar[str]
+    out_kind: Kind
+    out_size: int
+
+    def __init__(self, module: ElasticOp, ports: dict[str, PortIn], slots: Slots) -> None:
+        self.m, self.ports, self.spec = module, ports, module.spec
+        self.dim = module.ctx.embedding_dim
+        self.out_kind = module.spec.op.out_kind
+        # plain attributes: forward must not call properties (torch.compile traces it)
+        self.width_max, self.activation = module.spec.width_max, module.ctx.activation
+
+    def encode(self, w: Writer, node: MaterializedNode) -> None:
+        """Write this op's per-architecture values for ``node`` (defaults: unused)."""
+
+    def forward(self, x: dict[str, torch.Tensor], path: Path) -> torch.Tensor:
+        raise NotImplementedError
+
+    @staticmethod
+    def in_width(node: MaterializedNode, port: str) -> int:
+        """Merged width of ``port`` of ``node`` in its own units (0 when absent)."""
+        specs = dict(node.in_specs)
+        return specs[port].width if port in specs else 0
+
+
+MASKED_OPS: dict[str, type[MaskedOp]] = {}
+
+
+def register_masked(cls: type[MaskedOp]) -> type[MaskedOp]:
+    MASKED_OPS[cls.op_name] = cls
+    return cls
+
+
+def masked_class(op_name: str) -> type[MaskedOp]:
+    """The fixed-shape form of ``op_name``.
+
+    Raises:
+        ConfigError: the op has none.
+    """
+    try:
+        return MASKED_OPS[op_name]
+    except KeyError:
+        raise ConfigError("masked", f"op {op_name!r} has no fixed-shape form (add a MaskedOp "
+                          "to ranknas.supernet.masked_ops)") from None

@@ -1,0 +1,373 @@
+"""Fixed-shape (masked) forms of the elastic ops: one class per catalogue operator.
+
+See :mod:`ranknas.supernet.masked_base` for the conventions (merged inputs padded to the port's
+bound, width masks, 0/1 blends of the sliced op's shape-dependent branches).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from ranknas.errors import ConfigError
+from ranknas.spaces.materialized import MaterializedNode
+from ranknas.supernet.elastic_base import ElasticOp, activate
+from ranknas.supernet.elastic_interaction import kept_fields
+from ranknas.supernet.masked_base import (
+    MaskedOp,
+    Path,
+    PortIn,
+    Slots,
+    Writer,
+    blend,
+    masked_norm,
+    register_masked,
+    resize,
+)
+
+
+# -- dense ---------------------------------------------------------------------------------
+@register_masked
+class MaskedLinear2d(MaskedOp):
+    """``x [B, D] -> act(LN(x W^T))`` at ``W_max`` with a width mask."""
+
+    op_name = "linear-2d"
+
+    def __init__(self, module: ElasticOp, ports: dict[str, PortIn], slots: Slots) -> None:
+        super().__init__(module, ports, slots)
+        self.out_size = self.spec.width_max
+        self.w = slots.width(self.out_size)
+
+    def encode(self, w: Writer, node: MaterializedNode) -> None:
+        w.width(self.w, node.width)
+
+    def forward(self, x: dict[str, torch.Tensor], path: Path) -> torch.Tensor:
+        mask, inv = (s.view(path) for s in self.w)
+        y = self.ports["x"].linear(x["x"], self.m.fc, path)
+        y = masked_norm(y, self.m.norm, mask, inv) if self.m.norm is not None else y * mask
+        return activate(y, self.activation)
+
+
+@register_masked
+class MaskedDcnCross(MaskedOp):
+    """``x * (W x + b) + x``: full rank and/or rank-masked ``U V^T``, blended by width None."""
+
+    op_name = "dcn-cross"
+
+    def __init__(self, module: ElasticOp, ports: dict[str, PortIn], slots: Slots) -> None:
+        super().__init__(module, ports, slots)
+        self.out_size = ports["x"].bound
+        self.full = slots.f(1, 1.0 if module.full is not None else 0.0)
+        self.rank = slots.width(self.spec.width_max) if module.down is not None else None
+
+    def encode(self, w: Writer, node: MaterializedNode) -> None:
+        w.flag(self.full, node.width is None)
+        if node.width is not None:
+            w.width(self.rank, node.width)
+
+    def forward(self, x: dict[str, torch.Tensor], path: Path) -> torch.Tensor:
+        port, xin, m = self.ports["x"], x["x"], self.m
+        projs = []
+        if m.full is not None:
+            weight = port.take(port.take(m.full.weight, 0, path), 1, path)
+            projs.append(F.linear(xin, weight, port.take(m.full.bias, 0, path)))
+        if m.down is not None:
+            low = port.linear(xin, m.down, path) * self.rank[0].view(path)
+            projs.append(F.linear(low, port.take(m.up.weight, 0, path),
+                                  port.take(m.up.bias, 0, path)))
+        proj = projs[0] if len(projs) == 1 else blend(self.full.view(path), *projs)
+        return xin * proj + xin
+
+
+class _MaskedBinary(MaskedOp):
+    """``left``/``right`` zero-padded to the position-indexed ``P``; projection skipped (by a
+    0/1 blend) when the sliced op skips it (``p == w``)."""
+
+    def __init__(self, module: ElasticOp, ports: dict[str, PortIn], slots: Slots) -> None:
+        super().__init__(module, ports, slots)
+        bounds = self.spec.in_bounds
+        if max(bounds["left"], bounds["right"]) > module.padded:
+            raise ConfigError("masked", f"op {self.op_name!r}: inputs wider than max_slot "
+                              f"({module.padded}) have no fixed-shape form")
+        self.out_size, self.padded = self.spec.width_max, module.padded
+        self.w = slots.width(self.out_size)
+        self.skip = slots.f(1)
+
+    def encode(self, w: Writer, node: MaterializedNode) -> None:
+        w.width(self.w, node.width)
+        w.flag(self.skip, max(self.in_width(node, "left"), self.in_width(node, "right"))
+               == node.width)
+
+    def _tail(self, y: torch.Tensor, path: Path) -> torch.Tensor:
+        mask, inv = (s.view(path) for s in self.w)
+        y = blend(self.skip.view(path), resize(y, self.out_size), F.linear(
+            y, self.m.proj.weight, self.m.proj.bias))
+        return masked_norm(y, self.m.norm, mask, inv) if self.m.norm is not None else y * mask
+
+    def _sides(self, x: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        return resize(x["left"], self.padded), resize(x["right"], self.padded)
+
+
+@register_masked
+class MaskedSigmoidGating(_MaskedBinary):
+    op_name = "sigmoid-gating"
+
+    def forward(self, x: dict[str, torch.Tensor], path: Path) -> torch.Tensor:
+        left, right = self._sides(x)
+        gate = torch.sigmoid(F.linear(left, self.m.gate.weight, self.m.gate.bias))
+        return self._tail(gate * right, path)
+
+
+@register_masked
+class MaskedSum(_MaskedBinary):
+    op_name = "sum"
+
+    def forward(self, x: dict[str, torch.Tensor], path: Path) -> torch.Tensor:
+        left, right = self._sides(x)
+        return self._tail(left + right, path)
+
+
+# -- interaction ---------------------------------------------------------------------------
+@register_masked
+class MaskedDotProduct(MaskedOp):
+    """Pairwise dot products of ``[dense;] fields`` over a fixed number of fields.
+
+    Fields: the compression ``field_proj`` to ``K`` (kept mask) or the merged fields themselves,
+    blended by ``K != N``; the dense projection blended by ``D != E``. Pairs of the padded
+    fields that touch a zero field are zero, and ``tril_indices`` lists the pairs of ``n`` fields
+    first, so the first ``pairs(n)`` columns are the sliced op's, in its order.
+    """
+
+    op_name = "dot-product"
+
+    def __init__(self, module: ElasticOp, ports: dict[str, PortIn], slots: Slots) -> None:
+        super().__init__(module, ports, slots)
+        spec = self.spec
+        self.none_ok, self.int_ok = None in spec.widths, spec.has_int_width
+        self.k_max = (max(kept_fields(w) for w in spec.widths if w is not None)
+                      if self.int_ok else 0)
+        nb = ports["sparse"].bound
+        self.fields = max(nb if self.none_ok else 0, self.k_max)
+        self.has_dense = "dense" in ports
+        n = self.fields + self.has_dense
+        self.rows, self.cols = torch.tril_indices(n, n, offset=-1).tolist()
+        pairs = len(self.rows)
+        self.out_size = max(pairs if self.none_ok else 0, spec.width_max)
+        self.proj_fields = slots.f(1)  # K != N: compress the fields
+        self.proj_dense = slots.f(1)  # D != E
+        self.dense_on = slots.f(1, 1.0)
+        self.proj_out = slots.f(1)  # pairs != W
+        self.is_none = slots.f(1)  # width None: the pairs themselves
+        self.kept = slots.width(self.k_max) if self.int_ok else None
+        self.w = slots.width(spec.width_max) if self.int_ok else None
+
+    def encode(self, w: Writer, node: MaterializedNode) -> None:
+        n_fields = self.in_width(node, "sparse")
+        kept = n_fields if node.width is None else kept_fields(node.width)
+        dense = self.in_width(node, "dense")
+        w.flag(self.proj_fields, kept != n_fields)
+        w.flag(self.proj_dense, dense != self.dim)
+        w.flag(self.dense_on, dense > 0)
+        w.flag(self.is_none, node.width is None)
+        n = kept + (dense > 0)
+        if node.width is not None:
+            w.width(self.w, node.width)
+            w.flag(self.proj_out, n * (n - 1) // 2 != node.width)
+            if kept != n_fields:
+                w.width(self.kept, kept)
+
+    def _fields(self, y: torch.Tensor, path: Path) -> torch.Tensor:
+        """``[B, Nb, E] -> [B, fields, E]``: compressed or as merged."""
+        ident = resize(y, self.fields)
+        if not self.int_ok:
+            return ident
+        fp, mask, inv = self.m.field_proj, *(s.view(path) for s in self.kept)
+        z = self.ports["sparse"].linear(y.transpose(1, 2), fp.fc, path)  # [B, E, K]
+        z = masked_norm(z, fp.norm, mask, inv) if fp.norm is not None else z * mask
+        return blend(self.proj_fields.view(path), resize(z.transpose(1, 2), self.fields), ident)
+
+    def _dense(self, x: torch.Tensor, path: Path) -> torch.Tensor:
+        """``[B, Db] -> [B, E]``: projected or as is."""
+        ident = resize(x, self.dim)
+        dp = self.m.dense_proj
+        if dp is None:
+            return ident
+        z = self.ports["dense"].linear(x, dp.fc, path)
+        if dp.norm is not None:
+            z = F.layer_norm(z, (self.dim,), dp.norm.weight, dp.norm.bias)
+        return blend(self.proj_dense.view(path), z, ident)
+
+    def forward(self, x: dict[str, torch.Tensor], path: Path) -> torch.Tensor:
+        y = self._fields(x["sparse"], path)
+        if self.has_dense:
+            on = self.dense_on.view(path)
+            d = self._dense(x["dense"], path).unsqueeze(1)
+            # without a dense input the fields start at 0, not 1
+            y = blend(on, torch.cat([d, y], 1), torch.cat([y, torch.zeros_like(d)], 1))
+        pairs = torch.bmm(y, y.transpose(1, 2))[:, self.rows, self.cols]
+        if not self.int_ok:
+            return resize(pairs, self.out_size)
+        mask, inv = (s.view(path) for s in self.w)
+        op = self.m.out_proj
+        proj = F.linear(resize(pairs, op.weight.shape[1]), op.weight, op.bias)
+        out = blend(self.proj_out.view(path), proj, resize(pairs, self.width_max))
+        norm = self.m.out_norm
+        out = masked_norm(out, norm, mask, inv) if norm is not None else out * mask
+        if not self.none_ok:
+            return out
+        return blend(self.is_none.view(path), resize(pairs, self.out_size),
+                     resize(out, self.out_size))
+
+
+@register_masked
+class MaskedFM(MaskedOp):
+    """``(sum_n y)^2 - sum_n y^2`` over ``[B, Nb, E]``, projected (blend) when ``W != E``."""
+
+    op_name = "fm"
+
+    def __init__(self, module: ElasticOp, ports: dict[str, PortIn], slots: Slots) -> None:
+        super().__init__(module, ports, slots)
+        self.out_size = max(self.dim, self.spec.width_max)
+        self.proj = slots.f(1)
+        self.w = slots.width(self.out_size)
+        self.pw = slots.width(self.spec.width_max) if module.proj is not None else None
+
+    def encode(self, w: Writer, node: MaterializedNode) -> None:
+        width = self.dim if node.width is None else node.width
+        w.flag(self.proj, width != self.dim)
+        w.width(self.w, width)
+        if width != self.dim:
+            w.width(self.pw, width)
+
+    def forward(self, x: dict[str, torch.Tensor], path: Path) -> torch.Tensor:
+        y = x["x"]
+        total = y.sum(dim=1)
+        out = resize(total * total - (y * y).sum(dim=1), self.out_size)
+        mask = self.w[0].view(path)
+        p = self.m.proj
+        if p is None:
+            return out * mask
+        pmask, pinv = (s.view(path) for s in self.pw)
+        z = F.linear(out[:, :self.dim], p.fc.weight, p.fc.bias)
+        z = masked_norm(z, p.norm, pmask, pinv) if p.norm is not None else z * pmask
+        return blend(self.proj.view(path), resize(z, self.out_size), out * mask)
+
+
+# -- sparse --------------------------------------------------------------------------------
+class _MaskedFields(MaskedOp):
+    """The field projection ``[B, Nb, E] -> [B, W_max, E]`` with a field-width mask."""
+
+    def __init__(self, module: ElasticOp, ports: dict[str, PortIn], slots: Slots) -> None:
+        super().__init__(module, ports, slots)
+        self.out_size = self.spec.width_max
+        self.w = slots.width(self.out_size)
+
+    def encode(self, w: Writer, node: MaterializedNode) -> None:
+        w.width(self.w, node.width)
+
+    def _project(self, y: torch.Tensor, path: Path, activation: str) -> torch.Tensor:
+        mask, inv = (s.view(path) for s in self.w)
+        proj = self.m.proj
+        z = self.ports["x"].linear(y.transpose(1, 2), proj.fc, path)  # [B, E, W]
+        z = masked_norm(z, proj.norm, mask, inv) if proj.norm is not None else z * mask
+        return activate(z, activation).transpose(1, 2)
+
+
+@register_masked
+class MaskedLinear3d(_MaskedFields):
+    op_name = "linear-3d"
+
+    def forward(self, x: dict[str, torch.Tensor], path: Path) -> torch.Tensor:
+        return self._project(x["x"], path, self.activation)
+
+
+@register_masked
+class MaskedTransformer(_MaskedFields):
+    """Field projection, then the post-LN encoder over ``W_max`` tokens with the padded
+    tokens masked out of every softmax (an additive ``-inf`` key bias) and zeroed at the end."""
+
+    op_name = "transformer"
+
+    def __init__(self, module: ElasticOp, ports: dict[str, PortIn], slots: Slots) -> None:
+        super().__init__(module, ports, slots)
+        self.key_bias = slots.f(self.out_size, 0.0)
+
+    def encode(self, w: Writer, node: MaterializedNode) -> None:
+        super().encode(w, node)
+        w.set(self.key_bias, torch.where(torch.arange(self.out_size) < node.width, 0.0,
+                                         -math.inf))
+
+    def forward(self, x: dict[str, torch.Tensor], path: Path) -> torch.Tensor:
+        m = self.m
+        z = self._project(x["x"], path, "identity")  # [B, L, E]
+        b, n, e = z.shape
+        heads = m.attn.num_heads
+        qkv = F.linear(z, m.attn.in_proj_weight, m.attn.in_proj_bias)
+        q, k, v = qkv.view(b, n, 3, heads, e // heads).permute(2, 0, 3, 1, 4).unbind(0)
+        bias = self.key_bias.view(path).view(1, 1, 1, n)
+        att = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        att = m.attn.out_proj(att.transpose(1, 2).reshape(b, n, e))
+        z = m.attn_norm(z + att)
+        z = m.ffn_norm(z + m.fc2(torch.relu(m.fc1(z))))
+        return z * self.w[0].view(path)[:, None]
+
+
+# -- merge ---------------------------------------------------------------------------------
+@register_masked
+class MaskedConcat(MaskedOp):
+    """``concat`` / ``concat-3d``: the merged input itself."""
+
+    op_name = "concat"
+
+    def __init__(self, module: ElasticOp, ports: dict[str, PortIn], slots: Slots) -> None:
+        super().__init__(module, ports, slots)
+        self.out_size = ports["x"].bound
+
+    def forward(self, x: dict[str, torch.Tensor], path: Path) -> torch.Tensor:
+        return x["x"]
+
+
+@register_masked
+class MaskedConcat3d(MaskedConcat):
+    op_name = "concat-3d"
+
+
+@register_masked
+class MaskedAdd(MaskedOp):
+    """``pad(a) + pad(b)``; an absent ``b`` arrives as zeros."""
+
+    op_name = "add"
+
+    def __init__(self, module: ElasticOp, ports: dict[str, PortIn], slots: Slots) -> None:
+        super().__init__(module, ports, slots)
+        self.out_size = max(p.bound for p in ports.values())
+
+    def forward(self, x: dict[str, torch.Tensor], path: Path) -> torch.Tensor:
+        return sum(resize(v, self.out_size) for v in x.values())
+
+
+@register_masked
+class MaskedDenseToSparse(MaskedOp):
+    """``[B, D] -> [B, W, E]``: ``LN(Linear(D, W*E))`` or (blend, ``D == W*E``) a reshape."""
+
+    op_name = "dense-to-sparse"
+
+    def __init__(self, module: ElasticOp, ports: dict[str, PortIn], slots: Slots) -> None:
+        super().__init__(module, ports, slots)
+        self.out_size = self.spec.width_max
+        self.proj = slots.f(1, 1.0)
+        self.w = slots.width(self.out_size * self.dim)
+
+    def encode(self, w: Writer, node: MaterializedNode) -> None:
+        w.flag(self.proj, self.in_width(node, "x") != node.width * self.dim)
+        w.width(self.w, node.width * self.dim)
+
+    def forward(self, x: dict[str, torch.Tensor], path: Path) -> torch.Tensor:
+        mask, inv = (s.view(path) for s in self.w)
+        xin, p = x["x"], self.m.proj
+        z = self.ports["x"].linear(xin, p.fc, path)
+        z = masked_norm(z, p.norm, mask, inv) if p.norm is not None else z * mask
+        z = blend(self.proj.view(path), z, resize(xin, mask.shape[0]) * mask)
+        return z.view(z.shape[0], self.out_size, self.dim)

@@ -1,0 +1,165 @@
+"""One supernet training step at fixed shapes: compilable once, capturable in one CUDA graph.
+
+``MaskedStep(supernet, ...)(dense [B, D], sparse [B, F], labels [B], arch) -> loss`` runs the
+path of ``arch`` through :func:`ranknas.supernet.masked.masked_forward` (same parameters as
+the sliced ``supernet(dense, sparse, arch)``), BCE-with-logits, backward, and the update:
+
+- dense parameters: Adagrad (or SGD) as ``torch._foreach_*`` kernels (``torch.optim.Adagrad``'s
+  math, no lr decay). Every parameter gets a gradient here, but an op the path does not run
+  gets exactly zero, and ``0 / (sqrt(state) + eps) = 0`` leaves it and its state unchanged, as
+  the sliced trainer does by skipping it. Weight decay is gated by the path's per-op "active"
+  flag, so it too touches only the ops the path runs (the sliced trainer's behaviour);
+- the fused embedding table: :class:`~ranknas.evaluator.fast_train.IndexAdagrad` on the rows
+  looked up (the lookup returns a detached leaf; fixed-shape sort / cumsum / ``index_add_``).
+
+The architecture enters as the two path tensors, copied into static buffers, so every path
+replays the same compiled graph (``compile=True``: ``torch.compile(fullgraph=True)`` of forward
+and loss) and, with ``cuda_graph=True``, the same CUDA graph, captured after a few eager
+warm-up steps. A batch of another size than the first runs eagerly, outside both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import nullcontext
+
+import torch
+import torch.nn.functional as F
+
+from ranknas.errors import ConfigError
+from ranknas.evaluator.fast_train import (
+    GRAPH_WARMUP_STEPS,
+    PRECISIONS,
+    IndexAdagrad,
+    precision_context,
+)
+from ranknas.spaces.architecture import Architecture
+from ranknas.supernet.masked import PathTensors, program
+from ranknas.supernet.masked_base import Slot
+from ranknas.supernet.supernet import Supernet
+
+__all__ = ["MaskedStep"]
+
+
+class MaskedStep:
+    """Forward, loss, backward and optimizer update of one supernet path at fixed shapes.
+
+    Args:
+        supernet: The supernet to train (in place).
+        optimizer: ``adagrad`` or ``sgd`` (dense and embedding alike).
+        lr: Learning rate of the dense parameters.
+        sparse_lr: Learning rate of the embedding table; None means ``lr``.
+        eps: Adagrad epsilon.
+        weight_decay: L2 decay of the dense parameters of the ops the path runs.
+        compile: ``torch.compile(fullgraph=True, dynamic=False)`` the forward and loss.
+        cuda_graph: Capture the whole step in a CUDA graph (needs a CUDA supernet).
+        precision: ``fp32``, ``tf32`` (TF32 matmuls) or ``bf16`` (autocast of the forward).
+        backend: ``torch.compile`` backend (``inductor``; ``eager`` / ``aot_eager`` to test).
+
+    Raises:
+        ConfigError: an unknown optimizer or precision, or ``cuda_graph`` off CUDA.
+    """
+
+    def __init__(self, supernet: Supernet, *, optimizer: str = "adagrad", lr: float = 0.01,
+                 sparse_lr: float | None = None, eps: float = 1e-8, weight_decay: float = 0.0,
+                 compile: bool = False, cuda_graph: bool = False, precision: str = "fp32",
+                 backend: str = "inductor") -> None:
+        if optimizer not in ("adagrad", "sgd"):
+            raise ConfigError("masked.optimizer", f"adagrad or sgd, got {optimizer!r}")
+        if precision not in PRECISIONS:
+            raise ConfigError("masked.precision", f"one of {PRECISIONS}, got {precision!r}")
+        self.device = supernet.head_bias.device
+        if cuda_graph and self.device.type != "cuda":
+            raise ConfigError("masked.cuda_graph", f"needs a CUDA supernet, not {self.device}")
+        self.supernet, self.program = supernet, program(supernet)
+        self.lr, self.eps, self.wd = lr, eps, weight_decay
+        self.precision, self.cuda_graph = precision, cuda_graph
+        self.autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16)
+                         if precision == "bf16" else nullcontext())
+        self.params = supernet.dense_parameters()
+        self.sums = ([torch.zeros_like(p) for p in self.params] if optimizer == "adagrad"
+                     else None)
+        slots = self.program.active_slots()
+        owner = {id(p): slots[key] for key, m in supernet.elastic.items()
+                 for p in m.parameters()}
+        self.active: list[Slot | None] = [owner.get(id(p)) for p in self.params]
+        table = supernet.embedding.table.weight
+        self.table = IndexAdagrad(table, lr if sparse_lr is None else sparse_lr, eps,
+                                  adagrad=optimizer == "adagrad")
+        self.loss_fn = (torch.compile(self._loss, fullgraph=True, dynamic=False,
+                                      backend=backend) if compile else self._loss)
+        self.size: int | None = None
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.calls = 0
+
+    def _loss(self, dense: torch.Tensor, rows: torch.Tensor, labels: torch.Tensor,
+              floats: torch.Tensor, ints: torch.Tensor) -> torch.Tensor:
+        logits = self.program.forward_embedded(self.supernet, dense, rows, floats, ints)
+        return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
+
+    @torch.no_grad()
+    def _update(self, floats: torch.Tensor, ints: torch.Tensor) -> None:
+        grads = [p.grad for p in self.params]
+        if self.wd:  # only on the ops the path runs (their "active" flag), as when sliced
+            path = (floats, ints)
+            grads = [g.add(p, alpha=self.wd) if s is None else g + (self.wd * s.view(path)) * p
+                     for g, p, s in zip(grads, self.params, self.active, strict=True)]
+        if self.sums is None:
+            torch._foreach_add_(self.params, grads, alpha=-self.lr)
+            return
+        torch._foreach_addcmul_(self.sums, grads, grads)
+        std = torch._foreach_sqrt(self.sums)
+        torch._foreach_add_(std, self.eps)
+        torch._foreach_addcdiv_(self.params, grads, std, value=-self.lr)
+
+    def _step(self, dense: torch.Tensor, sparse: torch.Tensor, labels: torch.Tensor,
+              floats: torch.Tensor, ints: torch.Tensor,
+              fn: Callable[..., torch.Tensor]) -> torch.Tensor:
+        emb = self.supernet.embedding
+        ids = sparse + emb.offsets
+        rows = F.embedding(ids, emb.table.weight.detach()).requires_grad_()
+        for p in self.params:
+            p.grad = None
+        with self.autocast:
+            loss = fn(dense, rows, labels, floats, ints)
+        loss.backward()
+        coalesced = self.table.coalesce(ids, rows.grad)
+        self._update(floats, ints)
+        self.table.step(*coalesced)
+        return loss.detach()
+
+    def __call__(self, dense: torch.Tensor, sparse: torch.Tensor, labels: torch.Tensor,
+                 arch: Architecture | PathTensors) -> torch.Tensor:
+        """One step on ``arch`` (or its encoded path); returns the loss (0-dim, on device)."""
+        path = arch if isinstance(arch, PathTensors) else self.program.encode(self.supernet,
+                                                                               arch)
+        with precision_context(self.precision):
+            if self.size is None:
+                self.size = len(labels)
+            if len(labels) != self.size:  # e.g. a trimmed last batch: eager, uncompiled
+                return self._step(dense, sparse, labels, *path.tensors, self._loss)
+            if not self.cuda_graph:
+                return self._step(dense, sparse, labels, *path.tensors, self.loss_fn)
+            return self._graph_step((dense, sparse, labels, *path.tensors))
+
+    def _graph_step(self, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        self.calls += 1
+        if self.graph is None and self.calls <= GRAPH_WARMUP_STEPS:
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                out = self._step(*inputs, self.loss_fn)
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            return out
+        if self.graph is None:
+            self.static = tuple(t.clone() for t in inputs)
+            for p in self.params:
+                p.grad = None
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.out = self._step(*self.static, self.loss_fn)
+        else:
+            for buf, t in zip(self.static, inputs, strict=True):
+                buf.copy_(t)
+        self.graph.replay()
+        return self.out

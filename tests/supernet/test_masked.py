@@ -1,0 +1,202 @@
+"""Fixed-shape (masked) supernet execution == the sliced supernet, forward and gradients; one
+kernel sequence at one set of shapes for every path; the masked training step."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+import torch._dynamo
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from ranknas.errors import ConfigError
+from ranknas.evaluator.data.schema import DataSchema
+from ranknas.spaces import load_space
+from ranknas.supernet import Supernet
+from ranknas.supernet.masked import MaskedSupernet, encode, masked_forward
+from ranknas.supernet.masked_step import MaskedStep
+
+SPACES = ("dlrm", "nasrec_small", "nasrec_full")
+SCHEMA = DataSchema(4, (30, 20, 10, 50, 7), "tiny")
+B = 8
+N_ARCHS = 10
+
+
+def _close(a: torch.Tensor, b: torch.Tensor, tol: float = 1e-5) -> bool:
+    """|a - b| <= tol, relative to the scale (nasrec's pairwise products reach ~1e3)."""
+    return (a - b).abs().max().item() <= tol * max(1.0, b.abs().max().item())
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    dense = torch.randn(B, SCHEMA.num_dense, generator=gen)
+    sparse = torch.stack([torch.randint(0, c, (B,), generator=gen)
+                          for c in SCHEMA.cardinalities], dim=1)
+    return dense, sparse, torch.randint(0, 2, (B,), generator=gen).float()
+
+
+@pytest.fixture(scope="module")
+def supernets():
+    built: dict[str, Supernet] = {}
+
+    def get(name: str) -> Supernet:
+        if name not in built:
+            built[name] = Supernet(load_space(name), SCHEMA, seed=0).train()
+        return built[name]
+
+    yield get
+    built.clear()
+
+
+def _grads(supernet: Supernet, fn, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    for p in supernet.parameters():
+        p.grad = None
+    F.binary_cross_entropy_with_logits(fn(), labels).backward()
+    out = {}
+    for name, p in supernet.named_parameters():
+        g = torch.zeros_like(p) if p.grad is None else p.grad
+        out[name] = g.to_dense() if g.is_sparse else g
+    return out
+
+
+@pytest.mark.parametrize("name", SPACES)
+def test_forward_and_grads_match_sliced(name, supernets, data):
+    supernet = supernets(name)
+    dense, sparse, labels = data
+    rng = random.Random(7)
+    for _ in range(N_ARCHS):
+        arch = supernet.space.sample(rng)
+        path = encode(supernet, arch)
+        want = _grads(supernet, lambda a=arch: supernet(dense, sparse, a), labels)
+        got = _grads(supernet, lambda p=path: masked_forward(supernet, dense, sparse, p), labels)
+        with torch.no_grad():
+            assert _close(masked_forward(supernet, dense, sparse, path),
+                          supernet(dense, sparse, arch)), arch.arch_id
+        active = set(supernet.active_modules(arch))
+        for key, g in got.items():
+            assert _close(g, want[key]), f"{arch.arch_id}: grad of {key}"
+            module = key.split(".")[1] if key.startswith("elastic.") else None
+            if module is not None and module not in active:
+                assert not g.any(), f"unselected {key} got a gradient"
+
+
+def test_path_tensors_are_fixed_and_cached(supernets):
+    supernet = supernets("nasrec_full")
+    rng = random.Random(1)
+    paths = [encode(supernet, supernet.space.sample(rng)) for _ in range(5)]
+    assert len({(p.floats.shape, p.ints.shape) for p in paths}) == 1
+    arch = supernet.space.sample(rng)
+    assert encode(supernet, arch) is encode(supernet, arch)
+
+
+class _Trace(TorchDispatchMode):
+    """Records (op, output shapes) of every kernel the forward and backward run."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list[tuple[str, tuple]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        flat = out if isinstance(out, tuple | list) else (out,)
+        self.ops.append((str(func), tuple(tuple(t.shape) for t in flat
+                                          if isinstance(t, torch.Tensor))))
+        return out
+
+
+@pytest.mark.parametrize("name", ["dlrm", "nasrec_full"])
+def test_same_kernels_and_shapes_for_every_path(name, supernets, data):
+    supernet = supernets(name)
+    dense, sparse, labels = data
+    rng = random.Random(2)
+    traces = []
+    for _ in range(3):
+        path = encode(supernet, supernet.space.sample(rng))
+        with _Trace() as trace:
+            loss = F.binary_cross_entropy_with_logits(
+                masked_forward(supernet, dense, sparse, path), labels)
+            loss.backward()
+        traces.append(trace.ops)
+    supernet.zero_grad(set_to_none=True)
+    assert traces[0] == traces[1] == traces[2]
+
+
+def test_compiles_once_for_every_path(supernets, data):
+    supernet = supernets("nasrec_small")
+    dense, sparse, _ = data
+    model = MaskedSupernet(supernet)
+    assert {id(p) for p in model.parameters()} == {id(p) for p in supernet.parameters()}
+    compiled = torch.compile(model, backend="eager", fullgraph=True, dynamic=False)
+    rng = random.Random(3)
+    torch._dynamo.reset()
+    try:
+        for i in range(5):
+            arch = supernet.space.sample(rng)
+            path = model.encode(arch)
+            with torch._dynamo.config.patch(error_on_recompile=i > 0), torch.no_grad():
+                got = compiled(dense, sparse, path.floats, path.ints)
+                assert _close(got, supernet(dense, sparse, arch))
+    finally:
+        torch._dynamo.reset()
+
+
+def _copy(supernet: Supernet) -> Supernet:
+    twin = Supernet(supernet.space, SCHEMA, seed=0).train()
+    twin.load_state_dict(supernet.state_dict())
+    return twin
+
+
+@pytest.mark.parametrize(("name", "compiled"), [("nasrec_full", False), ("dlrm", True)])
+def test_masked_step_trains_only_the_selected_ops(name, compiled, supernets, data):
+    supernet = _copy(supernets(name))
+    dense, sparse, labels = data
+    step = MaskedStep(supernet, lr=0.05, weight_decay=0.01, compile=compiled, backend="eager")
+    rng = random.Random(4)
+    for _ in range(3):
+        arch = supernet.space.sample(rng)
+        before = {k: p.detach().clone() for k, p in supernet.named_parameters()}
+        loss = step(dense, sparse, labels, arch)
+        assert torch.isfinite(loss)
+        active = set(supernet.active_modules(arch))
+        moved = set()
+        for key, p in supernet.named_parameters():
+            if key.startswith("elastic.") and not torch.equal(p, before[key]):
+                moved.add(key.split(".")[1])
+        assert moved and moved <= active
+        table = supernet.embedding.table.weight
+        rows = (table != before["embedding.table.weight"]).any(1).nonzero().flatten()
+        assert set(rows.tolist()) <= set((sparse + supernet.embedding.offsets).flatten().tolist())
+
+
+def test_masked_step_equals_sliced_adagrad(supernets, data):
+    """One step == torch.optim.Adagrad (dense) + sparse Adagrad (table) on the sliced path.
+
+    A large eps keeps Adagrad's first step (``lr * g / (|g| + eps)``) from turning rounding
+    noise on near-zero gradients into ``+-lr``."""
+    dense, sparse, labels = data
+    ref = _copy(supernets("nasrec_small"))
+    masked = _copy(ref)
+    arch = ref.space.sample(random.Random(5))
+    opts = [torch.optim.Adagrad(ref.dense_parameters(), lr=0.05, eps=0.1),
+            torch.optim.Adagrad(ref.sparse_parameters(), lr=0.05, eps=0.1)]
+    for opt in opts:
+        opt.zero_grad(set_to_none=True)
+    F.binary_cross_entropy_with_logits(ref(dense, sparse, arch), labels).backward()
+    for opt in opts:
+        opt.step()
+    MaskedStep(masked, lr=0.05, eps=0.1)(dense, sparse, labels, arch)
+    for (key, p), q in zip(ref.named_parameters(), masked.parameters(), strict=True):
+        assert _close(q, p), key
+
+
+def test_options_are_validated(supernets):
+    supernet = supernets("dlrm")
+    with pytest.raises(ConfigError):
+        MaskedStep(supernet, optimizer="adam")
+    with pytest.raises(ConfigError):
+        MaskedStep(supernet, precision="fp8")
+    with pytest.raises(ConfigError):
+        MaskedStep(supernet, cuda_graph=True)
