@@ -1,10 +1,18 @@
 """Search quality: best NE and hypervolume per strategy at equal budgets, over several seeds.
 
     python benchmarks/search_quality.py --seeds 0 1 2 --out runs/bench-quality
+    python benchmarks/search_quality.py --preset oneshot --seeds 0 1 2 --out runs/bench-oneshot
 
-Each seed runs the demo study (NASRec-Small, NE vs FLOPs, random / evolution / NSGA-II with
-the same trial budget) with that seed for strategies, data and model initialisation. The
-hypervolume uses one fixed reference point for every run: NE 1.0 (the constant predictor) and
+Each seed runs the demo study (NASRec-Small, NE vs FLOPs) with that seed for strategies, data
+and model initialisation. Presets:
+
+- ``sampling``: random / regularized evolution / NSGA-II, the same trial budget each.
+- ``oneshot``: regularized evolution with standalone training against one-shot (supernet
+  training, evolution on fine-tuned supernet scores, top-k retrained from scratch) under the
+  same *example* budget, which counts every example either one processes: standalone
+  training, supernet training, fine-tuning and retraining. Both report standalone-trained NEs.
+
+The hypervolume uses one fixed reference point for every run: NE 1.0 (the constant predictor) and
 FLOPs = the study's max_flops constraint, so the figures are comparable across seeds.
 """
 
@@ -34,10 +42,37 @@ def mean_ci(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), float(half)
 
 
+def oneshot_study(doc: dict, examples: int) -> dict:
+    """The demo study as evolution vs one-shot under one budget of ``examples``.
+
+    One-shot's split of the budget: supernet training 40%, scoring 60 candidates after
+    fine-tuning the head and last block on 2k examples each (25%), and retraining the top 4
+    at the study's per-trial budget (the rest).
+    """
+    per_trial = doc["train"]["examples"]
+    evolution = next(s for s in doc["strategies"] if s["name"] == "evolution")
+    top_k = 4
+    finetune = 2000
+    candidates = 60
+    supernet = examples - top_k * per_trial - candidates * finetune
+    if supernet <= 0:
+        raise SystemExit(f"--budget-examples {examples} is too small for one-shot's top-{top_k} "
+                         f"retraining and {candidates} fine-tuned candidates")
+    doc["strategies"] = [evolution, {
+        "name": "oneshot", "supernet_examples": supernet, "candidates": candidates,
+        "finetune": "last", "finetune_examples": finetune, "top_k": top_k,
+        "inner_options": {"population": 12, "sample_size": 4}}]
+    doc["budget"] = {"examples": examples}
+    return doc
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--preset", choices=["sampling", "oneshot"], default="sampling")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--trials", type=int, default=None, help="override the trial budget")
+    parser.add_argument("--budget-examples", type=int, default=480_000,
+                        help="the oneshot preset's example budget per strategy")
     parser.add_argument("--out", default="runs/bench-quality")
     args = parser.parse_args()
     reference = (1.0, float(DEMO_CONFIG["constraints"]["max_flops"]))
@@ -49,6 +84,8 @@ def main() -> None:
         doc.pop("baseline")
         if args.trials:
             doc["budget"] = {"trials": args.trials}
+        if args.preset == "oneshot":
+            doc = oneshot_study(doc, args.budget_examples)
         out = Path(args.out) / f"seed{seed}"
         run_search(config_from_dict(doc), out, resume=(out / "config.json").exists(),
                    progress=False)
@@ -60,16 +97,41 @@ def main() -> None:
             best = min(m["ne"] for m in ok)
             hv = hypervolume([(m["ne"], m["flops"]) for m in ok], ("minimize", "minimize"),
                              reference)
-            stats = rows.setdefault(run, {"best_ne": [], "hv": []})
+            stats = rows.setdefault(run, {"best_ne": [], "hv": [], "examples": [],
+                                          "trained": []})
             stats["best_ne"].append(best)
             stats["hv"].append(hv / 1e6)  # NE x MFLOPs
-    print("| strategy | seeds | best NE (mean ± 95% CI) | hypervolume NE×MFLOPs (mean ± 95% CI) |")
-    print("|---|---|---|---|")
+            stats["examples"].append(records[-1].examples_total)
+            stats["trained"].append(len(ok))
+    print("| strategy | seeds | examples used (mean) | standalone-trained models (mean) | "
+          "best NE (mean ± 95% CI) | hypervolume NE×MFLOPs (mean ± 95% CI) |")
+    print("|---|---|---|---|---|---|")
     for run, stats in rows.items():
         ne, ne_ci = mean_ci(stats["best_ne"])
         hv, hv_ci = mean_ci(stats["hv"])
-        print(f"| {run} | {len(stats['hv'])} | {ne:.4f} ± {ne_ci:.4f} | {hv:.4f} ± {hv_ci:.4f} |")
+        print(f"| {run} | {len(stats['hv'])} | {statistics.fmean(stats['examples']):,.0f} | "
+              f"{statistics.fmean(stats['trained']):.1f} | {ne:.4f} ± {ne_ci:.4f} | "
+              f"{hv:.4f} ± {hv_ci:.4f} |")
     (Path(args.out) / "summary.json").write_text(json.dumps(rows, indent=1))
+    print(paired_table(rows))
+
+
+def paired_table(rows: dict[str, dict[str, list[float]]]) -> str:
+    """Per-seed differences of each strategy against the first one, mean ± 95% CI (paired:
+    the same seed gives both the same data and initialisation, so seed noise cancels)."""
+    names = list(rows)
+    lines = [f"| paired difference vs {names[0]} | seeds | best NE | hypervolume |",
+             "|---|---|---|---|"]
+    base = rows[names[0]]
+    for name in names[1:]:
+        cells = []
+        for key in ("best_ne", "hv"):
+            diffs = [a - b for a, b in zip(rows[name][key], base[key], strict=False)]
+            mean, ci = mean_ci(diffs)
+            cells.append(f"{mean:+.4f} ± {ci:.4f}")
+        n = min(len(rows[name]["hv"]), len(base["hv"]))
+        lines.append(f"| {name} - {names[0]} | {n} | {cells[0]} | {cells[1]} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -52,6 +52,8 @@ from ranknas.supernet.scoring import FINETUNE_MODES
 __all__ = ["FINETUNE_MODES", "OneShot"]
 
 WHERE = "strategies[]"
+#: ``SupernetTrainConfig`` fields a one-shot config may set under ``supernet_train``.
+SUPERNET_TRAIN_OPTIONS = ("execution", "compile", "cuda_graph", "precision")
 
 
 def _derived_seed(seed: int, tag: str) -> int:
@@ -84,6 +86,9 @@ class OneShot(Strategy):
         finetune_examples: Fine-tuning examples per candidate (0: no fine-tuning).
         top_k: Distinct best candidates proposed for retraining from scratch (stage 3).
         supernet_lr: Learning rate of supernet training; None: the run's train lr.
+        supernet_train: Execution of supernet training (``SupernetTrainConfig`` fields
+            ``execution``, ``compile``, ``cuda_graph``, ``precision``), e.g.
+            ``{"execution": "masked", "compile": true, "cuda_graph": true}`` on a GPU.
 
     Raises:
         ConfigError: a bad option; ``where`` is ``strategies[].<option>``.
@@ -96,7 +101,8 @@ class OneShot(Strategy):
                  sampler_options: dict | None = None, warmup_steps: int = 0,
                  inner: str = "evolution", inner_options: dict | None = None,
                  candidates: int = 100, finetune: str = "none", finetune_examples: int = 0,
-                 top_k: int = 3, supernet_lr: float | None = None) -> None:
+                 top_k: int = 3, supernet_lr: float | None = None,
+                 supernet_train: dict | None = None) -> None:
         super().__init__(space, objectives, seed)
         from ranknas.supernet.samplers import SAMPLERS
 
@@ -131,6 +137,14 @@ class OneShot(Strategy):
         self.finetune_examples = finetune_examples
         self.top_k = top_k
         self.supernet_lr = supernet_lr
+        self.supernet_train = dict(supernet_train or {})
+        unknown = sorted(set(self.supernet_train) - set(SUPERNET_TRAIN_OPTIONS))
+        if unknown:
+            raise ConfigError(f"{WHERE}.supernet_train.{unknown[0]}", "unknown option; allowed: "
+                              f"{', '.join(SUPERNET_TRAIN_OPTIONS)}")
+        # fail at config time on a bad value (the run's device is known only later)
+        self._train_config(1, "cuda" if self.supernet_train.get("cuda_graph") else "cpu",
+                           lr=0.01)
         self._make_inner()  # fail at config time on a bad inner name or option
         self._make_sampler(None)  # likewise for the sampler options
         self._job: Any = None
@@ -167,6 +181,19 @@ class OneShot(Strategy):
         except ConfigError as err:
             if err.where.startswith("supernet.sampler"):
                 raise ConfigError(f"{WHERE}.sampler_options", err.message) from err
+            raise
+
+    def _train_config(self, batch_size: int, device: str, lr: float, **fields: Any) -> Any:
+        from ranknas.supernet import SupernetTrainConfig
+
+        try:
+            return SupernetTrainConfig(examples=self.supernet_examples, batch_size=batch_size,
+                                       device=device, lr=lr, **fields, **self.supernet_train)
+        except ConfigError as err:
+            if err.where.startswith("supernet.train."):
+                name = err.where.removeprefix("supernet.train.")
+                if name in SUPERNET_TRAIN_OPTIONS:
+                    raise ConfigError(f"{WHERE}.supernet_train.{name}", err.message) from err
             raise
 
     # -- the loop's hooks -------------------------------------------------------------------
@@ -215,7 +242,7 @@ class OneShot(Strategy):
     def _search(self, evaluator: Any) -> None:
         """Train the supernet, score ``candidates`` inner proposals, fill the retrain queue."""
         from ranknas.execution.standalone import torch_threads
-        from ranknas.supernet import Supernet, SupernetTrainConfig, SupernetTrainer
+        from ranknas.supernet import Supernet, SupernetTrainer
 
         data, cfg = evaluator.data, evaluator.train_config
         with torch_threads(getattr(evaluator, "threads", None)):
@@ -224,13 +251,11 @@ class OneShot(Strategy):
             lr = cfg.lr if self.supernet_lr is None else self.supernet_lr
             sparse_lr = cfg.sparse_lr if cfg.sparse_lr is not None else lr
             trainer = SupernetTrainer(supernet, data, self._make_sampler(data.schema),
-                                      SupernetTrainConfig(
-                                          examples=self.supernet_examples,
-                                          batch_size=cfg.batch_size, optimizer=cfg.optimizer,
-                                          lr=lr, sparse_lr=sparse_lr,
+                                      self._train_config(
+                                          cfg.batch_size, cfg.device, lr,
+                                          optimizer=cfg.optimizer, sparse_lr=sparse_lr,
                                           weight_decay=cfg.weight_decay, eps=cfg.eps,
                                           seed=_derived_seed(self.seed, "train"),
-                                          device=cfg.device,
                                           eval_batch_size=cfg.eval_batch_size,
                                           log_every=self._log_every(cfg.batch_size)))
             try:

@@ -92,6 +92,20 @@ class MaskedStep:
         self.graph: torch.cuda.CUDAGraph | None = None
         self.calls = 0
 
+    def state_dict(self) -> dict[str, torch.Tensor | list[torch.Tensor] | None]:
+        """Optimizer state: Adagrad sums of the dense parameters and of the table."""
+        return {"dense": self.sums, "table": self.table.state}
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict` output in place (buffers a CUDA graph reads stay put)."""
+        if (state["dense"] is None) != (self.sums is None):
+            raise ConfigError("checkpoint", "optimizer kinds differ from this trainer's")
+        for buf, value in zip(self.sums or [], state["dense"] or [], strict=True):
+            buf.copy_(value)
+        if self.table.state is not None:
+            self.table.state.copy_(state["table"])
+
     def _loss(self, dense: torch.Tensor, rows: torch.Tensor, labels: torch.Tensor,
               floats: torch.Tensor, ints: torch.Tensor) -> torch.Tensor:
         logits = self.program.forward_embedded(self.supernet, dense, rows, floats, ints)

@@ -9,6 +9,12 @@ with ``set_to_none``: a sliced weight gets a full-size gradient, and an op the p
 run gets none, so its optimizer state is left untouched. (Adam still moves the unused
 entries of a used weight by its momentum; Adagrad and SGD do not.)
 
+``execution="masked"`` runs every step through :class:`~ranknas.supernet.MaskedStep` instead:
+the same parameters and the same math (Adagrad or SGD; the table gets row-wise updates), at
+shapes fixed for every path, so ``compile`` and ``cuda_graph`` capture one step for all paths.
+It computes every candidate op at its widest, which pays off where eager steps are bound by
+launches (small batches on a GPU), not on a CPU; ``benchmarks/RESULTS.md`` has the figures.
+
 Examples processed are the budget unit. Batches come from a seeded permutation of the train
 split per epoch (final partial batch dropped when the split holds at least B examples); a
 budget that ends mid-batch trims the batch, and the next call resumes from the following
@@ -80,6 +86,10 @@ class SupernetTrainConfig:
         checkpoint_path: Where periodic checkpoints go (needed with ``checkpoint_every``).
         log_every: Call ``progress`` every this many steps; the loss averages over as many.
         eval_batch_size: Batch size of :meth:`SupernetTrainer.score`.
+        execution: ``sliced`` (each path at its own shapes) or ``masked`` (fixed shapes).
+        compile: ``masked`` only: ``torch.compile`` the step's forward and loss.
+        cuda_graph: ``masked`` only, CUDA only: capture the step in one CUDA graph.
+        precision: ``masked`` only: ``fp32``, ``tf32`` or ``bf16``.
     """
 
     examples: int = 1_000_000
@@ -95,6 +105,10 @@ class SupernetTrainConfig:
     checkpoint_path: str | None = None
     log_every: int = 100
     eval_batch_size: int = 8192
+    execution: str = "sliced"
+    compile: bool = False
+    cuda_graph: bool = False
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         for name in ("examples", "batch_size", "log_every", "eval_batch_size"):
@@ -113,10 +127,32 @@ class SupernetTrainConfig:
             raise ConfigError("supernet.train.checkpoint_path",
                               "needed when checkpoint_every is set")
         try:
-            torch.device(self.device)
+            device = torch.device(self.device)
         except (RuntimeError, TypeError) as exc:
             raise ConfigError("supernet.train.device", f"not a torch device ({exc}); use "
                               "e.g. 'cpu' or 'cuda:0'") from None
+        self._check_execution(device)
+
+    def _check_execution(self, device: torch.device) -> None:
+        where = "supernet.train"
+        if self.execution not in ("sliced", "masked"):
+            raise ConfigError(f"{where}.execution", f"sliced or masked, got {self.execution!r}")
+        fast = {"compile": self.compile, "cuda_graph": self.cuda_graph,
+                "precision": self.precision != "fp32"}
+        if self.execution == "sliced":
+            for name, on in fast.items():
+                if on:
+                    raise ConfigError(f"{where}.{name}", "needs execution: masked (a sliced "
+                                      "step has other shapes on every path)")
+            return
+        if self.optimizer not in ("adagrad", "sgd"):
+            raise ConfigError(f"{where}.optimizer", "execution: masked supports adagrad and "
+                              f"sgd, not {self.optimizer!r}")
+        if self.precision not in ("fp32", "tf32", "bf16"):
+            raise ConfigError(f"{where}.precision", f"fp32, tf32 or bf16, got "
+                              f"{self.precision!r}")
+        if self.cuda_graph and device.type != "cuda":
+            raise ConfigError(f"{where}.cuda_graph", f"needs a CUDA device, not {self.device!r}")
 
     @property
     def effective_sparse_lr(self) -> float:
@@ -180,7 +216,17 @@ class SupernetTrainer:
         self.train_split = data.train.to(device)
         self.sampler = sampler
         self.config = config
-        self.optimizers = _optimizers(self.supernet, config)
+        self.masked: Any = None
+        if config.execution == "masked":
+            from ranknas.supernet.masked_step import MaskedStep
+
+            self.optimizers: list[torch.optim.Optimizer] = []
+            self.masked = MaskedStep(self.supernet, optimizer=config.optimizer, lr=config.lr,
+                                     sparse_lr=config.sparse_lr, eps=config.eps,
+                                     weight_decay=config.weight_decay, compile=config.compile,
+                                     cuda_graph=config.cuda_graph, precision=config.precision)
+        else:
+            self.optimizers = _optimizers(self.supernet, config)
         self.step = 0
         self.examples = 0
         self.generator = torch.Generator(device=device).manual_seed(config.seed)
@@ -219,7 +265,7 @@ class SupernetTrainer:
 
         Raises:
             TrainingDiverged: a non-finite loss; ``step`` is its 1-based step (the weights
-                are those before that step).
+                are those before that step; after it with ``execution="masked"``).
         """
         cfg = self.config
         if examples is None:
@@ -256,6 +302,12 @@ class SupernetTrainer:
                 "loss": sum(recent) / len(recent) if recent else math.nan}
 
     def _step(self, batch: Batch, arch: Architecture) -> float:
+        if self.masked is not None:  # the update is part of the (captured) step
+            value = float(self.masked(batch.dense, batch.sparse, batch.labels, arch))
+            if not math.isfinite(value):
+                raise TrainingDiverged(self.step + 1, f"loss is {value} on path "
+                                       f"{arch.arch_id} (masked: weights after the step)")
+            return value
         logits = self.supernet(batch.dense, batch.sparse, arch)
         loss = F.binary_cross_entropy_with_logits(logits, batch.labels.float())
         value = float(loss.detach())  # a host sync per step; the loss must be checked anyway
@@ -289,7 +341,8 @@ class SupernetTrainer:
             "space": self.supernet.space.name,
             "config": asdict(self.config),
             "supernet": self.supernet.state_dict(),
-            "optimizers": [opt.state_dict() for opt in self.optimizers],
+            "optimizers": ([self.masked.state_dict()] if self.masked is not None
+                           else [opt.state_dict() for opt in self.optimizers]),
             "sampler": self.sampler.state_dict(),
             "step": self.step,
             "examples": self.examples,
@@ -307,11 +360,14 @@ class SupernetTrainer:
         if state["space"] != self.supernet.space.name:
             raise ConfigError("checkpoint", f"checkpoint is for space {state['space']!r}, not "
                               f"{self.supernet.space.name!r}")
-        if len(state["optimizers"]) != len(self.optimizers):
+        if len(state["optimizers"]) != (1 if self.masked is not None else len(self.optimizers)):
             raise ConfigError("checkpoint", "optimizer groups differ from this trainer's")
-        self.supernet.load_state_dict(state["supernet"])
-        for opt, opt_state in zip(self.optimizers, state["optimizers"], strict=True):
-            opt.load_state_dict(opt_state)
+        self.supernet.load_state_dict(state["supernet"])  # in place, as a CUDA graph needs
+        if self.masked is not None:
+            self.masked.load_state_dict(state["optimizers"][0])
+        else:
+            for opt, opt_state in zip(self.optimizers, state["optimizers"], strict=True):
+                opt.load_state_dict(opt_state)
         self.sampler.load_state_dict(state["sampler"])
         self.step = int(state["step"])
         self.examples = int(state["examples"])

@@ -192,6 +192,19 @@ def test_bad_nested_options_name_the_field(job):
         make_strategy("oneshot", space, NE, sampler_options={"bogus": 1})
     with pytest.raises(ConfigError, match=r"strategies\[\]\.finetune_examples"):
         make_strategy("oneshot", space, NE, finetune="whole")
+    with pytest.raises(ConfigError, match=r"strategies\[\]\.supernet_train\.execution"):
+        make_strategy("oneshot", space, NE, supernet_train={"execution": "dense"})
+    with pytest.raises(ConfigError, match=r"strategies\[\]\.supernet_train\.lr"):
+        make_strategy("oneshot", space, NE, supernet_train={"lr": 1.0})
+    with pytest.raises(ConfigError, match=r"strategies\[\]\.supernet_train\.compile"):
+        make_strategy("oneshot", space, NE, supernet_train={"compile": True})
+
+
+def test_masked_supernet_training_runs_the_same_stages(job):
+    strategy = _make(job, candidates=3, finetune="none", finetune_examples=0,
+                     supernet_train={"execution": "masked"})
+    proposals = _drain(strategy)
+    assert proposals and strategy.summary()["stages"][0]["status"] == "ok"
 
 
 def test_finetune_last_trains_only_the_head_and_last_block(job):

@@ -126,3 +126,46 @@ def test_bad_config_fields_raise_config_error(field, value):
     with pytest.raises(ConfigError) as err:
         SupernetTrainConfig(**{field: value, **extra})
     assert err.value.where == f"supernet.train.{field}"
+
+
+def _losses(trainer, examples):
+    out = []
+    trainer.train(examples, progress=lambda p: out.append(p["loss"]))
+    return out
+
+
+def test_masked_execution_trains_like_sliced(space, data):
+    # eps 0.1: with 1e-8, Adagrad's first step turns rounding noise on ~0 grads into +-lr
+    sliced = _losses(_trainer(space, data, eps=0.1, log_every=1), 1600)
+    masked = _trainer(space, data, eps=0.1, log_every=1, execution="masked")
+    assert masked.optimizers == [] and masked.masked is not None
+    assert masked.supernet.embedding.table.weight.requires_grad
+    got = _losses(masked, 1600)
+    assert len(got) == len(sliced) == 8
+    assert got == pytest.approx(sliced, rel=1e-4)
+
+
+def test_masked_resume_equals_uninterrupted(space, data, tmp_path):
+    whole = _trainer(space, data, execution="masked")
+    whole.train(1200)
+    first = _trainer(space, data, execution="masked")
+    first.train(600)
+    path = first.save(tmp_path / "masked.pt")
+    resumed = _trainer(space, data, seed=3, execution="masked")
+    resumed.load(path)
+    resumed.train(600)
+    for (name, a), b in zip(whole.supernet.state_dict().items(),
+                            resumed.supernet.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    assert torch.equal(whole.masked.table.state, resumed.masked.table.state)
+
+
+@pytest.mark.parametrize(("field", "value", "extra"), [
+    ("execution", "dense", {}), ("compile", True, {}), ("precision", "tf32", {}),
+    ("cuda_graph", True, {"execution": "masked"}), ("optimizer", "adam", {"execution": "masked"}),
+    ("precision", "fp8", {"execution": "masked"}),
+])
+def test_bad_execution_options_name_the_field(field, value, extra):
+    with pytest.raises(ConfigError) as err:
+        SupernetTrainConfig(**{field: value, **extra})
+    assert err.value.where == f"supernet.train.{field}"
