@@ -160,6 +160,7 @@ def cmd_rank_corr(args: argparse.Namespace) -> int:
                          supernet_examples=args.supernet_examples, finetune=args.finetune,
                          sampler=args.sampler, warmup_steps=args.warmup_steps,
                          supernet_lr=args.supernet_lr, standalone_from=args.standalone_from,
+                         standalone_seeds=args.standalone_seeds,
                          bootstrap=args.bootstrap, seed=args.seed, progress=not args.quiet,
                          **options)
     print(f"results: {Path(args.out) / 'rankcorr.json'}")
@@ -256,6 +257,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="full-path warm-up steps before the sampler takes over")
     rc.add_argument("--supernet-lr", type=float, default=None,
                     help="supernet learning rate (default: the config's)")
+    rc.add_argument("--standalone-seeds", type=int, default=1,
+                    help="seeds per standalone training; the reference NE is their mean and "
+                         "two seeds' agreement is reported as the noise ceiling")
     rc.add_argument("--standalone-from", default=None, metavar="RANKCORR_JSON",
                     help="reuse the standalone NEs of an earlier run with the same settings")
     rc.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples of the CIs")

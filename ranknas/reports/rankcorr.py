@@ -6,9 +6,11 @@
    ``20 * archs`` (deduplicated, seeded), sorts them by FLOPs, splits them into ``archs``
    equal-count (quantile) bins and takes one at random from each bin;
 2. trains each standalone with the config's training settings (``standalone_examples``
-   overrides the per-architecture budget) and records its validation NE;
+   overrides the per-architecture budget) under ``standalone_seeds`` seeds and records the
+   mean validation NE; with two or more seeds it also reports the rank agreement of the first
+   two seeds (``standalone_repeat``): the noise ceiling a supernet's τ is measured against;
    (or reuses them from an earlier ``rankcorr.json`` made with the same space, data, training,
-   seed, architecture count and budget: ``standalone_from``);
+   seed, architecture count and budget: ``standalone_from``; seeds it lacks are trained);
 3. trains one supernet (``sampler``, NASRec's ``any-path`` by default, optionally behind a
    full-path warm-up) on ``supernet_examples`` and scores every architecture on it with
    :func:`~ranknas.supernet.scoring.score_on_supernet`: without fine-tuning (inherited
@@ -34,7 +36,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -195,7 +197,8 @@ def _log_mlflow(config: Any, out: Path, options: dict[str, Any], rows: list[dict
     run_id = tracker.parent_run_id
     now = int(time.time() * 1000)
     metrics = [mlflow.entities.Metric(f"{variant}.{name}{suffix}", stat[key], now, 0)
-               for variant in variants(options["finetune"])
+               for variant in [*variants(options["finetune"]),
+                               *(["standalone_repeat"] if "standalone_repeat" in summary else [])]
                for name, stat in summary[variant].items()
                for key, suffix in (("value", ""), ("lo", ".lo"), ("hi", ".hi"))
                if math.isfinite(stat[key])]
@@ -242,13 +245,14 @@ def _reused_rows(path: str | Path, fingerprint: str, sample: list[Any]) -> list[
         raise ConfigError(where, f"{path} was made with another space, data, training, seed, "
                           "architecture count or standalone budget; rerun without "
                           "--standalone-from, or with the options it was made with")
-    keep = ("arch_id", "arch", "flops", "params", "standalone_ne", "standalone_examples",
-            "standalone_status")
-    rows = [{k: row[k] for k in keep} for row in doc["rows"]]
+    keep = ("arch_id", "arch", "flops", "params", "standalone_examples", "standalone_status")
+    rows = []
+    for row in doc["rows"]:
+        nes = row.get("standalone_nes", [row["standalone_ne"]])
+        rows.append({**{k: row[k] for k in keep},
+                     "standalone_nes": [math.nan if v is None else v for v in nes]})
     if [r["arch_id"] for r in rows] != [a.arch_id for a in sample]:
         raise ConfigError(where, f"{path} holds other architectures than this sample")
-    for row in rows:
-        row["standalone_ne"] = math.nan if row["standalone_ne"] is None else row["standalone_ne"]
     return rows
 
 
@@ -258,7 +262,8 @@ def run_rank_correlation(config: Any, out: str | Path, *, archs: int = 50,
                          finetune: str | Sequence[str] = "last",
                          finetune_examples: int = 20_000, sampler: str = "any-path",
                          warmup_steps: int = 0, supernet_lr: float | None = None,
-                         standalone_from: str | Path | None = None, bootstrap: int = 1000,
+                         standalone_from: str | Path | None = None, standalone_seeds: int = 1,
+                         bootstrap: int = 1000,
                          seed: int | None = None, progress: bool = True) -> dict[str, Any]:
     """Rank correlation of supernet scores (with and without fine-tuning) vs standalone NE.
 
@@ -279,6 +284,8 @@ def run_rank_correlation(config: Any, out: str | Path, *, archs: int = 50,
         standalone_from: An earlier ``rankcorr.json`` whose standalone NEs to reuse; it must
             have been made with the same space, data, training, seed, ``archs`` and
             ``standalone_examples``.
+        standalone_seeds: Seeds (``seed``, ``seed + 1``, ...) each architecture is trained
+            with standalone; its reference NE is their mean.
         bootstrap: Bootstrap resamples of the confidence intervals (0: none).
         seed: Seeds sampling, supernet, fine-tuning and bootstrap; None: the config's seed.
         progress: Print per-architecture progress to stderr and a summary table to stdout.
@@ -294,7 +301,7 @@ def run_rank_correlation(config: Any, out: str | Path, *, archs: int = 50,
             architectures with finite NEs.
     """
     from ranknas.execution.base import EvalJob
-    from ranknas.execution.standalone import torch_threads
+    from ranknas.execution.standalone import StandaloneEvaluator, torch_threads
     from ranknas.supernet import Supernet, SupernetTrainConfig, SupernetTrainer, make_sampler
     from ranknas.supernet.scoring import score_on_supernet
 
@@ -303,6 +310,7 @@ def run_rank_correlation(config: Any, out: str | Path, *, archs: int = 50,
     _check_int("supernet_examples", supernet_examples, 1)
     _check_int("finetune_examples", finetune_examples, 1)
     _check_int("warmup_steps", warmup_steps, 0)
+    _check_int("standalone_seeds", standalone_seeds, 1)
     _check_int("bootstrap", bootstrap, 0)
     modes = [finetune] if isinstance(finetune, str) else list(finetune)
     if not modes or len(set(modes)) < len(modes) or set(modes) - {"last", "whole"}:
@@ -320,7 +328,8 @@ def run_rank_correlation(config: Any, out: str | Path, *, archs: int = 50,
                "supernet_examples": supernet_examples, "finetune": modes,
                "finetune_examples": finetune_examples, "bootstrap": bootstrap, "seed": seed,
                "sampler": sampler, "warmup_steps": warmup_steps, "supernet_lr": supernet_lr,
-               "pool_factor": POOL_FACTOR, "standalone_fingerprint": fingerprint}
+               "standalone_seeds": standalone_seeds, "pool_factor": POOL_FACTOR,
+               "standalone_fingerprint": fingerprint}
     say: Callable[[str], None] = (lambda m: print(m, file=sys.stderr, flush=True)) \
         if progress else (lambda m: None)
 
@@ -331,21 +340,28 @@ def run_rank_correlation(config: Any, out: str | Path, *, archs: int = 50,
     sample = stratified_sample(space, data.schema, archs, seed)
     make_sampler(sampler_name, space, seed, schema=data.schema, **sampler_options)  # fail early
     out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, Any]] = [{"arch_id": a.arch_id, "arch": a.to_json(),
+                                   "standalone_nes": []} for a in sample]
     if standalone_from is not None:
         rows = _reused_rows(standalone_from, fingerprint, sample)
         say(f"standalone NEs of {len(rows)} architectures reused from {standalone_from}")
-    else:
-        out.mkdir(parents=True, exist_ok=True)
-        rows = []
-        for i, arch in enumerate(sample):
-            res = ev(arch, standalone_examples)
+    for r in range(standalone_seeds):
+        if all(len(row["standalone_nes"]) > r for row in rows):
+            continue
+        replica = ev if r == 0 else StandaloneEvaluator(
+            space, data, replace(cfg, seed=seed + r), seed=seed + r, threads=ev.threads)
+        for i, (row, arch) in enumerate(zip(rows, sample, strict=True)):
+            res = replica(arch, standalone_examples)
             ne = float(res.metrics.get("ne", math.nan)) if res.ok else math.nan
-            rows.append({"arch_id": arch.arch_id, "arch": arch.to_json(),
-                         "flops": float(res.metrics["flops"]), "params": res.metrics["params"],
-                         "standalone_ne": ne, "standalone_examples": res.examples,
-                         "standalone_status": res.status.value})
-            say(f"[{i + 1}/{archs}] standalone {arch.arch_id}: NE {ne:.4f}")
-    out.mkdir(parents=True, exist_ok=True)
+            row["standalone_nes"].append(ne)
+            row.update({"flops": float(res.metrics["flops"]), "params": res.metrics["params"],
+                        "standalone_examples": res.examples,
+                        "standalone_status": res.status.value})
+            say(f"[{i + 1}/{archs}] standalone seed {seed + r} {arch.arch_id}: NE {ne:.4f}")
+    for row in rows:
+        nes = row["standalone_nes"] = row["standalone_nes"][:standalone_seeds]
+        row["standalone_ne"] = sum(nes) / len(nes)  # nan if any seed failed
 
     with torch_threads(ev.threads):
         start = time.perf_counter()
@@ -381,6 +397,10 @@ def run_rank_correlation(config: Any, out: str | Path, *, archs: int = 50,
     summary: dict[str, Any] = {"archs_used": len(usable), "supernet": {
         "examples": trained["examples"], "steps": trained["steps"], "loss": trained["loss"],
         "seconds": trained["seconds"]}}
+    if standalone_seeds > 1:  # how well standalone training agrees with itself
+        summary["standalone_repeat"] = rank_statistics(
+            [r["standalone_nes"][0] for r in usable], [r["standalone_nes"][1] for r in usable],
+            bootstrap=bootstrap, seed=seed)
     for variant in names:
         summary[variant] = rank_statistics(standalone,
                                            [r[f"supernet_ne_{variant}"] for r in usable],

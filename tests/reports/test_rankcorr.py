@@ -113,6 +113,15 @@ def test_standalone_results_are_reused_only_when_they_match(tmp_path):
     assert [r["standalone_ne"] for r in again["rows"]] == \
         [r["standalone_ne"] for r in first["rows"]]
     assert again["options"]["warmup_steps"] == 2
+    # a second seed: only it is trained; the reference is the mean, and the seeds' agreement
+    # is reported as the noise ceiling
+    two = run_rank_correlation(config, tmp_path / "d", archs=4, supernet_examples=1024,
+                               finetune_examples=256, bootstrap=0, progress=False,
+                               standalone_seeds=2, standalone_from=tmp_path / "a/rankcorr.json")
+    for old, row in zip(first["rows"], two["rows"], strict=True):
+        assert row["standalone_nes"][0] == old["standalone_ne"]
+        assert row["standalone_ne"] == pytest.approx(sum(row["standalone_nes"]) / 2)
+    assert set(two["summary"]["standalone_repeat"]) == set(STATISTICS)
     with pytest.raises(ConfigError, match="standalone_from"):
         run_rank_correlation(config, tmp_path / "c", archs=4, standalone_examples=512,
                              standalone_from=tmp_path / "a/rankcorr.json", progress=False)
