@@ -94,6 +94,41 @@ MASKED_VARIANTS = {
 }
 
 
+TRAINER_VARIANTS = {
+    "sliced": {},
+    "sliced+index": {"embedding_update": "index"},
+    "sliced+index+check50": {"embedding_update": "index", "check_every": 50},
+    "masked+compile+graph+tf32+check50": {"execution": "masked", "compile": True,
+                                          "cuda_graph": True, "precision": "tf32",
+                                          "check_every": 50},
+}
+
+
+def measure_trainer(space: SearchSpace, schema: DataSchema, batch: int, steps: int,
+                    device: torch.device, variant: str) -> dict:
+    """``SupernetTrainer`` end to end: a *new* uniformly sampled path every step (plans and
+    encodings are not reused), on-device random data, Adagrad."""
+    from train_throughput import random_data
+
+    from ranknas.supernet import SupernetTrainConfig, SupernetTrainer, make_sampler
+
+    data = random_data(schema, 1 << 20, device)
+    trainer = SupernetTrainer(
+        Supernet(space, schema, seed=0), data, make_sampler("uniform", space, 0, schema=schema),
+        SupernetTrainConfig(examples=1 << 40, batch_size=batch, lr=0.01, device=str(device),
+                            log_every=10_000, **TRAINER_VARIANTS[variant]))
+    start = time.perf_counter()
+    trainer.train(8 * batch)  # compile, capture, allocator warm-up
+    _sync(device)
+    setup = time.perf_counter() - start
+    start = time.perf_counter()
+    trainer.train(steps * batch)
+    _sync(device)
+    seconds = (time.perf_counter() - start) / steps
+    return {"batch": batch, "variant": variant, "ms": seconds * 1e3, "ex_s": batch / seconds,
+            "setup_s": setup}
+
+
 def make_batch(schema: DataSchema, batch: int, device: torch.device) -> tuple:
     gen = torch.Generator(device=device).manual_seed(0)
     dense = torch.randn(batch, schema.num_dense, device=device, generator=gen)
@@ -250,7 +285,10 @@ def main() -> None:
     parser.add_argument("--paths", type=int, default=32)
     parser.add_argument("--masked", nargs="*", default=[], choices=list(MASKED_VARIANTS),
                         help="masked-execution variants to time beside the sliced design")
-    parser.add_argument("--no-sliced", action="store_true", help="time only --masked")
+    parser.add_argument("--trainer", nargs="*", default=[], choices=list(TRAINER_VARIANTS),
+                        help="SupernetTrainer variants to time end to end (new path each step)")
+    parser.add_argument("--no-sliced", action="store_true",
+                        help="skip the sliced step vs subnet comparison")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -289,6 +327,20 @@ def main() -> None:
                           for p in ("fp32", "tf32", "bf16"))
             print(f"| {r['batch']} | {r['variant']} | {r['ex_s']:,.0f} | {r['ms']:.2f} | "
                   f"{r['live_ex_s']:,.0f} | {r['encode_ms']:.2f} | {fl} | {r['setup_s']:.0f} |")
+    if args.trainer:
+        result["trainer"] = []
+        for b in args.batch_sizes:
+            for variant in args.trainer:
+                row = measure_trainer(space, schema, b, args.steps, device, variant)
+                result["trainer"].append(row)
+                print(json.dumps(row), flush=True)
+                if args.out:
+                    Path(args.out).write_text(json.dumps(result, indent=1))
+        print("| B | trainer variant | ex/s | ms/step | set-up s |")
+        print("|---|---|---|---|---|")
+        for r in result["trainer"]:
+            print(f"| {r['batch']} | {r['variant']} | {r['ex_s']:,.0f} | {r['ms']:.2f} | "
+                  f"{r['setup_s']:.0f} |")
     rows = [] if args.no_sliced else [measure(space, schema, archs, b, args.steps, device)
                                       for b in args.batch_sizes]
     result["rows"] = rows

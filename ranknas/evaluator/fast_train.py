@@ -178,6 +178,12 @@ class IndexAdagrad:
         self.weight.index_add_(0, rows, sums / std, alpha=-self.lr)
 
 
+def _grad(rows: torch.Tensor) -> torch.Tensor:
+    """The gradient of looked-up rows; zeros when the loss did not use them (a supernet path
+    that never reads the sparse input)."""
+    return rows.grad if rows.grad is not None else torch.zeros_like(rows)
+
+
 class _ForeachDense:
     """``torch.optim.Adagrad`` / ``SGD`` math (no lr decay, no momentum) on dense parameters,
     as ``torch._foreach_*`` kernels with no host-side state: capturable in a CUDA graph."""
@@ -294,7 +300,7 @@ class TrainStep:
             p.grad = None
         loss.backward()
         rows = {m: self.tables[m].coalesce(torch.cat([i.reshape(-1) for i, _ in looks]),
-                                         torch.cat([r.grad.reshape(-1, r.shape[-1])
+                                         torch.cat([_grad(r).reshape(-1, r.shape[-1])
                                                     for _, r in looks]))
                 for m, looks in self._lookups.items()}
         self._lookups.clear()

@@ -30,7 +30,7 @@ import os
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -42,121 +42,15 @@ from ranknas.errors import ConfigError, TrainingDiverged
 from ranknas.evaluator.data.base import CTRData
 from ranknas.evaluator.data.schema import Batch
 from ranknas.evaluator.fast_train import build_optimizers
-from ranknas.evaluator.training import OPTIMIZERS, evaluate
+from ranknas.evaluator.training import evaluate
 from ranknas.spaces.architecture import Architecture
 from ranknas.supernet.samplers import PathSampler
 from ranknas.supernet.supernet import Supernet
+from ranknas.supernet.train_config import SupernetTrainConfig, check_int
 
-__all__ = ["SupernetTrainConfig", "SupernetTrainer"]
+__all__ = ["SupernetTrainConfig", "SupernetTrainer"]  # the config is re-exported
 
 CHECKPOINT_FORMAT = 1
-
-
-def _int(name: str, value: Any, minimum: int, optional: bool = False) -> None:
-    if optional and value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"supernet.train.{name}",
-                          f"must be an integer >= {minimum}, got {value!r}")
-
-
-def _float(name: str, value: Any, positive: bool = True) -> None:
-    ok = (isinstance(value, int | float) and not isinstance(value, bool)
-          and math.isfinite(value) and (value > 0 if positive else value >= 0))
-    if not ok:
-        raise ConfigError(f"supernet.train.{name}", "must be a finite number "
-                          f"{'> 0' if positive else '>= 0'}, got {value!r}")
-
-
-@dataclass(frozen=True)
-class SupernetTrainConfig:
-    """How to train a supernet.
-
-    Args:
-        examples: Training examples to process in all (the one-shot budget unit).
-        batch_size: B, examples per step.
-        optimizer: ``adagrad``, ``adam`` or ``sgd`` (sparse tables: Adagrad, SparseAdam, SGD).
-        lr: Learning rate of the dense parameters.
-        sparse_lr: Learning rate of the embedding table; ``None`` means ``lr``.
-        weight_decay: L2 decay of the dense parameters only.
-        eps: Epsilon of Adagrad/Adam.
-        seed: Seeds batch shuffling and the model's own randomness (dropout).
-        device: ``cpu``, ``cuda``, ``cuda:1``, ...
-        checkpoint_every: Save to ``checkpoint_path`` every this many steps; ``None``: never.
-        checkpoint_path: Where periodic checkpoints go (needed with ``checkpoint_every``).
-        log_every: Call ``progress`` every this many steps; the loss averages over as many.
-        eval_batch_size: Batch size of :meth:`SupernetTrainer.score`.
-        execution: ``sliced`` (each path at its own shapes) or ``masked`` (fixed shapes).
-        compile: ``masked`` only: ``torch.compile`` the step's forward and loss.
-        cuda_graph: ``masked`` only, CUDA only: capture the step in one CUDA graph.
-        precision: ``masked`` only: ``fp32``, ``tf32`` or ``bf16``.
-    """
-
-    examples: int = 1_000_000
-    batch_size: int = 1024
-    optimizer: str = "adagrad"
-    lr: float = 0.01
-    sparse_lr: float | None = None
-    weight_decay: float = 0.0
-    eps: float = 1e-8
-    seed: int = 0
-    device: str = "cpu"
-    checkpoint_every: int | None = None
-    checkpoint_path: str | None = None
-    log_every: int = 100
-    eval_batch_size: int = 8192
-    execution: str = "sliced"
-    compile: bool = False
-    cuda_graph: bool = False
-    precision: str = "fp32"
-
-    def __post_init__(self) -> None:
-        for name in ("examples", "batch_size", "log_every", "eval_batch_size"):
-            _int(name, getattr(self, name), 1)
-        _int("seed", self.seed, 0)
-        _int("checkpoint_every", self.checkpoint_every, 1, optional=True)
-        if self.optimizer not in OPTIMIZERS:
-            raise ConfigError("supernet.train.optimizer", f"must be one of "
-                              f"{', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
-        _float("lr", self.lr)
-        if self.sparse_lr is not None:
-            _float("sparse_lr", self.sparse_lr)
-        _float("weight_decay", self.weight_decay, positive=False)
-        _float("eps", self.eps)
-        if self.checkpoint_every is not None and not self.checkpoint_path:
-            raise ConfigError("supernet.train.checkpoint_path",
-                              "needed when checkpoint_every is set")
-        try:
-            device = torch.device(self.device)
-        except (RuntimeError, TypeError) as exc:
-            raise ConfigError("supernet.train.device", f"not a torch device ({exc}); use "
-                              "e.g. 'cpu' or 'cuda:0'") from None
-        self._check_execution(device)
-
-    def _check_execution(self, device: torch.device) -> None:
-        where = "supernet.train"
-        if self.execution not in ("sliced", "masked"):
-            raise ConfigError(f"{where}.execution", f"sliced or masked, got {self.execution!r}")
-        fast = {"compile": self.compile, "cuda_graph": self.cuda_graph,
-                "precision": self.precision != "fp32"}
-        if self.execution == "sliced":
-            for name, on in fast.items():
-                if on:
-                    raise ConfigError(f"{where}.{name}", "needs execution: masked (a sliced "
-                                      "step has other shapes on every path)")
-            return
-        if self.optimizer not in ("adagrad", "sgd"):
-            raise ConfigError(f"{where}.optimizer", "execution: masked supports adagrad and "
-                              f"sgd, not {self.optimizer!r}")
-        if self.precision not in ("fp32", "tf32", "bf16"):
-            raise ConfigError(f"{where}.precision", f"fp32, tf32 or bf16, got "
-                              f"{self.precision!r}")
-        if self.cuda_graph and device.type != "cuda":
-            raise ConfigError(f"{where}.cuda_graph", f"needs a CUDA device, not {self.device!r}")
-
-    @property
-    def effective_sparse_lr(self) -> float:
-        return self.lr if self.sparse_lr is None else self.sparse_lr
 
 
 def _optimizers(supernet: Supernet, cfg: SupernetTrainConfig) -> list[torch.optim.Optimizer]:
@@ -180,7 +74,7 @@ def _optimizers(supernet: Supernet, cfg: SupernetTrainConfig) -> list[torch.opti
 class _Path(nn.Module):
     """``supernet`` fixed to one architecture: ``(dense [B, D], sparse [B, F]) -> [B]``."""
 
-    def __init__(self, supernet: Supernet, arch: Architecture) -> None:
+    def __init__(self, supernet: Supernet, arch: Architecture | None) -> None:
         super().__init__()
         self.supernet = supernet
         self.arch = arch
@@ -217,6 +111,7 @@ class SupernetTrainer:
         self.sampler = sampler
         self.config = config
         self.masked: Any = None
+        self.fast: Any = None
         if config.execution == "masked":
             from ranknas.supernet.masked_step import MaskedStep
 
@@ -225,6 +120,11 @@ class SupernetTrainer:
                                      sparse_lr=config.sparse_lr, eps=config.eps,
                                      weight_decay=config.weight_decay, compile=config.compile,
                                      cuda_graph=config.cuda_graph, precision=config.precision)
+        elif config.embedding_update == "index":
+            self.optimizers = []
+            self._path = _Path(self.supernet, None)
+            self._fast_state: dict[str, Any] | None = None
+            self._open_fast().close()  # allocates the optimizer state
         else:
             self.optimizers = _optimizers(self.supernet, config)
         self.step = 0
@@ -234,6 +134,24 @@ class SupernetTrainer:
         self._pos = 0
         cpu = torch.Generator().manual_seed(config.seed)
         self._model_rng = cpu.get_state()  # global CPU RNG seen by the model (dropout)
+
+    def _open_fast(self) -> Any:
+        """A ``fast_train.TrainStep`` over the current path, on this trainer's optimizer
+        state. It patches the table's lookup, so it lives only while :meth:`train` runs."""
+        from ranknas.evaluator.fast_train import TrainStep
+        from ranknas.evaluator.training import TrainConfig
+
+        cfg = self.config
+        step = TrainStep(self._path, TrainConfig(
+            examples=cfg.examples, batch_size=cfg.batch_size, optimizer=cfg.optimizer,
+            lr=cfg.lr, sparse_lr=cfg.sparse_lr, eps=cfg.eps, weight_decay=cfg.weight_decay,
+            embedding_update="index"), self.device)
+        (table,) = step.tables.values()
+        if self._fast_state is None:
+            self._fast_state = {"dense": step.dense_opt.sums, "table": table.state}
+        else:
+            step.dense_opt.sums, table.state = self._fast_state["dense"], self._fast_state["table"]
+        return step
 
     # -- data -----------------------------------------------------------------------------
     def _next_batch(self, limit: int) -> Batch:
@@ -264,53 +182,81 @@ class SupernetTrainer:
             of this call's last ``log_every`` steps; nan when no step was taken) of this call.
 
         Raises:
-            TrainingDiverged: a non-finite loss; ``step`` is its 1-based step (the weights
-                are those before that step; after it with ``execution="masked"``).
+            TrainingDiverged: a non-finite loss; ``step`` is its 1-based step. The weights
+                are those before that step, except with ``execution="masked"`` or
+                ``embedding_update="index"``, whose losses are checked every ``check_every``
+                steps after the update (the message names the last step applied).
         """
         cfg = self.config
         if examples is None:
             budget = max(0, cfg.examples - self.examples)
         else:
-            _int("examples", examples, 0)
+            check_int("examples", examples, 0)
             budget = examples
         recent: deque[float] = deque(maxlen=cfg.log_every)
+        pending: list[tuple[int, str, torch.Tensor | float]] = []  # losses not yet checked
         done = 0
         self.supernet.train()
         start = time.perf_counter()
+        if self.config.embedding_update == "index" and self.config.execution == "sliced":
+            self.fast = self._open_fast()
         with torch.random.fork_rng(devices=[]):
             torch.random.default_generator.set_state(self._model_rng)
             try:
                 while done < budget:
                     batch = self._next_batch(budget - done)
                     arch = self.sampler.sample(self.step)
-                    recent.append(self._step(batch, arch))
+                    pending.append((self.step + 1, arch.arch_id, self._step(batch, arch)))
                     self.step += 1
                     self.examples += len(batch)
                     done += len(batch)
                     last = done >= budget
-                    if progress is not None and (self.step % cfg.log_every == 0 or last):
+                    report = progress is not None and (self.step % cfg.log_every == 0 or last)
+                    save = bool(cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0)
+                    if len(pending) >= cfg.check_every or report or save or last:
+                        recent.extend(self._check(pending))
+                        pending.clear()
+                    if report:
                         progress({"step": self.step, "examples": self.examples,
                                   "loss": sum(recent) / len(recent),
                                   "seconds": time.perf_counter() - start})
-                    if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+                    if save:
                         self._model_rng = torch.random.default_generator.get_state()
                         self.save(cfg.checkpoint_path)
             finally:
                 self._model_rng = torch.random.default_generator.get_state()
+                if self.fast is not None:
+                    self.fast.close()
+                    self.fast = None
         return {"steps": self.step, "examples": self.examples,
                 "seconds": time.perf_counter() - start,
                 "loss": sum(recent) / len(recent) if recent else math.nan}
 
-    def _step(self, batch: Batch, arch: Architecture) -> float:
-        if self.masked is not None:  # the update is part of the (captured) step
-            value = float(self.masked(batch.dense, batch.sparse, batch.labels, arch))
+    @staticmethod
+    def _check(pending: list[tuple[int, str, torch.Tensor | float]]) -> list[float]:
+        """The losses of ``pending`` steps as floats (one host sync); raises on the first
+        non-finite one."""
+        tensors = [v for _, _, v in pending if isinstance(v, torch.Tensor)]
+        synced = iter(torch.stack(tensors).tolist() if tensors else [])
+        values = [next(synced) if isinstance(v, torch.Tensor) else v for _, _, v in pending]
+        for (step, arch_id, _), value in zip(pending, values, strict=True):
             if not math.isfinite(value):
-                raise TrainingDiverged(self.step + 1, f"loss is {value} on path "
-                                       f"{arch.arch_id} (masked: weights after the step)")
-            return value
+                raise TrainingDiverged(step, f"loss is {value} on path {arch_id} (weights "
+                                       f"after step {pending[-1][0]}: the update is part of "
+                                       "the step)")
+        return values
+
+    def _step(self, batch: Batch, arch: Architecture) -> torch.Tensor | float:
+        """One step; the loss as a device tensor where the update never waits for the host
+        (masked, index), else as a float checked before the update."""
+        if self.masked is not None:  # the update is part of the (captured) step
+            return self.masked(batch.dense, batch.sparse, batch.labels, arch)
+        if self.fast is not None:
+            self._path.arch = arch
+            return self.fast(batch)[0]
         logits = self.supernet(batch.dense, batch.sparse, arch)
         loss = F.binary_cross_entropy_with_logits(logits, batch.labels.float())
-        value = float(loss.detach())  # a host sync per step; the loss must be checked anyway
+        value = float(loss.detach())  # the sparse update syncs anyway: check before it
         if not math.isfinite(value):
             raise TrainingDiverged(self.step + 1, f"loss is {value} on path {arch.arch_id}")
         for opt in self.optimizers:
@@ -341,8 +287,7 @@ class SupernetTrainer:
             "space": self.supernet.space.name,
             "config": asdict(self.config),
             "supernet": self.supernet.state_dict(),
-            "optimizers": ([self.masked.state_dict()] if self.masked is not None
-                           else [opt.state_dict() for opt in self.optimizers]),
+            "optimizers": self._optimizer_states(),
             "sampler": self.sampler.state_dict(),
             "step": self.step,
             "examples": self.examples,
@@ -360,11 +305,18 @@ class SupernetTrainer:
         if state["space"] != self.supernet.space.name:
             raise ConfigError("checkpoint", f"checkpoint is for space {state['space']!r}, not "
                               f"{self.supernet.space.name!r}")
-        if len(state["optimizers"]) != (1 if self.masked is not None else len(self.optimizers)):
+        if len(state["optimizers"]) != len(self._optimizer_states()):
             raise ConfigError("checkpoint", "optimizer groups differ from this trainer's")
         self.supernet.load_state_dict(state["supernet"])  # in place, as a CUDA graph needs
         if self.masked is not None:
             self.masked.load_state_dict(state["optimizers"][0])
+        elif self.config.embedding_update == "index":
+            saved, own = state["optimizers"][0], self._fast_state
+            with torch.no_grad():
+                for buf, value in zip(own["dense"] or [], saved["dense"] or [], strict=True):
+                    buf.copy_(value)
+                if own["table"] is not None:
+                    own["table"].copy_(saved["table"])
         else:
             for opt, opt_state in zip(self.optimizers, state["optimizers"], strict=True):
                 opt.load_state_dict(opt_state)
@@ -375,6 +327,13 @@ class SupernetTrainer:
         self._order = state["order"].to(self.device) if state["has_order"] else None
         self._pos = int(state["pos"])
         self._model_rng = state["model_rng"].cpu()
+
+    def _optimizer_states(self) -> list[Any]:
+        if self.masked is not None:
+            return [self.masked.state_dict()]
+        if self.config.embedding_update == "index":
+            return [dict(self._fast_state)]
+        return [opt.state_dict() for opt in self.optimizers]
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write a checkpoint atomically (temporary file, then rename); returns the path."""

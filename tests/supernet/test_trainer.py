@@ -163,9 +163,42 @@ def test_masked_resume_equals_uninterrupted(space, data, tmp_path):
 @pytest.mark.parametrize(("field", "value", "extra"), [
     ("execution", "dense", {}), ("compile", True, {}), ("precision", "tf32", {}),
     ("cuda_graph", True, {"execution": "masked"}), ("optimizer", "adam", {"execution": "masked"}),
-    ("precision", "fp8", {"execution": "masked"}),
+    ("precision", "fp8", {"execution": "masked"}), ("embedding_update", "dense", {}),
+    ("embedding_update", "index", {"optimizer": "adam"}),
+    ("embedding_update", "index", {"execution": "masked"}),
 ])
 def test_bad_execution_options_name_the_field(field, value, extra):
     with pytest.raises(ConfigError) as err:
         SupernetTrainConfig(**{field: value, **extra})
     assert err.value.where == f"supernet.train.{field}"
+
+
+def test_index_embedding_update_trains_like_sparse(space, data, tmp_path):
+    sparse = _losses(_trainer(space, data, eps=0.1, log_every=1), 1600)
+    index = _trainer(space, data, eps=0.1, log_every=1, embedding_update="index")
+    assert _losses(index, 1600) == pytest.approx(sparse, rel=1e-4)
+    # the table's lookup is patched only while training
+    assert "forward" not in vars(index.supernet.embedding.table)
+    path = index.save(tmp_path / "index.pt")
+    whole = _trainer(space, data, embedding_update="index")
+    whole.train(1200)
+    first = _trainer(space, data, embedding_update="index")
+    first.train(600)
+    first.save(path)
+    resumed = _trainer(space, data, seed=2, embedding_update="index")
+    resumed.load(path)
+    resumed.train(600)
+    for (name, a), b in zip(whole.supernet.state_dict().items(),
+                            resumed.supernet.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("options", [{"embedding_update": "index"}, {"execution": "masked"}])
+def test_late_checked_divergence_names_the_first_bad_step(space, data, options):
+    trainer = _trainer(space, data, check_every=4, **options)
+    trainer.train(600)
+    with torch.no_grad():
+        trainer.supernet.head_bias.fill_(math.nan)
+    with pytest.raises(TrainingDiverged) as err:
+        trainer.train(2000)
+    assert err.value.step == 4 and "after step 7" in str(err.value)

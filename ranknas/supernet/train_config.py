@@ -1,0 +1,138 @@
+"""How a :class:`~ranknas.supernet.SupernetTrainer` trains: budget, optimizer, execution."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ranknas.errors import ConfigError
+from ranknas.evaluator.training import OPTIMIZERS
+
+__all__ = ["SupernetTrainConfig", "check_int"]
+
+
+def check_int(name: str, value: Any, minimum: int, optional: bool = False) -> None:
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"supernet.train.{name}",
+                          f"must be an integer >= {minimum}, got {value!r}")
+
+
+def _float(name: str, value: Any, positive: bool = True) -> None:
+    ok = (isinstance(value, int | float) and not isinstance(value, bool)
+          and math.isfinite(value) and (value > 0 if positive else value >= 0))
+    if not ok:
+        raise ConfigError(f"supernet.train.{name}", "must be a finite number "
+                          f"{'> 0' if positive else '>= 0'}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class SupernetTrainConfig:
+    """How to train a supernet.
+
+    Args:
+        examples: Training examples to process in all (the one-shot budget unit).
+        batch_size: B, examples per step.
+        optimizer: ``adagrad``, ``adam`` or ``sgd`` (sparse tables: Adagrad, SparseAdam, SGD).
+        lr: Learning rate of the dense parameters.
+        sparse_lr: Learning rate of the embedding table; ``None`` means ``lr``.
+        weight_decay: L2 decay of the dense parameters only.
+        eps: Epsilon of Adagrad/Adam.
+        seed: Seeds batch shuffling and the model's own randomness (dropout).
+        device: ``cpu``, ``cuda``, ``cuda:1``, ...
+        checkpoint_every: Save to ``checkpoint_path`` every this many steps; ``None``: never.
+        checkpoint_path: Where periodic checkpoints go (needed with ``checkpoint_every``).
+        log_every: Call ``progress`` every this many steps; the loss averages over as many.
+        eval_batch_size: Batch size of :meth:`SupernetTrainer.score`.
+        check_every: With ``execution="masked"`` or ``embedding_update="index"``, check the
+            loss for NaN/inf every this many steps, in one host sync; above 1 the host queues
+            steps ahead of the GPU, and a divergence is caught up to this many steps late.
+        execution: ``sliced`` (each path at its own shapes) or ``masked`` (fixed shapes).
+        embedding_update: ``sliced`` only: ``sparse`` (``torch.sparse`` row gradients and
+            ``torch.optim``) or ``index`` (row-wise Adagrad/SGD and ``foreach`` dense
+            updates from :mod:`ranknas.evaluator.fast_train`: no host sync, fewer kernels).
+        compile: ``masked`` only: ``torch.compile`` the step's forward and loss.
+        cuda_graph: ``masked`` only, CUDA only: capture the step in one CUDA graph.
+        precision: ``masked`` only: ``fp32``, ``tf32`` or ``bf16``.
+    """
+
+    examples: int = 1_000_000
+    batch_size: int = 1024
+    optimizer: str = "adagrad"
+    lr: float = 0.01
+    sparse_lr: float | None = None
+    weight_decay: float = 0.0
+    eps: float = 1e-8
+    seed: int = 0
+    device: str = "cpu"
+    checkpoint_every: int | None = None
+    checkpoint_path: str | None = None
+    log_every: int = 100
+    eval_batch_size: int = 8192
+    check_every: int = 1
+    execution: str = "sliced"
+    embedding_update: str = "sparse"
+    compile: bool = False
+    cuda_graph: bool = False
+    precision: str = "fp32"
+
+    def __post_init__(self) -> None:
+        for name in ("examples", "batch_size", "log_every", "eval_batch_size", "check_every"):
+            check_int(name, getattr(self, name), 1)
+        check_int("seed", self.seed, 0)
+        check_int("checkpoint_every", self.checkpoint_every, 1, optional=True)
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError("supernet.train.optimizer", f"must be one of "
+                              f"{', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        _float("lr", self.lr)
+        if self.sparse_lr is not None:
+            _float("sparse_lr", self.sparse_lr)
+        _float("weight_decay", self.weight_decay, positive=False)
+        _float("eps", self.eps)
+        if self.checkpoint_every is not None and not self.checkpoint_path:
+            raise ConfigError("supernet.train.checkpoint_path",
+                              "needed when checkpoint_every is set")
+        try:
+            device = torch.device(self.device)
+        except (RuntimeError, TypeError) as exc:
+            raise ConfigError("supernet.train.device", f"not a torch device ({exc}); use "
+                              "e.g. 'cpu' or 'cuda:0'") from None
+        self._check_execution(device)
+
+    def _check_execution(self, device: torch.device) -> None:
+        where = "supernet.train"
+        if self.execution not in ("sliced", "masked"):
+            raise ConfigError(f"{where}.execution", f"sliced or masked, got {self.execution!r}")
+        fast = {"compile": self.compile, "cuda_graph": self.cuda_graph,
+                "precision": self.precision != "fp32"}
+        if self.embedding_update not in ("sparse", "index"):
+            raise ConfigError(f"{where}.embedding_update", "sparse or index, got "
+                              f"{self.embedding_update!r}")
+        if self.embedding_update == "index" and self.optimizer not in ("adagrad", "sgd"):
+            raise ConfigError(f"{where}.embedding_update", "index supports adagrad and sgd, "
+                              f"not {self.optimizer!r}")
+        if self.execution == "masked" and self.embedding_update != "sparse":
+            raise ConfigError(f"{where}.embedding_update", "execution: masked always updates "
+                              "embedding rows by index; leave embedding_update unset")
+        if self.execution == "sliced":
+            for name, on in fast.items():
+                if on:
+                    raise ConfigError(f"{where}.{name}", "needs execution: masked (a sliced "
+                                      "step has other shapes on every path)")
+            return
+        if self.optimizer not in ("adagrad", "sgd"):
+            raise ConfigError(f"{where}.optimizer", "execution: masked supports adagrad and "
+                              f"sgd, not {self.optimizer!r}")
+        if self.precision not in ("fp32", "tf32", "bf16"):
+            raise ConfigError(f"{where}.precision", f"fp32, tf32 or bf16, got "
+                              f"{self.precision!r}")
+        if self.cuda_graph and device.type != "cuda":
+            raise ConfigError(f"{where}.cuda_graph", f"needs a CUDA device, not {self.device!r}")
+
+    @property
+    def effective_sparse_lr(self) -> float:
+        return self.lr if self.sparse_lr is None else self.sparse_lr
