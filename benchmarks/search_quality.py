@@ -2,6 +2,8 @@
 
     python benchmarks/search_quality.py --seeds 0 1 2 --out runs/bench-quality
     python benchmarks/search_quality.py --preset oneshot --seeds 0 1 2 --out runs/bench-oneshot
+    python benchmarks/search_quality.py --preset oneshot --budget-examples 960000 \
+        --candidates 30 --finetune-examples 10000 --warmup-steps 400 --out runs/bench-oneshot2
 
 Each seed runs the demo study (NASRec-Small, NE vs FLOPs) with that seed for strategies, data
 and model initialisation. Presets:
@@ -42,18 +44,16 @@ def mean_ci(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), float(half)
 
 
-def oneshot_study(doc: dict, examples: int) -> dict:
+def oneshot_study(doc: dict, examples: int, candidates: int = 60, finetune: int = 2000,
+                  top_k: int = 4, warmup_steps: int = 0) -> dict:
     """The demo study as evolution vs one-shot under one budget of ``examples``.
 
-    One-shot's split of the budget: supernet training 40%, scoring 60 candidates after
-    fine-tuning the head and last block on 2k examples each (25%), and retraining the top 4
-    at the study's per-trial budget (the rest).
+    One-shot spends ``top_k`` retrainings at the study's per-trial budget and ``candidates``
+    fine-tunings (head and last block) of ``finetune`` examples; the rest of the budget trains
+    the supernet (any-path sampler, after ``warmup_steps`` of full-path warm-up).
     """
     per_trial = doc["train"]["examples"]
     evolution = next(s for s in doc["strategies"] if s["name"] == "evolution")
-    top_k = 4
-    finetune = 2000
-    candidates = 60
     supernet = examples - top_k * per_trial - candidates * finetune
     if supernet <= 0:
         raise SystemExit(f"--budget-examples {examples} is too small for one-shot's top-{top_k} "
@@ -61,7 +61,7 @@ def oneshot_study(doc: dict, examples: int) -> dict:
     doc["strategies"] = [evolution, {
         "name": "oneshot", "supernet_examples": supernet, "candidates": candidates,
         "finetune": "last", "finetune_examples": finetune, "top_k": top_k,
-        "inner_options": {"population": 12, "sample_size": 4}}]
+        "warmup_steps": warmup_steps, "inner_options": {"population": 12, "sample_size": 4}}]
     doc["budget"] = {"examples": examples}
     return doc
 
@@ -73,6 +73,10 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=None, help="override the trial budget")
     parser.add_argument("--budget-examples", type=int, default=480_000,
                         help="the oneshot preset's example budget per strategy")
+    parser.add_argument("--candidates", type=int, default=60, help="oneshot preset")
+    parser.add_argument("--finetune-examples", type=int, default=2000, help="oneshot preset")
+    parser.add_argument("--top-k", type=int, default=4, help="oneshot preset")
+    parser.add_argument("--warmup-steps", type=int, default=0, help="oneshot preset")
     parser.add_argument("--out", default="runs/bench-quality")
     args = parser.parse_args()
     reference = (1.0, float(DEMO_CONFIG["constraints"]["max_flops"]))
@@ -85,7 +89,8 @@ def main() -> None:
         if args.trials:
             doc["budget"] = {"trials": args.trials}
         if args.preset == "oneshot":
-            doc = oneshot_study(doc, args.budget_examples)
+            doc = oneshot_study(doc, args.budget_examples, args.candidates,
+                                args.finetune_examples, args.top_k, args.warmup_steps)
         out = Path(args.out) / f"seed{seed}"
         run_search(config_from_dict(doc), out, resume=(out / "config.json").exists(),
                    progress=False)
