@@ -53,7 +53,8 @@ __all__ = ["FINETUNE_MODES", "OneShot"]
 
 WHERE = "strategies[]"
 #: ``SupernetTrainConfig`` fields a one-shot config may set under ``supernet_train``.
-SUPERNET_TRAIN_OPTIONS = ("execution", "compile", "cuda_graph", "precision")
+SUPERNET_TRAIN_OPTIONS = ("execution", "embedding_update", "check_every", "compile", "cuda_graph",
+                          "precision")
 
 
 def _derived_seed(seed: int, tag: str) -> int:
@@ -87,7 +88,8 @@ class OneShot(Strategy):
         top_k: Distinct best candidates proposed for retraining from scratch (stage 3).
         supernet_lr: Learning rate of supernet training; None: the run's train lr.
         supernet_train: Execution of supernet training (``SupernetTrainConfig`` fields
-            ``execution``, ``compile``, ``cuda_graph``, ``precision``), e.g.
+            ``execution``, ``embedding_update``, ``check_every``, ``compile``,
+            ``cuda_graph``, ``precision``), e.g.
             ``{"execution": "masked", "compile": true, "cuda_graph": true}`` on a GPU.
 
     Raises:
