@@ -33,6 +33,7 @@ class Architecture:
     version: str
     choices: tuple[tuple[str, Any], ...]
     _index: dict = field(default=None, init=False, repr=False, compare=False, hash=False)
+    _id: str = field(default="", init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "choices", tuple(sorted(self.choices)))
@@ -58,8 +59,11 @@ class Architecture:
 
     @property
     def arch_id(self) -> str:
-        """First 16 hex digits of the SHA-256 of :meth:`dumps`."""
-        return hashlib.sha256(self.dumps().encode()).hexdigest()[:16]
+        """First 16 hex digits of the SHA-256 of :meth:`dumps` (computed once: caches and
+        the supernet's per-step plan lookup ask for it often)."""
+        if not self._id:
+            object.__setattr__(self, "_id", hashlib.sha256(self.dumps().encode()).hexdigest()[:16])
+        return self._id
 
     @classmethod
     def from_json(cls, obj: Any, where: str = "architecture") -> Architecture:
