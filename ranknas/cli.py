@@ -155,6 +155,8 @@ def cmd_rank_corr(args: argparse.Namespace) -> int:
     options: dict[str, Any] = {}
     if args.finetune_examples is not None:
         options["finetune_examples"] = args.finetune_examples
+    if args.finetune_lr is not None:
+        options["finetune_lr"] = args.finetune_lr
     run_rank_correlation(config, args.out, archs=args.archs,
                          standalone_examples=args.standalone_examples,
                          supernet_examples=args.supernet_examples, finetune=args.finetune,
@@ -252,6 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="fine-tuning examples per architecture (default 20000)")
     rc.add_argument("--finetune", nargs="+", default=["last"], choices=["last", "whole"],
                     help="fine-tuning modes scored besides none (e.g. --finetune last whole)")
+    rc.add_argument("--finetune-lr", type=float, default=None,
+                    help="fine-tuning learning rate (default: the config's lr)")
     rc.add_argument("--sampler", default="any-path", help="supernet path sampler")
     rc.add_argument("--warmup-steps", type=int, default=0,
                     help="full-path warm-up steps before the sampler takes over")

@@ -34,7 +34,6 @@ import math
 import random
 import sys
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -43,11 +42,11 @@ from typing import Any
 import numpy as np
 
 from ranknas.errors import ConfigError
+from ranknas.reports.rank_statistics import STATISTICS, rank_statistics
 
 __all__ = ["STATISTICS", "rank_statistics", "run_rank_correlation", "stratified_sample"]
 
-#: Summary statistics, each reported as ``{"value", "lo", "hi"}``.
-STATISTICS = ("kendall_tau", "spearman", "top10_overlap")
+#: Candidates drawn per architecture asked for, before stratifying by FLOPs.
 POOL_FACTOR = 20
 
 
@@ -61,83 +60,6 @@ def _check_int(name: str, value: Any, minimum: int, optional: bool = False) -> N
         return
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ConfigError(name, f"expected an integer >= {minimum}, got {value!r}")
-
-
-def _top_overlap(x: np.ndarray, y: np.ndarray, fraction: float = 0.1) -> float:
-    """Fraction of the ``fraction`` lowest of ``x`` that are also among the lowest of ``y``."""
-    k = max(1, round(fraction * len(x)))
-    top_x = set(np.argsort(x, kind="stable")[:k].tolist())
-    top_y = set(np.argsort(y, kind="stable")[:k].tolist())
-    return len(top_x & top_y) / k
-
-
-def _kendall(x: np.ndarray, y: np.ndarray) -> float:
-    from scipy.stats import kendalltau
-
-    return float(kendalltau(x, y).statistic)
-
-
-def _spearman(x: np.ndarray, y: np.ndarray) -> float:
-    from scipy.stats import spearmanr
-
-    return float(spearmanr(x, y).statistic)
-
-
-_FUNCTIONS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
-    "kendall_tau": _kendall, "spearman": _spearman, "top10_overlap": _top_overlap}
-
-
-def rank_statistics(standalone: Sequence[float], supernet: Sequence[float], *,
-                    bootstrap: int = 1000, seed: int = 0) -> dict[str, dict[str, float]]:
-    """Kendall τ, Spearman ρ and top-10% overlap of two NE lists, with bootstrap 95% CIs.
-
-    The top-10% overlap is the fraction of the standalone top 10% (lowest NE, at least one
-    architecture) that is also in the supernet top 10%. The confidence intervals come from
-    ``scipy.stats.bootstrap`` with paired resampling (architectures are resampled with both
-    their NEs), ``method='percentile'``, ``n_resamples=bootstrap`` and a generator seeded with
-    ``seed``. Resamples where a statistic is undefined (e.g. all-equal NEs) are dropped from
-    the percentiles; a CI is nan when no resample is usable or ``bootstrap`` is 0.
-
-    Args:
-        standalone: Standalone NE per architecture.
-        supernet: Supernet NE of the same architectures, in the same order.
-        bootstrap: Bootstrap resamples (0: no CIs).
-        seed: Seeds the bootstrap.
-
-    Returns:
-        ``{name: {"value", "lo", "hi"}}`` for every name in :data:`STATISTICS`.
-
-    Raises:
-        ConfigError: lists of different lengths, fewer than 2 entries, or non-finite values.
-    """
-    from scipy.stats import bootstrap as scipy_bootstrap
-
-    x, y = np.asarray(standalone, dtype=float), np.asarray(supernet, dtype=float)
-    if x.shape != y.shape or x.ndim != 1:
-        raise ConfigError("rank_statistics", f"need two 1-d lists of equal length, got "
-                          f"shapes {x.shape} and {y.shape}")
-    if len(x) < 2:
-        raise ConfigError("rank_statistics", f"need at least 2 architectures, got {len(x)}")
-    if not (np.isfinite(x).all() and np.isfinite(y).all()):
-        raise ConfigError("rank_statistics", "NE values must be finite")
-    _check_int("bootstrap", bootstrap, 0)
-    out: dict[str, dict[str, float]] = {}
-    for name in STATISTICS:
-        fn = _FUNCTIONS[name]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # constant resamples: nan tau, degenerate data
-            value = fn(x, y)
-            lo = hi = math.nan
-            if bootstrap > 0:
-                res = scipy_bootstrap((x, y), fn, paired=True, vectorized=False,
-                                      n_resamples=bootstrap, confidence_level=0.95,
-                                      method="percentile", rng=np.random.default_rng(seed))
-                lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
-                dist = np.asarray(res.bootstrap_distribution, dtype=float)
-                if not (math.isfinite(lo) and math.isfinite(hi)) and np.isfinite(dist).any():
-                    lo, hi = (float(v) for v in np.nanpercentile(dist, [2.5, 97.5]))
-        out[name] = {"value": value, "lo": lo, "hi": hi}
-    return out
 
 
 def stratified_sample(space: Any, schema: Any, archs: int, seed: int) -> list[Any]:
@@ -260,7 +182,8 @@ def run_rank_correlation(config: Any, out: str | Path, *, archs: int = 50,
                          standalone_examples: int | None = None,
                          supernet_examples: int = 200_000,
                          finetune: str | Sequence[str] = "last",
-                         finetune_examples: int = 20_000, sampler: str = "any-path",
+                         finetune_examples: int = 20_000, finetune_lr: float | None = None,
+                         sampler: str = "any-path",
                          warmup_steps: int = 0, supernet_lr: float | None = None,
                          standalone_from: str | Path | None = None, standalone_seeds: int = 1,
                          bootstrap: int = 1000,
@@ -278,6 +201,7 @@ def run_rank_correlation(config: Any, out: str | Path, *, archs: int = 50,
         finetune: Fine-tuning mode(s) scored besides no fine-tuning: ``last`` and/or
             ``whole``.
         finetune_examples: Fine-tuning examples per architecture and mode.
+        finetune_lr: Fine-tuning learning rate; None: the config's lr.
         sampler: Path sampler of supernet training (``ranknas.supernet.SAMPLERS``).
         warmup_steps: When > 0, a full-path warm-up over this many steps before ``sampler``.
         supernet_lr: Learning rate of supernet training; None: the config's lr.
@@ -326,7 +250,8 @@ def run_rank_correlation(config: Any, out: str | Path, *, archs: int = 50,
     fingerprint = _fingerprint(config, seed, archs, standalone_examples)
     options = {"archs": archs, "standalone_examples": standalone_examples,
                "supernet_examples": supernet_examples, "finetune": modes,
-               "finetune_examples": finetune_examples, "bootstrap": bootstrap, "seed": seed,
+               "finetune_examples": finetune_examples, "finetune_lr": finetune_lr,
+               "bootstrap": bootstrap, "seed": seed,
                "sampler": sampler, "warmup_steps": warmup_steps, "supernet_lr": supernet_lr,
                "standalone_seeds": standalone_seeds, "pool_factor": POOL_FACTOR,
                "standalone_fingerprint": fingerprint}
@@ -381,7 +306,8 @@ def run_rank_correlation(config: Any, out: str | Path, *, archs: int = 50,
         for i, (row, arch) in enumerate(zip(rows, sample, strict=True)):
             for mode in ("none", *modes):
                 res = score_on_supernet(supernet, space, arch, data, cfg, finetune=mode,
-                                        finetune_examples=finetune_examples, seed=seed)
+                                        finetune_examples=finetune_examples,
+                                        finetune_lr=finetune_lr, seed=seed)
                 key = "no_finetune" if mode == "none" else f"finetune_{mode}"
                 row[f"supernet_ne_{key}"] = float(res.metrics["ne"]) if res.ok else math.nan
             say(f"[{i + 1}/{archs}] supernet {row['arch_id']}: NE " + " / ".join(

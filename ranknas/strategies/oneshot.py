@@ -85,6 +85,7 @@ class OneShot(Strategy):
         candidates: Inner ask/tell rounds, each scored on the supernet.
         finetune: ``none``, ``last`` (logit head and the last block) or ``whole``.
         finetune_examples: Fine-tuning examples per candidate (0: no fine-tuning).
+        finetune_lr: Fine-tuning learning rate; None: the run's train lr.
         top_k: Distinct best candidates proposed for retraining from scratch (stage 3).
         supernet_lr: Learning rate of supernet training; None: the run's train lr.
         supernet_train: Execution of supernet training (``SupernetTrainConfig`` fields
@@ -104,6 +105,7 @@ class OneShot(Strategy):
                  inner: str = "evolution", inner_options: dict | None = None,
                  candidates: int = 100, finetune: str = "none", finetune_examples: int = 0,
                  top_k: int = 3, supernet_lr: float | None = None,
+                 finetune_lr: float | None = None,
                  supernet_train: dict | None = None) -> None:
         super().__init__(space, objectives, seed)
         from ranknas.supernet.samplers import SAMPLERS
@@ -126,6 +128,9 @@ class OneShot(Strategy):
         if supernet_lr is not None and not (supernet_lr > 0 and math.isfinite(supernet_lr)):
             raise ConfigError(f"{WHERE}.supernet_lr", f"expected a finite number > 0, got "
                               f"{supernet_lr!r}")
+        if finetune_lr is not None and not (finetune_lr > 0 and math.isfinite(finetune_lr)):
+            raise ConfigError(f"{WHERE}.finetune_lr", f"expected a finite number > 0, got "
+                              f"{finetune_lr!r}")
         if inner == self.name:
             raise ConfigError(f"{WHERE}.inner", "the inner strategy cannot be oneshot itself")
         self.supernet_examples = supernet_examples
@@ -139,6 +144,7 @@ class OneShot(Strategy):
         self.finetune_examples = finetune_examples
         self.top_k = top_k
         self.supernet_lr = supernet_lr
+        self.finetune_lr = finetune_lr
         self.supernet_train = dict(supernet_train or {})
         unknown = sorted(set(self.supernet_train) - set(SUPERNET_TRAIN_OPTIONS))
         if unknown:
@@ -311,6 +317,7 @@ class OneShot(Strategy):
 
         return score_on_supernet(supernet, self.space, arch, data, cfg, finetune=self.finetune,
                                  finetune_examples=self.finetune_examples,
+                                 finetune_lr=self.finetune_lr,
                                  seed=_derived_seed(self.seed, "finetune"))
 
     # -- stage 3 --------------------------------------------------------------------------

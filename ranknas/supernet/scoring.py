@@ -6,6 +6,7 @@ diagnostics (:mod:`ranknas.reports.rankcorr`), so both measure the same thing.
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from dataclasses import replace
@@ -40,7 +41,7 @@ def _freeze_all_but_last(model: Any, graph: Any) -> None:
 
 def score_on_supernet(supernet: Any, space: SearchSpace, arch: Architecture, data: Any,
                       train_config: Any, *, finetune: str = "none", finetune_examples: int = 0,
-                      seed: int = 0) -> EvalResult:
+                      finetune_lr: float | None = None, seed: int = 0) -> EvalResult:
     """Extract ``arch`` from ``supernet``, fine-tune the copy per ``finetune``, score on valid.
 
     The supernet itself is never modified (``Supernet.extract`` returns a copy).
@@ -54,6 +55,9 @@ def score_on_supernet(supernet: Any, space: SearchSpace, arch: Architecture, dat
             uses its optimizer and batch size with ``finetune_examples`` and ``seed``.
         finetune: ``none``, ``last`` (logit head and the last block) or ``whole``.
         finetune_examples: Fine-tuning examples (needed >= 1 unless ``finetune='none'``).
+        finetune_lr: Learning rate of fine-tuning (dense and embedding); None: the train
+            config's. Inherited weights usually want a smaller one: Adagrad starts from an
+            empty accumulator, so its first steps move every weight by about the lr.
         seed: Seeds fine-tuning's batch order.
 
     Returns:
@@ -74,6 +78,10 @@ def score_on_supernet(supernet: Any, space: SearchSpace, arch: Architecture, dat
                                or finetune_examples < 1):
         raise ConfigError("finetune_examples", f"finetune={finetune!r} needs an integer "
                           f">= 1, got {finetune_examples!r}")
+    if finetune_lr is not None and not (isinstance(finetune_lr, float | int)
+                                        and not isinstance(finetune_lr, bool)
+                                        and math.isfinite(finetune_lr) and finetune_lr > 0):
+        raise ConfigError("finetune_lr", f"expected a finite number > 0, got {finetune_lr!r}")
     start = time.perf_counter()
     graph = space.materialize(arch, data.schema)
     metrics: dict[str, float] = {"flops": graph.flops, "params": graph.params,
@@ -84,6 +92,8 @@ def score_on_supernet(supernet: Any, space: SearchSpace, arch: Architecture, dat
         if finetune == "last":
             _freeze_all_but_last(model, graph)
         ft_cfg = replace(train_config, examples=finetune_examples, steps=None, seed=seed)
+        if finetune_lr is not None:
+            ft_cfg = replace(ft_cfg, lr=finetune_lr, sparse_lr=finetune_lr)
         try:
             examples = train(model, data, ft_cfg).examples
         except TrainingDiverged as err:

@@ -178,6 +178,7 @@ def test_ask_without_attach_raises(job):
     ("supernet_examples", 0), ("supernet_examples", "many"), ("candidates", 0),
     ("top_k", 0), ("finetune", "most"), ("finetune_examples", -1), ("sampler", "nope"),
     ("warmup_steps", -1), ("supernet_lr", 0.0), ("inner", "nope"), ("inner", "oneshot"),
+    ("finetune_lr", 0.0), ("finetune_lr", math.inf),
 ])
 def test_bad_options_name_the_option(job, option, value):
     with pytest.raises(ConfigError, match=rf"^strategies\[\]\.{option}:"):
