@@ -252,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     rc.add_argument("--supernet-examples", type=int, default=200_000)
     rc.add_argument("--finetune-examples", type=int, default=None,
                     help="fine-tuning examples per architecture (default 20000)")
-    rc.add_argument("--finetune", nargs="+", default=["last"], choices=["last", "whole"],
+    rc.add_argument("--finetune", nargs="+", default=["last"], choices=["head", "last", "whole"],
                     help="fine-tuning modes scored besides none (e.g. --finetune last whole)")
     rc.add_argument("--finetune-lr", type=float, default=None,
                     help="fine-tuning learning rate (default: the config's lr)")

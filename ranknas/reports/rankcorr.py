@@ -198,8 +198,8 @@ def run_rank_correlation(config: Any, out: str | Path, *, archs: int = 50,
         standalone_examples: Standalone training examples per architecture; None: the
             config's per-trial budget.
         supernet_examples: Supernet training examples.
-        finetune: Fine-tuning mode(s) scored besides no fine-tuning: ``last`` and/or
-            ``whole``.
+        finetune: Fine-tuning mode(s) scored besides no fine-tuning: ``head``, ``last``
+            and/or ``whole`` (see :data:`~ranknas.supernet.scoring.FINETUNE_MODES`).
         finetune_examples: Fine-tuning examples per architecture and mode.
         finetune_lr: Fine-tuning learning rate; None: the config's lr.
         sampler: Path sampler of supernet training (``ranknas.supernet.SAMPLERS``).
@@ -237,8 +237,9 @@ def run_rank_correlation(config: Any, out: str | Path, *, archs: int = 50,
     _check_int("standalone_seeds", standalone_seeds, 1)
     _check_int("bootstrap", bootstrap, 0)
     modes = [finetune] if isinstance(finetune, str) else list(finetune)
-    if not modes or len(set(modes)) < len(modes) or set(modes) - {"last", "whole"}:
-        raise ConfigError("finetune", f"expected last and/or whole, got {finetune!r}")
+    if not modes or len(set(modes)) < len(modes) or set(modes) - {"head", "last", "whole"}:
+        raise ConfigError("finetune", f"expected distinct modes among head, last, whole; got "
+                          f"{finetune!r}")
     if supernet_lr is not None and not (isinstance(supernet_lr, float | int)
                                         and math.isfinite(supernet_lr) and supernet_lr > 0):
         raise ConfigError("supernet_lr", f"expected a finite number > 0, got {supernet_lr!r}")

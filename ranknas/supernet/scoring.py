@@ -19,8 +19,9 @@ from ranknas.spaces.space import SearchSpace
 
 __all__ = ["FINETUNE_MODES", "block_of", "score_on_supernet"]
 
-#: Fine-tuning modes: no training, head + last block only, or every parameter.
-FINETUNE_MODES = ("none", "last", "whole")
+#: Fine-tuning modes: no training, the logit head only (a recalibration of the inherited
+#: features), head + last block, or every parameter.
+FINETUNE_MODES = ("none", "head", "last", "whole")
 
 
 def block_of(node_key: str) -> str:
@@ -28,12 +29,12 @@ def block_of(node_key: str) -> str:
     return re.split(r"[#.]", node_key, maxsplit=1)[0]
 
 
-def _freeze_all_but_last(model: Any, graph: Any) -> None:
-    """Leave only the logit head and the ops of the graph's last block trainable."""
+def _freeze_all_but(model: Any, graph: Any, last_block: bool) -> None:
+    """Leave only the logit head (and the ops of the graph's last block) trainable."""
     last = block_of(graph.nodes[-1].key)
     keep = {id(p) for p in model.head.parameters()}
     for module, node in zip(model.ops, graph.nodes, strict=True):
-        if block_of(node.key) == last:
+        if last_block and block_of(node.key) == last:
             keep.update(id(p) for p in module.parameters())
     for p in model.parameters():
         p.requires_grad_(id(p) in keep)
@@ -53,7 +54,8 @@ def score_on_supernet(supernet: Any, space: SearchSpace, arch: Architecture, dat
         data: The dataset; fine-tuning reads ``train``, scoring reads ``valid``.
         train_config: The run's :class:`~ranknas.evaluator.training.TrainConfig`; fine-tuning
             uses its optimizer and batch size with ``finetune_examples`` and ``seed``.
-        finetune: ``none``, ``last`` (logit head and the last block) or ``whole``.
+        finetune: ``none``, ``head`` (the logit head), ``last`` (head and the last block) or
+            ``whole``.
         finetune_examples: Fine-tuning examples (needed >= 1 unless ``finetune='none'``).
         finetune_lr: Learning rate of fine-tuning (dense and embedding); None: the train
             config's. Inherited weights usually want a smaller one: Adagrad starts from an
@@ -89,8 +91,8 @@ def score_on_supernet(supernet: Any, space: SearchSpace, arch: Architecture, dat
     model = supernet.extract(arch)
     examples = 0
     if finetune != "none":
-        if finetune == "last":
-            _freeze_all_but_last(model, graph)
+        if finetune in ("head", "last"):
+            _freeze_all_but(model, graph, last_block=finetune == "last")
         ft_cfg = replace(train_config, examples=finetune_examples, steps=None, seed=seed)
         if finetune_lr is not None:
             ft_cfg = replace(ft_cfg, lr=finetune_lr, sparse_lr=finetune_lr)

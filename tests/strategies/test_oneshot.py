@@ -234,3 +234,25 @@ def test_finetune_last_trains_only_the_head_and_last_block(job):
     assert any(k.startswith("head.") for k in changed)
     assert "embedding.table.weight" not in changed
     assert all(k.startswith(("head.", f"ops.{last}.", f"ops.{last - 1}.")) for k in changed)
+
+
+def test_finetune_head_trains_only_the_logit_head(job):
+    from ranknas.supernet import Supernet
+    from ranknas.supernet.scoring import score_on_supernet
+
+    ev = job.evaluator()
+    supernet = Supernet(ev.space, ev.data.schema, 0)
+    arch = ev.space.sample(random.Random(3))
+    reference = supernet.extract(arch).state_dict()
+    captured = {}
+    original = supernet.extract
+    supernet.extract = lambda a: captured.setdefault("model", original(a))
+    result = score_on_supernet(supernet, ev.space, arch, ev.data, ev.train_config,
+                               finetune="head", finetune_examples=256, finetune_lr=0.01)
+    assert result.ok and result.examples == 256
+    changed = {k for k, v in captured["model"].state_dict().items()
+               if not torch.equal(v, reference[k])}
+    assert changed and all(k.startswith("head.") for k in changed)
+    with pytest.raises(ConfigError, match="finetune_lr"):
+        score_on_supernet(supernet, ev.space, arch, ev.data, ev.train_config,
+                          finetune="head", finetune_examples=256, finetune_lr=-1.0)
