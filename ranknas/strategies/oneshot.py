@@ -83,7 +83,8 @@ class OneShot(Strategy):
         inner: Registered name of the inner strategy (stage 2).
         inner_options: Options of the inner strategy.
         candidates: Inner ask/tell rounds, each scored on the supernet.
-        finetune: ``none``, ``last`` (logit head and the last block) or ``whole``.
+        finetune: ``none``, ``head`` (the logit head), ``last`` (head and the last block) or
+            ``whole``.
         finetune_examples: Fine-tuning examples per candidate (0: no fine-tuning).
         finetune_lr: Fine-tuning learning rate; None: the run's train lr.
         top_k: Distinct best candidates proposed for retraining from scratch (stage 3).
