@@ -149,6 +149,13 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def _derived(seed: int, tag: str) -> int:
+    """A seed for one component, independent of the standalone seeds (seed, seed + 1, ...):
+    fine-tuning with a standalone run's seed would share its batch order, and the noise that
+    order puts into standalone NE would then inflate the rank correlation."""
+    return random.Random(f"rankcorr-{tag}-{seed}").getrandbits(31)
+
+
 def _fingerprint(config: Any, seed: int, archs: int, standalone_examples: int | None) -> str:
     """What the standalone NEs depend on: space, data, training, seed, sample size, budget."""
     key = {"space": config.space, "data": config.data, "train": asdict(config.train_config()),
@@ -212,6 +219,8 @@ def run_rank_correlation(config: Any, out: str | Path, *, archs: int = 50,
             with standalone; its reference NE is their mean.
         bootstrap: Bootstrap resamples of the confidence intervals (0: none).
         seed: Seeds sampling, supernet, fine-tuning and bootstrap; None: the config's seed.
+            Standalone training uses ``seed``, ``seed + 1``, ...; the supernet and
+            fine-tuning use seeds derived from it, so they share no batch order with it.
         progress: Print per-architecture progress to stderr and a summary table to stdout.
 
     Returns:
@@ -291,15 +300,17 @@ def run_rank_correlation(config: Any, out: str | Path, *, archs: int = 50,
 
     with torch_threads(ev.threads):
         start = time.perf_counter()
-        supernet = Supernet(space, data.schema, seed)
+        supernet = Supernet(space, data.schema, _derived(seed, "supernet"))
         lr = cfg.lr if supernet_lr is None else float(supernet_lr)
         sparse_lr = cfg.sparse_lr if cfg.sparse_lr is not None else lr
         trainer = SupernetTrainer(
             supernet, data,
-            make_sampler(sampler_name, space, seed, schema=data.schema, **sampler_options),
+            make_sampler(sampler_name, space, _derived(seed, "sampler"), schema=data.schema,
+                         **sampler_options),
             SupernetTrainConfig(examples=supernet_examples, batch_size=cfg.batch_size,
                                 optimizer=cfg.optimizer, lr=lr, sparse_lr=sparse_lr,
-                                weight_decay=cfg.weight_decay, eps=cfg.eps, seed=seed,
+                                weight_decay=cfg.weight_decay, eps=cfg.eps,
+                                seed=_derived(seed, "supernet-train"),
                                 device=cfg.device, eval_batch_size=cfg.eval_batch_size))
         trained = trainer.train(supernet_examples)
         say(f"supernet: {trained['examples']:,} examples, loss {trained['loss']:.4f}, "
@@ -308,7 +319,8 @@ def run_rank_correlation(config: Any, out: str | Path, *, archs: int = 50,
             for mode in ("none", *modes):
                 res = score_on_supernet(supernet, space, arch, data, cfg, finetune=mode,
                                         finetune_examples=finetune_examples,
-                                        finetune_lr=finetune_lr, seed=seed)
+                                        finetune_lr=finetune_lr,
+                                        seed=_derived(seed, "finetune"))
                 key = "no_finetune" if mode == "none" else f"finetune_{mode}"
                 row[f"supernet_ne_{key}"] = float(res.metrics["ne"]) if res.ok else math.nan
             say(f"[{i + 1}/{archs}] supernet {row['arch_id']}: NE " + " / ".join(
