@@ -107,7 +107,8 @@ def test_bad_data_options_fail_before_the_output_folder_exists(tmp_path):
 
 def test_oneshot_runs_in_the_same_loop_and_is_charged_its_supernet_work(tmp_path):
     cfg = config(strategies=[{"name": "oneshot", "supernet_examples": 1024, "candidates": 4,
-                              "top_k": 2, "inner": "random"}],
+                              "top_k": 2, "inner": "random", "finetune": "none",
+                              "finetune_examples": 0}],
                  budget={"trials": 5})
     out = run_search(cfg, tmp_path / "s", progress=False)
     records = list(Journal(out / "trials.jsonl"))

@@ -84,8 +84,9 @@ class OneShot(Strategy):
         inner_options: Options of the inner strategy.
         candidates: Inner ask/tell rounds, each scored on the supernet.
         finetune: ``none``, ``head`` (the logit head), ``last`` (head and the last block) or
-            ``whole``.
-        finetune_examples: Fine-tuning examples per candidate (0: no fine-tuning).
+            ``whole``. ``last`` by default: inherited weights alone do not rank architectures
+            (Kendall τ ~0 in ``benchmarks/RESULTS.md``).
+        finetune_examples: Fine-tuning examples per candidate (0 with ``finetune="none"``).
         finetune_lr: Fine-tuning learning rate; None: the run's train lr.
         top_k: Distinct best candidates proposed for retraining from scratch (stage 3).
         supernet_lr: Learning rate of supernet training; None: the run's train lr.
@@ -104,7 +105,7 @@ class OneShot(Strategy):
                  supernet_examples: int = 200_000, sampler: str = "any-path",
                  sampler_options: dict | None = None, warmup_steps: int = 0,
                  inner: str = "evolution", inner_options: dict | None = None,
-                 candidates: int = 100, finetune: str = "none", finetune_examples: int = 0,
+                 candidates: int = 100, finetune: str = "last", finetune_examples: int = 10_000,
                  top_k: int = 3, supernet_lr: float | None = None,
                  finetune_lr: float | None = None,
                  supernet_train: dict | None = None) -> None:

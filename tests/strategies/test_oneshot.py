@@ -192,7 +192,7 @@ def test_bad_nested_options_name_the_field(job):
     with pytest.raises(ConfigError, match=r"strategies\[\]\.sampler_options"):
         make_strategy("oneshot", space, NE, sampler_options={"bogus": 1})
     with pytest.raises(ConfigError, match=r"strategies\[\]\.finetune_examples"):
-        make_strategy("oneshot", space, NE, finetune="whole")
+        make_strategy("oneshot", space, NE, finetune="whole", finetune_examples=0)
     with pytest.raises(ConfigError, match=r"strategies\[\]\.supernet_train\.execution"):
         make_strategy("oneshot", space, NE, supernet_train={"execution": "dense"})
     with pytest.raises(ConfigError, match=r"strategies\[\]\.supernet_train\.lr"):
