@@ -105,7 +105,7 @@ class OneShot(Strategy):
                  supernet_examples: int = 200_000, sampler: str = "any-path",
                  sampler_options: dict | None = None, warmup_steps: int = 0,
                  inner: str = "evolution", inner_options: dict | None = None,
-                 candidates: int = 100, finetune: str = "last", finetune_examples: int = 10_000,
+                 candidates: int = 100, finetune: str = "last", finetune_examples: int = 20_000,
                  top_k: int = 3, supernet_lr: float | None = None,
                  finetune_lr: float | None = None,
                  supernet_train: dict | None = None) -> None:
