@@ -163,6 +163,7 @@ def cmd_rank_corr(args: argparse.Namespace) -> int:
                          sampler=args.sampler, warmup_steps=args.warmup_steps,
                          supernet_lr=args.supernet_lr, standalone_from=args.standalone_from,
                          standalone_seeds=args.standalone_seeds,
+                         finetune_continue=args.finetune_continue,
                          bootstrap=args.bootstrap, seed=args.seed, progress=not args.quiet,
                          **options)
     print(f"results: {Path(args.out) / 'rankcorr.json'}")
@@ -256,6 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="fine-tuning modes scored besides none (e.g. --finetune last whole)")
     rc.add_argument("--finetune-lr", type=float, default=None,
                     help="fine-tuning learning rate (default: the config's lr)")
+    rc.add_argument("--finetune-continue", action="store_true",
+                    help="fine-tune from the supernet's Adagrad accumulators, not empty ones")
     rc.add_argument("--sampler", default="any-path", help="supernet path sampler")
     rc.add_argument("--warmup-steps", type=int, default=0,
                     help="full-path warm-up steps before the sampler takes over")

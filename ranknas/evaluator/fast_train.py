@@ -23,7 +23,7 @@ eagerly, uncompiled and outside the graph, so it never triggers a recompile or a
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from typing import Any
 
@@ -272,6 +272,32 @@ class TrainStep:
             self._lookups.setdefault(module, []).append((ids, rows))
             return rows
         return lookup
+
+    @torch.no_grad()
+    def load_adagrad_sums(self, sums: Mapping[str, torch.Tensor]) -> None:
+        """Start Adagrad's accumulators from ``sums`` (parameter name -> tensor).
+
+        Raises:
+            ConfigError: the optimizer is not Adagrad, or a name is not a parameter.
+        """
+        if self.cfg.optimizer != "adagrad":
+            raise ConfigError("adagrad_sums", f"needs optimizer adagrad, not "
+                              f"{self.cfg.optimizer!r}")
+        named = dict(self.model.named_parameters())
+        unknown = sorted(set(sums) - set(named))
+        if unknown:
+            raise ConfigError("adagrad_sums", f"{unknown[0]!r} is not a parameter of the model")
+        by_param = {named[k]: v for k, v in sums.items()}
+        if self.index:
+            accumulators = dict(zip(self.dense_opt.params, self.dense_opt.sums or [],
+                                    strict=True))
+            accumulators.update({m.weight: t.state for m, t in self.tables.items()})
+        else:
+            accumulators = {p: opt.state[p]["sum"] for opt in self.optimizers
+                            for group in opt.param_groups for p in group["params"]}
+        for param, value in by_param.items():
+            if param in accumulators:  # frozen parameters have no optimizer state
+                accumulators[param].copy_(value)
 
     def close(self) -> None:
         for m in self._patched:

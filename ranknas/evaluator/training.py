@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -188,7 +188,8 @@ def _on(batch: Batch, device: torch.device) -> Batch:
 
 
 def train(model: nn.Module, data: CTRData, config: TrainConfig, *,
-          progress: Callable[[dict[str, float]], None] | None = None) -> TrainResult:
+          progress: Callable[[dict[str, float]], None] | None = None,
+          adagrad_sums: Mapping[str, torch.Tensor] | None = None) -> TrainResult:
     """Train ``model`` in place on ``data.train`` with BCE-with-logits.
 
     The model and the train split are moved to ``config.device`` once; batches are slices of
@@ -208,6 +209,9 @@ def train(model: nn.Module, data: CTRData, config: TrainConfig, *,
         config: Budget, optimizer and device.
         progress: Called with ``{"step", "examples", "loss", "seconds"}`` every ``log_every``
             steps and after the last one (``loss`` = mean over the last ``log_every`` steps).
+        adagrad_sums: Parameter name -> Adagrad accumulator to start from (e.g. a supernet's,
+            sliced for an extracted model), so fine-tuning continues that optimizer instead
+            of taking lr-sized first steps; parameters not named start at zero.
 
     Returns:
         A :class:`TrainResult`.
@@ -225,6 +229,8 @@ def train(model: nn.Module, data: CTRData, config: TrainConfig, *,
     model.to(device)
     model.train()
     step_fn = TrainStep(model, config, device)
+    if adagrad_sums:
+        step_fn.load_adagrad_sums(adagrad_sums)
     check_every = config.check_every or (1 if device.type == "cpu" else 50)
     generator = torch.Generator(device=device).manual_seed(config.seed)
 

@@ -190,6 +190,7 @@ def run_rank_correlation(config: Any, out: str | Path, *, archs: int = 50,
                          supernet_examples: int = 200_000,
                          finetune: str | Sequence[str] = "last",
                          finetune_examples: int = 20_000, finetune_lr: float | None = None,
+                         finetune_continue: bool = False,
                          sampler: str = "any-path",
                          warmup_steps: int = 0, supernet_lr: float | None = None,
                          standalone_from: str | Path | None = None, standalone_seeds: int = 1,
@@ -209,6 +210,8 @@ def run_rank_correlation(config: Any, out: str | Path, *, archs: int = 50,
             and/or ``whole`` (see :data:`~ranknas.supernet.scoring.FINETUNE_MODES`).
         finetune_examples: Fine-tuning examples per architecture and mode.
         finetune_lr: Fine-tuning learning rate; None: the config's lr.
+        finetune_continue: Fine-tune from the supernet's Adagrad accumulators (sliced) rather
+            than empty ones.
         sampler: Path sampler of supernet training (``ranknas.supernet.SAMPLERS``).
         warmup_steps: When > 0, a full-path warm-up over this many steps before ``sampler``.
         supernet_lr: Learning rate of supernet training; None: the config's lr.
@@ -261,6 +264,7 @@ def run_rank_correlation(config: Any, out: str | Path, *, archs: int = 50,
     options = {"archs": archs, "standalone_examples": standalone_examples,
                "supernet_examples": supernet_examples, "finetune": modes,
                "finetune_examples": finetune_examples, "finetune_lr": finetune_lr,
+               "finetune_continue": finetune_continue,
                "bootstrap": bootstrap, "seed": seed,
                "sampler": sampler, "warmup_steps": warmup_steps, "supernet_lr": supernet_lr,
                "standalone_seeds": standalone_seeds, "pool_factor": POOL_FACTOR,
@@ -315,11 +319,14 @@ def run_rank_correlation(config: Any, out: str | Path, *, archs: int = 50,
         trained = trainer.train(supernet_examples)
         say(f"supernet: {trained['examples']:,} examples, loss {trained['loss']:.4f}, "
             f"{time.perf_counter() - start:.1f} s")
+        sums = trainer.adagrad_sums() if finetune_continue else None
+        if finetune_continue and sums is None:
+            raise ConfigError("finetune_continue", "needs train.optimizer adagrad")
         for i, (row, arch) in enumerate(zip(rows, sample, strict=True)):
             for mode in ("none", *modes):
                 res = score_on_supernet(supernet, space, arch, data, cfg, finetune=mode,
                                         finetune_examples=finetune_examples,
-                                        finetune_lr=finetune_lr,
+                                        finetune_lr=finetune_lr, adagrad_sums=sums,
                                         seed=_derived(seed, "finetune"))
                 key = "no_finetune" if mode == "none" else f"finetune_{mode}"
                 row[f"supernet_ne_{key}"] = float(res.metrics["ne"]) if res.ok else math.nan

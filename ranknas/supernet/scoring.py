@@ -42,7 +42,8 @@ def _freeze_all_but(model: Any, graph: Any, last_block: bool) -> None:
 
 def score_on_supernet(supernet: Any, space: SearchSpace, arch: Architecture, data: Any,
                       train_config: Any, *, finetune: str = "none", finetune_examples: int = 0,
-                      finetune_lr: float | None = None, seed: int = 0) -> EvalResult:
+                      finetune_lr: float | None = None, seed: int = 0,
+                      adagrad_sums: Any = None) -> EvalResult:
     """Extract ``arch`` from ``supernet``, fine-tune the copy per ``finetune``, score on valid.
 
     The supernet itself is never modified (``Supernet.extract`` returns a copy).
@@ -61,6 +62,9 @@ def score_on_supernet(supernet: Any, space: SearchSpace, arch: Architecture, dat
             config's. Inherited weights usually want a smaller one: Adagrad starts from an
             empty accumulator, so its first steps move every weight by about the lr.
         seed: Seeds fine-tuning's batch order.
+        adagrad_sums: The supernet trainer's Adagrad accumulators
+            (``SupernetTrainer.adagrad_sums()``): fine-tuning then continues that optimizer
+            on the extracted slices instead of starting from empty accumulators.
 
     Returns:
         An :class:`EvalResult` with flops/params/dense_params and ne/logloss/auc/calibration;
@@ -96,8 +100,9 @@ def score_on_supernet(supernet: Any, space: SearchSpace, arch: Architecture, dat
         ft_cfg = replace(train_config, examples=finetune_examples, steps=None, seed=seed)
         if finetune_lr is not None:
             ft_cfg = replace(ft_cfg, lr=finetune_lr, sparse_lr=finetune_lr)
+        sums = supernet.extract_like(arch, adagrad_sums) if adagrad_sums else None
         try:
-            examples = train(model, data, ft_cfg).examples
+            examples = train(model, data, ft_cfg, adagrad_sums=sums).examples
         except TrainingDiverged as err:
             return EvalResult(arch.arch_id, Status.FAILED, metrics,
                               examples=min(err.step * train_config.batch_size,

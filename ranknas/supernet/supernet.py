@@ -293,6 +293,41 @@ class Supernet(nn.Module):
         model.head.bias.copy_(self.head_bias)
         return model.train(self.training)
 
+    @torch.no_grad()
+    def extract_like(self, arch: Architecture,
+                     values: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Slice per-parameter tensors shaped like the supernet's (e.g. Adagrad accumulators)
+        as :meth:`extract` slices the weights.
+
+        Args:
+            arch: The architecture.
+            values: Supernet parameter name -> tensor of that parameter's shape; parameters
+                not named count as zeros.
+
+        Returns:
+            The standalone model's parameter name -> its slice of ``values``.
+
+        Raises:
+            ConfigError: an unknown name or a wrong shape.
+        """
+        params = dict(self.named_parameters())
+        unknown = sorted(set(values) - set(params))
+        if unknown:
+            raise ConfigError("values", f"{unknown[0]!r} is not a supernet parameter")
+        saved = {name: p.data for name, p in params.items()}
+        try:
+            for name, p in params.items():
+                value = values.get(name)
+                if value is not None and value.shape != p.shape:
+                    raise ConfigError(name, f"shape {tuple(value.shape)} is not the "
+                                            f"parameter's {tuple(p.shape)}")
+                p.data = torch.zeros_like(p) if value is None else value
+            model = self.extract(arch)
+        finally:
+            for name, data in saved.items():
+                params[name].data = data
+        return {name: t.detach() for name, t in model.named_parameters()}
+
     # -- parameter groups -----------------------------------------------------------------
     def active_modules(self, arch: Architecture) -> tuple[str, ...]:
         """``module_key`` of every elastic op ``arch`` runs."""

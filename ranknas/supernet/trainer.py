@@ -266,6 +266,27 @@ class SupernetTrainer:
             opt.step()
         return value
 
+    def adagrad_sums(self) -> dict[str, torch.Tensor] | None:
+        """Supernet parameter name -> its Adagrad accumulator (None unless Adagrad), for
+        fine-tuning that continues this optimizer
+        (:func:`~ranknas.supernet.scoring.score_on_supernet`)."""
+        if self.config.optimizer != "adagrad":
+            return None
+        names = {id(p): n for n, p in self.supernet.named_parameters()}
+        table = self.supernet.embedding.table.weight
+        if self.masked is not None:
+            pairs = list(zip(self.masked.params, self.masked.sums, strict=True))
+            pairs.append((table, self.masked.table.state))
+        elif self.config.embedding_update == "index":
+            dense = [p for p in self.supernet.dense_parameters()]
+            pairs = [*zip(dense, self._fast_state["dense"], strict=True),
+                     (table, self._fast_state["table"])]
+        else:
+            pairs = [(p, opt.state[p]["sum"]) for opt in self.optimizers
+                     for group in opt.param_groups for p in group["params"]
+                     if "sum" in opt.state.get(p, {})]
+        return {names[id(p)]: s for p, s in pairs if s is not None}
+
     # -- scoring --------------------------------------------------------------------------
     def score(self, arch: Architecture, split: str = "valid") -> dict[str, float | int]:
         """NE, log loss and AUC of the supernet on path ``arch`` over a whole split.

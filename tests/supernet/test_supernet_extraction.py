@@ -76,3 +76,21 @@ def test_train_mode_matches_too(shared_supernet, batch):
             assert diff <= TOL
     finally:
         supernet.eval()
+
+
+def test_extract_like_slices_other_tensors_as_the_weights():
+    from ranknas.spaces import load_space
+    from ranknas.supernet import Supernet
+
+    space = load_space("nasrec_small")
+    supernet = Supernet(space, seed=0)
+    arch = space.sample(random.Random(0))
+    weights = {n: p.detach().clone() for n, p in supernet.named_parameters()}
+    model = supernet.extract(arch)
+    same = supernet.extract_like(arch, weights)
+    for name, p in model.named_parameters():
+        assert torch.equal(same[name], p), name
+    only_head = supernet.extract_like(arch, {"head_bias": torch.ones(1)})
+    assert float(only_head["head.bias"]) == 1.0
+    assert all(float(t.abs().sum()) == 0 for n, t in only_head.items() if n != "head.bias")
+    assert torch.equal(supernet.head_bias, weights["head_bias"])  # the supernet is untouched

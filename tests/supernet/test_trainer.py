@@ -202,3 +202,30 @@ def test_late_checked_divergence_names_the_first_bad_step(space, data, options):
     with pytest.raises(TrainingDiverged) as err:
         trainer.train(2000)
     assert err.value.step == 4 and "after step 7" in str(err.value)
+
+
+@pytest.mark.parametrize("options", [{}, {"embedding_update": "index"}, {"execution": "masked"}])
+def test_finetuning_can_continue_the_supernet_adagrad_state(space, data, options):
+    from dataclasses import replace
+
+    from ranknas.evaluator.training import TrainConfig
+    from ranknas.supernet.scoring import score_on_supernet
+
+    trainer = _trainer(space, data, **options)
+    trainer.train(1000)
+    sums = trainer.adagrad_sums()
+    params = dict(trainer.supernet.named_parameters())
+    assert sums and set(sums) <= set(params)
+    assert all(sums[n].shape == params[n].shape for n in sums)
+    assert "embedding.table.weight" in sums and float(sums["embedding.table.weight"].sum()) > 0
+    arch = trainer.sampler.sample(0)
+    sliced = trainer.supernet.extract_like(arch, sums)
+    model = trainer.supernet.extract(arch)
+    assert set(sliced) == {n for n, _ in model.named_parameters()}
+    # huge accumulators freeze fine-tuning: continuing them must barely move the weights
+    huge = {n: torch.full_like(t, 1e12) for n, t in sums.items()}
+    cfg = replace(TrainConfig(examples=400, batch_size=200, lr=0.05), seed=0)
+    frozen = score_on_supernet(trainer.supernet, space, arch, data, cfg, finetune="whole",
+                               finetune_examples=400, adagrad_sums=huge)
+    fresh = score_on_supernet(trainer.supernet, space, arch, data, cfg, finetune="none")
+    assert frozen.metrics["ne"] == pytest.approx(fresh.metrics["ne"], abs=1e-4)
