@@ -88,6 +88,8 @@ class OneShot(Strategy):
             (Kendall τ ~0 in ``benchmarks/RESULTS.md``).
         finetune_examples: Fine-tuning examples per candidate (0 with ``finetune="none"``).
         finetune_lr: Fine-tuning learning rate; None: the run's train lr.
+        finetune_continue: Fine-tune from the supernet's Adagrad accumulators (sliced per
+            candidate) rather than empty ones; needs the adagrad optimizer.
         top_k: Distinct best candidates proposed for retraining from scratch (stage 3).
         supernet_lr: Learning rate of supernet training; None: the run's train lr.
         supernet_train: Execution of supernet training (``SupernetTrainConfig`` fields
@@ -107,7 +109,7 @@ class OneShot(Strategy):
                  inner: str = "evolution", inner_options: dict | None = None,
                  candidates: int = 100, finetune: str = "last", finetune_examples: int = 20_000,
                  top_k: int = 3, supernet_lr: float | None = None,
-                 finetune_lr: float | None = None,
+                 finetune_lr: float | None = None, finetune_continue: bool = False,
                  supernet_train: dict | None = None) -> None:
         super().__init__(space, objectives, seed)
         from ranknas.supernet.samplers import SAMPLERS
@@ -147,6 +149,10 @@ class OneShot(Strategy):
         self.top_k = top_k
         self.supernet_lr = supernet_lr
         self.finetune_lr = finetune_lr
+        if not isinstance(finetune_continue, bool):
+            raise ConfigError(f"{WHERE}.finetune_continue", f"expected true or false, got "
+                              f"{finetune_continue!r}")
+        self.finetune_continue = finetune_continue
         self.supernet_train = dict(supernet_train or {})
         unknown = sorted(set(self.supernet_train) - set(SUPERNET_TRAIN_OPTIONS))
         if unknown:
@@ -159,6 +165,7 @@ class OneShot(Strategy):
         self._make_sampler(None)  # likewise for the sampler options
         self._job: Any = None
         self._wrap_inner: Callable[[Strategy], Strategy] | None = None
+        self._sums: dict | None = None  # the supernet's Adagrad state, while scoring
         self.stage = "init"  # init -> retrain -> done
         self.candidates_scored: list[dict[str, Any]] = []
         self.queue: list[dict[str, Any]] = []
@@ -282,6 +289,10 @@ class OneShot(Strategy):
                                 "examples": out["examples"], "steps": out["steps"],
                                 "loss": out["loss"], "seconds": time.perf_counter() - start})
             start = time.perf_counter()
+            self._sums = trainer.adagrad_sums() if self.finetune_continue else None
+            if self.finetune_continue and self._sums is None:
+                raise ConfigError(f"{WHERE}.finetune_continue", "needs train.optimizer "
+                                  f"adagrad, not {cfg.optimizer!r}")
             inner = self._make_inner()
             if self._wrap_inner is not None:
                 inner = self._wrap_inner(inner)
@@ -302,6 +313,7 @@ class OneShot(Strategy):
                         "arch": proposal.arch.to_json(), "arch_id": proposal.arch.arch_id,
                         "ne": result.metrics["ne"], "flops": result.metrics["flops"],
                         "params": result.metrics["params"], "metrics": dict(result.metrics)})
+            self._sums = None  # full-size optimizer state: not kept past scoring
             self.stages.append({"stage": "search", "status": "ok", "examples": finetuned,
                                 "candidates": len(self.candidates_scored),
                                 "seconds": time.perf_counter() - start})
@@ -319,7 +331,7 @@ class OneShot(Strategy):
 
         return score_on_supernet(supernet, self.space, arch, data, cfg, finetune=self.finetune,
                                  finetune_examples=self.finetune_examples,
-                                 finetune_lr=self.finetune_lr,
+                                 finetune_lr=self.finetune_lr, adagrad_sums=self._sums,
                                  seed=_derived_seed(self.seed, "finetune"))
 
     # -- stage 3 --------------------------------------------------------------------------

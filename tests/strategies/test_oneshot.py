@@ -201,6 +201,13 @@ def test_bad_nested_options_name_the_field(job):
         make_strategy("oneshot", space, NE, supernet_train={"compile": True})
 
 
+def test_finetuning_that_continues_the_supernet_optimizer_runs(job):
+    strategy = _make(job, candidates=2, finetune_continue=True)
+    assert _drain(strategy) and strategy._sums is None
+    with pytest.raises(ConfigError, match=r"strategies\[\]\.finetune_continue"):
+        _make(job, finetune_continue="yes")
+
+
 def test_masked_supernet_training_runs_the_same_stages(job):
     strategy = _make(job, candidates=3, finetune="none", finetune_examples=0,
                      supernet_train={"execution": "masked"})
