@@ -108,8 +108,6 @@ def _scatter(rows: list[dict[str, Any]], summary: dict[str, Any], path: Path) ->
 def _log_mlflow(config: Any, out: Path, options: dict[str, Any], rows: list[dict[str, Any]],
                 summary: dict[str, Any], files: Sequence[Path]) -> str:
     """One run in experiment ``<name>-rankcorr``: params, summary metrics, per-arch steps."""
-    import mlflow
-
     from ranknas.reports.tracking import MlflowTracker
 
     tracker = MlflowTracker(config.tracking.get("uri"), out, f"{config.name}-rankcorr")
@@ -117,20 +115,16 @@ def _log_mlflow(config: Any, out: Path, options: dict[str, Any], rows: list[dict
     tracker.start_study({"config": config.to_json(), "rankcorr": options}, resume=False,
                         backfill=False)
     run_id = tracker.parent_run_id
-    now = int(time.time() * 1000)
-    metrics = [mlflow.entities.Metric(f"{variant}.{name}{suffix}", stat[key], now, 0)
-               for variant in [*variants(options["finetune"]),
-                               *(["standalone_repeat"] if "standalone_repeat" in summary else [])]
-               for name, stat in summary[variant].items()
-               for key, suffix in (("value", ""), ("lo", ".lo"), ("hi", ".hi"))
-               if math.isfinite(stat[key])]
-    for i, row in enumerate(rows):
-        for key in ("standalone_ne", *(k for k in row if k.startswith("supernet_ne_"))):
-            if math.isfinite(row[key]):
-                metrics.append(mlflow.entities.Metric(key, row[key], now, i))
-    metrics.append(mlflow.entities.Metric("archs_used", float(summary["archs_used"]), now, 0))
-    for start in range(0, len(metrics), 500):
-        tracker.client.log_batch(run_id, metrics=metrics[start:start + 500])
+    stats = [name for name, value in summary.items()
+             if isinstance(value, dict) and "kendall_tau" in value]
+    series: dict[str, list[tuple[int, float]]] = {
+        f"{variant}.{name}{suffix}": [(0, stat[key])]
+        for variant in stats for name, stat in summary[variant].items()
+        for key, suffix in (("value", ""), ("lo", ".lo"), ("hi", ".hi"))}
+    for key in ("standalone_ne", *(k for k in rows[0] if k.startswith("supernet_ne_"))):
+        series[key] = [(i, row[key]) for i, row in enumerate(rows)]  # step = architecture
+    series["archs_used"] = [(0, float(summary["archs_used"]))]
+    tracker.log_series(series)  # non-finite values are skipped
     tracker.client.set_tag(run_id, "ranknas.role", "rankcorr")
     for path in files:
         tracker.log_artifacts(path)

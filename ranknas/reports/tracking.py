@@ -27,7 +27,6 @@ import json
 import logging
 import math
 import os
-import re
 import time
 import urllib.error
 import urllib.request
@@ -39,13 +38,11 @@ from typing import Any
 from ranknas.errors import ConfigError
 from ranknas.evaluator.results import Status
 from ranknas.execution.journal import TrialRecord
+from ranknas.reports.mlflow_keys import MAX_PARAM, MAX_TAG, as_text, clip, flatten, metric_key
 
 _log = logging.getLogger(__name__)
 STATE_FILE = "mlflow_run.json"
 PARENT_TAG = "mlflow.parentRunId"
-_MAX_KEY = 250
-_MAX_PARAM = 6000
-_MAX_TAG = 8000
 _BATCH = 100
 _RUN_STATUS = {Status.OK: "FINISHED", Status.FAILED: "FAILED", Status.INFEASIBLE: "KILLED",
                Status.PRUNED: "KILLED"}
@@ -65,34 +62,6 @@ def _mlflow() -> Any:
 def local_store_uri(out_dir: str | Path) -> str:
     """The embedded store of a study folder: ``sqlite:///<abs OUT>/mlflow.db``."""
     return f"sqlite:///{(Path(out_dir).resolve() / 'mlflow.db').as_posix()}"
-
-
-def _clip(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _key(name: str) -> str:
-    """A valid MLflow key: letters, digits, ``_ - . / space`` only; at most 250 characters."""
-    return _clip(re.sub(r"[^\w\-. /]", "_", str(name)), _MAX_KEY)
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    return json.dumps(value, sort_keys=True, default=str)
-
-
-def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
-    """``{"train": {"lr": 0.1}}`` -> ``{"train.lr": "0.1"}``; lists become JSON, values are
-    clipped to MLflow's parameter length."""
-    out: dict[str, str] = {}
-    for k, v in config.items():
-        name = f"{prefix}{k}"
-        if isinstance(v, Mapping) and v:
-            out.update(flatten(v, f"{name}."))
-        else:
-            out[_key(name)] = _clip(_text(v), _MAX_PARAM)
-    return out
 
 
 @contextmanager
@@ -362,18 +331,18 @@ class MlflowTracker:
                 "ranknas.strategy": record.strategy, "ranknas.trial_id": str(record.trial_id),
                 "ranknas.arch_id": res.arch_id, "ranknas.status": res.status.value}
         if res.reason:
-            tags["ranknas.reason"] = _clip(res.reason, _MAX_TAG)
+            tags["ranknas.reason"] = clip(res.reason, MAX_TAG)
         run = self.client.create_run(self.experiment_id, run_name=f"{record.run}-{record.trial_id}",
                                      tags=tags)
         run_id = run.info.run_id
         choices = record.arch.get("choices", {}) if choices is None else choices
-        params = [mlflow.entities.Param(_key(k), _clip(_text(v), _MAX_PARAM))
+        params = [mlflow.entities.Param(metric_key(k), clip(as_text(v), MAX_PARAM))
                   for k, v in sorted(choices.items())]
         values = {**res.metrics, "seconds": res.seconds, "examples": float(res.examples),
                   "examples_total": float(record.examples_total),
                   "seconds_total": record.seconds_total}
         now = int(time.time() * 1000)
-        metrics = [mlflow.entities.Metric(_key(k), float(v), now, step=record.trial_id)
+        metrics = [mlflow.entities.Metric(metric_key(k), float(v), now, step=record.trial_id)
                    for k, v in values.items() if math.isfinite(float(v))]
         for chunk in _chunks(params):
             self.client.log_batch(run_id, params=chunk)
@@ -406,7 +375,7 @@ class MlflowTracker:
         are skipped."""
         mlflow, parent = _mlflow(), self._require_study()
         now = int(time.time() * 1000)
-        metrics = [mlflow.entities.Metric(_key(prefix + name), float(value), now, int(step))
+        metrics = [mlflow.entities.Metric(metric_key(prefix + name), float(value), now, int(step))
                    for name, points in series.items() for step, value in points
                    if math.isfinite(value)]
         for chunk in _chunks(metrics):

@@ -38,7 +38,23 @@ from ranknas.supernet.masked import PathTensors, program
 from ranknas.supernet.masked_base import Slot
 from ranknas.supernet.supernet import Supernet
 
-__all__ = ["MaskedStep"]
+__all__ = ["MaskedStep", "copy_adagrad_state"]
+
+
+@torch.no_grad()
+def copy_adagrad_state(into: dict, saved: dict) -> None:
+    """Copy Adagrad state ``{"dense": [sums] or None, "table": sums or None}`` into ``into``'s
+    buffers, in place: a captured CUDA graph keeps reading them.
+
+    Raises:
+        ConfigError: one side is Adagrad and the other is not.
+    """
+    if (into["dense"] is None) != (saved["dense"] is None):
+        raise ConfigError("checkpoint", "optimizer kinds differ from this trainer's")
+    for buf, value in zip(into["dense"] or [], saved["dense"] or [], strict=True):
+        buf.copy_(value)
+    if into["table"] is not None:
+        into["table"].copy_(saved["table"])
 
 
 class MaskedStep:
@@ -96,15 +112,9 @@ class MaskedStep:
         """Optimizer state: Adagrad sums of the dense parameters and of the table."""
         return {"dense": self.sums, "table": self.table.state}
 
-    @torch.no_grad()
     def load_state_dict(self, state: dict) -> None:
         """Restore :meth:`state_dict` output in place (buffers a CUDA graph reads stay put)."""
-        if (state["dense"] is None) != (self.sums is None):
-            raise ConfigError("checkpoint", "optimizer kinds differ from this trainer's")
-        for buf, value in zip(self.sums or [], state["dense"] or [], strict=True):
-            buf.copy_(value)
-        if self.table.state is not None:
-            self.table.state.copy_(state["table"])
+        copy_adagrad_state(self.state_dict(), state)
 
     def _loss(self, dense: torch.Tensor, rows: torch.Tensor, labels: torch.Tensor,
               floats: torch.Tensor, ints: torch.Tensor) -> torch.Tensor:

@@ -9,13 +9,17 @@ from __future__ import annotations
 import math
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ranknas.errors import ConfigError, TrainingDiverged
 from ranknas.evaluator.results import EvalResult, Status
 from ranknas.spaces.architecture import Architecture
 from ranknas.spaces.space import SearchSpace
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["FINETUNE_MODES", "block_of", "score_on_supernet"]
 
@@ -43,7 +47,7 @@ def _freeze_all_but(model: Any, graph: Any, last_block: bool) -> None:
 def score_on_supernet(supernet: Any, space: SearchSpace, arch: Architecture, data: Any,
                       train_config: Any, *, finetune: str = "none", finetune_examples: int = 0,
                       finetune_lr: float | None = None, seed: int = 0,
-                      adagrad_sums: Any = None) -> EvalResult:
+                      adagrad_sums: Mapping[str, torch.Tensor] | None = None) -> EvalResult:
     """Extract ``arch`` from ``supernet``, fine-tune the copy per ``finetune``, score on valid.
 
     The supernet itself is never modified (``Supernet.extract`` returns a copy).

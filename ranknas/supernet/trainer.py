@@ -44,6 +44,7 @@ from ranknas.evaluator.data.schema import Batch
 from ranknas.evaluator.fast_train import build_optimizers
 from ranknas.evaluator.training import evaluate
 from ranknas.spaces.architecture import Architecture
+from ranknas.supernet.masked_step import copy_adagrad_state
 from ranknas.supernet.samplers import PathSampler
 from ranknas.supernet.supernet import Supernet
 from ranknas.supernet.train_config import SupernetTrainConfig, check_int
@@ -278,7 +279,7 @@ class SupernetTrainer:
             pairs = list(zip(self.masked.params, self.masked.sums, strict=True))
             pairs.append((table, self.masked.table.state))
         elif self.config.embedding_update == "index":
-            dense = [p for p in self.supernet.dense_parameters()]
+            dense = self.supernet.dense_parameters()
             pairs = [*zip(dense, self._fast_state["dense"], strict=True),
                      (table, self._fast_state["table"])]
         else:
@@ -332,12 +333,7 @@ class SupernetTrainer:
         if self.masked is not None:
             self.masked.load_state_dict(state["optimizers"][0])
         elif self.config.embedding_update == "index":
-            saved, own = state["optimizers"][0], self._fast_state
-            with torch.no_grad():
-                for buf, value in zip(own["dense"] or [], saved["dense"] or [], strict=True):
-                    buf.copy_(value)
-                if own["table"] is not None:
-                    own["table"].copy_(saved["table"])
+            copy_adagrad_state(self._fast_state, state["optimizers"][0])
         else:
             for opt, opt_state in zip(self.optimizers, state["optimizers"], strict=True):
                 opt.load_state_dict(opt_state)

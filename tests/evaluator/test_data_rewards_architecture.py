@@ -1,6 +1,5 @@
 """The synthetic default rewards architecture: an interaction model beats logistic regression."""
 
-import torch
 
 from ranknas.evaluator.data import make_synthetic
 from ranknas.evaluator.training import TrainConfig, evaluate, train
@@ -21,22 +20,17 @@ def sensible_nasrec_full(space):
     return space.canonicalize(values)
 
 
-def test_nasrec_full_beats_logistic_regression_on_synthetic_data():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # bit-stable reductions, and fast for models this small
-    try:
-        data = make_synthetic(330_000, seed=0)
-        config = TrainConfig(steps=2000, batch_size=128, lr=0.02, seed=0)  # < 1 epoch
-        lr_space = space_from_dict({"name": "logistic_regression", "blocks": [
-            {"id": "linear", "ops": ["concat"], "inputs": ["dense", "sparse"]}]})
-        full = load_space("nasrec_full")
-        scores = {}
-        for name, space, arch in (("lr", lr_space, lr_space.canonicalize({})),
-                                  ("nasrec", full, sensible_nasrec_full(full))):
-            model = build_model(space, arch, data.schema, seed=0)
-            train(model, data, config)
-            scores[name] = evaluate(model, data.valid, data.background_ctr)["ne"]
-    finally:
-        torch.set_num_threads(threads)
+def test_nasrec_full_beats_logistic_regression_on_synthetic_data(one_thread):
+    data = make_synthetic(330_000, seed=0)
+    config = TrainConfig(steps=2000, batch_size=128, lr=0.02, seed=0)  # < 1 epoch
+    lr_space = space_from_dict({"name": "logistic_regression", "blocks": [
+        {"id": "linear", "ops": ["concat"], "inputs": ["dense", "sparse"]}]})
+    full = load_space("nasrec_full")
+    scores = {}
+    for name, space, arch in (("lr", lr_space, lr_space.canonicalize({})),
+                              ("nasrec", full, sensible_nasrec_full(full))):
+        model = build_model(space, arch, data.schema, seed=0)
+        train(model, data, config)
+        scores[name] = evaluate(model, data.valid, data.background_ctr)["ne"]
     assert scores["nasrec"] < scores["lr"] - 0.005, scores
     assert scores["lr"] < 0.95, scores  # and both learn something

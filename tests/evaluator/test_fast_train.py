@@ -10,6 +10,7 @@ from ranknas.errors import ConfigError
 from ranknas.evaluator.data import make_synthetic
 from ranknas.evaluator.tiny_attention import tiny_head_attention
 from ranknas.evaluator.training import TrainConfig, train
+from ranknas.execution.standalone import torch_threads
 from ranknas.spaces import build_model, load_space
 from ranknas.spaces.nasrec_json import from_nasrec_json
 
@@ -18,14 +19,14 @@ FULL_BEST = Path(__file__).parents[3] / "shared" / "nasrec-configs" / "criteo_fu
 
 @pytest.fixture(scope="module")
 def setup():
-    torch.set_num_threads(1)
-    data = make_synthetic(3000, seed=0)
-    space = load_space("nasrec_full")
-    if FULL_BEST.exists():  # has transformers: exercises the fused attention too
-        arch = from_nasrec_json(space, json.loads(FULL_BEST.read_text()))
-    else:
-        arch = space.sample(__import__("random").Random(0))
-    return data, space, arch
+    with torch_threads(1):  # for the whole module, restored after it
+        data = make_synthetic(3000, seed=0)
+        space = load_space("nasrec_full")
+        if FULL_BEST.exists():  # has transformers: exercises the fused attention too
+            arch = from_nasrec_json(space, json.loads(FULL_BEST.read_text()))
+        else:
+            arch = space.sample(__import__("random").Random(0))
+        yield data, space, arch
 
 
 def trained(setup, steps=6, **options):

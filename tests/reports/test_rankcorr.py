@@ -6,7 +6,6 @@ import json
 import math
 
 import pytest
-import torch
 
 from ranknas.config import config_from_dict
 from ranknas.errors import ConfigError
@@ -19,12 +18,7 @@ TINY = {"name": "rankcorr-test", "space": "dlrm",
         "tracking": {"uri": None}}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_statistics_perfect_and_reversed_rankings():

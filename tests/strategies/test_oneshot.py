@@ -12,6 +12,7 @@ import torch
 from ranknas.errors import ConfigError
 from ranknas.evaluator.results import EvalResult, Objective, Status
 from ranknas.execution.base import EvalJob
+from ranknas.execution.standalone import torch_threads
 from ranknas.strategies import make_strategy
 from ranknas.strategies.oneshot import OneShot
 
@@ -20,12 +21,7 @@ OPTIONS = {"supernet_examples": 2048, "candidates": 6, "top_k": 2, "finetune": "
 NE = (Objective.named("ne"),)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -52,13 +48,9 @@ def _drain(strategy):
 
 @pytest.fixture(scope="module")
 def run(job):
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         strategy = _make(job)
         return strategy, _drain(strategy)
-    finally:
-        torch.set_num_threads(before)
 
 
 def test_proposes_top_k_then_none(run, job):

@@ -14,11 +14,8 @@ BATCH = 4
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_thread):
+    """Every supernet test runs on one thread (the root conftest's ``one_thread``)."""
 
 
 @pytest.fixture(scope="session")
