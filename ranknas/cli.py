@@ -164,7 +164,8 @@ def cmd_rank_corr(args: argparse.Namespace) -> int:
                          supernet_lr=args.supernet_lr, standalone_from=args.standalone_from,
                          standalone_seeds=args.standalone_seeds,
                          finetune_continue=args.finetune_continue,
-                         bootstrap=args.bootstrap, seed=args.seed, progress=not args.quiet,
+                         bootstrap=args.bootstrap, workers=args.workers, seed=args.seed,
+                         progress=not args.quiet,
                          **options)
     print(f"results: {Path(args.out) / 'rankcorr.json'}")
     return 0
@@ -270,6 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
     rc.add_argument("--standalone-from", default=None, metavar="RANKCORR_JSON",
                     help="reuse the standalone NEs of an earlier run with the same settings")
     rc.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples of the CIs")
+    rc.add_argument("--workers", type=int, default=1,
+                    help="processes for the standalone trainings and the supernet scoring "
+                         "(several can share one GPU); results do not depend on it")
     rc.add_argument("--seed", type=int, default=None, help="default: the config's seed")
     rc.add_argument("--set", action="append", metavar="KEY=VALUE",
                     help="override a config field, e.g. --set train.examples=20000")

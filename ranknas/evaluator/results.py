@@ -92,6 +92,10 @@ class EvalResult:
         object.__setattr__(self, "metrics", MappingProxyType(
             {k: float(v) for k, v in dict(self.metrics).items()}))
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # A MappingProxyType does not pickle; results cross process boundaries as their JSON.
+        return (EvalResult.from_json, (self.to_json(),))
+
     @property
     def ok(self) -> bool:
         return self.status is Status.OK

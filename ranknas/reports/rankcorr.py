@@ -11,6 +11,8 @@
    two seeds (``standalone_repeat``): the noise ceiling a supernet's τ is measured against;
    (or reuses them from an earlier ``rankcorr.json`` made with the same space, data, training,
    seed, architecture count and budget: ``standalone_from``; seeds it lacks are trained);
+   every finished training is journaled in ``OUT/standalone.jsonl``, so a killed run started
+   again with the same ``OUT`` resumes (:mod:`~ranknas.reports.rankcorr_reuse`);
 3. trains one supernet (``sampler``, NASRec's ``any-path`` by default, optionally behind a
    full-path warm-up) on ``supernet_examples`` and scores every architecture on it with
    :func:`~ranknas.supernet.scoring.score_on_supernet`: without fine-tuning (inherited
@@ -28,14 +30,13 @@ standalone training.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import random
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,7 @@ import numpy as np
 
 from ranknas.errors import ConfigError
 from ranknas.reports.rank_statistics import STATISTICS, rank_statistics
+from ranknas.reports.rankcorr_reuse import StandaloneJournal, fingerprint_of, reused_rows
 
 __all__ = ["STATISTICS", "rank_statistics", "run_rank_correlation", "stratified_sample"]
 
@@ -150,35 +152,6 @@ def _derived(seed: int, tag: str) -> int:
     return random.Random(f"rankcorr-{tag}-{seed}").getrandbits(31)
 
 
-def _fingerprint(config: Any, seed: int, archs: int, standalone_examples: int | None) -> str:
-    """What the standalone NEs depend on: space, data, training, seed, sample size, budget."""
-    key = {"space": config.space, "data": config.data, "train": asdict(config.train_config()),
-           "seed": seed, "archs": archs, "standalone_examples": standalone_examples}
-    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _reused_rows(path: str | Path, fingerprint: str, sample: list[Any]) -> list[dict[str, Any]]:
-    """The standalone rows of an earlier ``rankcorr.json`` made with the same fingerprint."""
-    where = "standalone_from"
-    try:
-        doc = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as err:
-        raise ConfigError(where, f"cannot read {path}: {err}") from None
-    if doc.get("options", {}).get("standalone_fingerprint") != fingerprint:
-        raise ConfigError(where, f"{path} was made with another space, data, training, seed, "
-                          "architecture count or standalone budget; rerun without "
-                          "--standalone-from, or with the options it was made with")
-    keep = ("arch_id", "arch", "flops", "params", "standalone_examples", "standalone_status")
-    rows = []
-    for row in doc["rows"]:
-        nes = row.get("standalone_nes", [row["standalone_ne"]])
-        rows.append({**{k: row[k] for k in keep},
-                     "standalone_nes": [math.nan if v is None else v for v in nes]})
-    if [r["arch_id"] for r in rows] != [a.arch_id for a in sample]:
-        raise ConfigError(where, f"{path} holds other architectures than this sample")
-    return rows
-
-
 def run_rank_correlation(config: Any, out: str | Path, *, archs: int = 50,
                          standalone_examples: int | None = None,
                          supernet_examples: int = 200_000,
@@ -188,7 +161,7 @@ def run_rank_correlation(config: Any, out: str | Path, *, archs: int = 50,
                          sampler: str = "any-path",
                          warmup_steps: int = 0, supernet_lr: float | None = None,
                          standalone_from: str | Path | None = None, standalone_seeds: int = 1,
-                         bootstrap: int = 1000,
+                         bootstrap: int = 1000, workers: int = 1,
                          seed: int | None = None, progress: bool = True) -> dict[str, Any]:
     """Rank correlation of supernet scores (with and without fine-tuning) vs standalone NE.
 
@@ -215,6 +188,8 @@ def run_rank_correlation(config: Any, out: str | Path, *, archs: int = 50,
         standalone_seeds: Seeds (``seed``, ``seed + 1``, ...) each architecture is trained
             with standalone; its reference NE is their mean.
         bootstrap: Bootstrap resamples of the confidence intervals (0: none).
+        workers: Processes that run the standalone trainings and the supernet scoring
+            (:mod:`~ranknas.reports.rankcorr_workers`); the results do not depend on it.
         seed: Seeds sampling, supernet, fine-tuning and bootstrap; None: the config's seed.
             Standalone training uses ``seed``, ``seed + 1``, ...; the supernet and
             fine-tuning use seeds derived from it, so they share no batch order with it.
@@ -231,9 +206,9 @@ def run_rank_correlation(config: Any, out: str | Path, *, archs: int = 50,
             architectures with finite NEs.
     """
     from ranknas.execution.base import EvalJob
-    from ranknas.execution.standalone import StandaloneEvaluator, torch_threads
+    from ranknas.execution.standalone import torch_threads
+    from ranknas.reports import rankcorr_workers as pool
     from ranknas.supernet import Supernet, SupernetTrainConfig, SupernetTrainer, make_sampler
-    from ranknas.supernet.scoring import score_on_supernet
 
     _check_int("archs", archs, 2)
     _check_int("standalone_examples", standalone_examples, 1, optional=True)
@@ -242,6 +217,7 @@ def run_rank_correlation(config: Any, out: str | Path, *, archs: int = 50,
     _check_int("warmup_steps", warmup_steps, 0)
     _check_int("standalone_seeds", standalone_seeds, 1)
     _check_int("bootstrap", bootstrap, 0)
+    _check_int("workers", workers, 1)
     modes = [finetune] if isinstance(finetune, str) else list(finetune)
     if not modes or len(set(modes)) < len(modes) or set(modes) - {"head", "last", "whole"}:
         raise ConfigError("finetune", f"expected distinct modes among head, last, whole; got "
@@ -254,7 +230,7 @@ def run_rank_correlation(config: Any, out: str | Path, *, archs: int = 50,
     sampler_name, sampler_options = sampler, {}
     if warmup_steps:
         sampler_name, sampler_options = "warmup", {"warmup_steps": warmup_steps, "inner": sampler}
-    fingerprint = _fingerprint(config, seed, archs, standalone_examples)
+    fingerprint = fingerprint_of(config, seed, archs, standalone_examples)
     options = {"archs": archs, "standalone_examples": standalone_examples,
                "supernet_examples": supernet_examples, "finetune": modes,
                "finetune_examples": finetune_examples, "finetune_lr": finetune_lr,
@@ -262,13 +238,16 @@ def run_rank_correlation(config: Any, out: str | Path, *, archs: int = 50,
                "bootstrap": bootstrap, "seed": seed,
                "sampler": sampler, "warmup_steps": warmup_steps, "supernet_lr": supernet_lr,
                "standalone_seeds": standalone_seeds, "pool_factor": POOL_FACTOR,
+               "workers": workers,
                "standalone_fingerprint": fingerprint}
     say: Callable[[str], None] = (lambda m: print(m, file=sys.stderr, flush=True)) \
         if progress else (lambda m: None)
 
     train = asdict(config.train_config())
     train["seed"] = seed
-    ev = EvalJob(config.space, dict(config.data), train, seed).evaluator()
+    job = EvalJob(config.space, dict(config.data), train, seed)
+    ev = job.evaluator()
+    pool.seed_cache(job, ev)
     space, data, cfg = ev.space, ev.data, ev.train_config
     sample = stratified_sample(space, data.schema, archs, seed)
     make_sampler(sampler_name, space, seed, schema=data.schema, **sampler_options)  # fail early
@@ -277,24 +256,39 @@ def run_rank_correlation(config: Any, out: str | Path, *, archs: int = 50,
     rows: list[dict[str, Any]] = [{"arch_id": a.arch_id, "arch": a.to_json(),
                                    "standalone_nes": []} for a in sample]
     if standalone_from is not None:
-        rows = _reused_rows(standalone_from, fingerprint, sample)
+        rows = reused_rows(standalone_from, fingerprint, sample)
         say(f"standalone NEs of {len(rows)} architectures reused from {standalone_from}")
-    for r in range(standalone_seeds):
-        if all(len(row["standalone_nes"]) > r for row in rows):
-            continue
-        replica = ev if r == 0 else StandaloneEvaluator(
-            space, data, replace(cfg, seed=seed + r), seed=seed + r, threads=ev.threads)
-        for i, (row, arch) in enumerate(zip(rows, sample, strict=True)):
-            res = replica(arch, standalone_examples)
-            ne = float(res.metrics.get("ne", math.nan)) if res.ok else math.nan
-            row["standalone_nes"].append(ne)
-            row.update({"flops": float(res.metrics["flops"]), "params": res.metrics["params"],
-                        "standalone_examples": res.examples,
-                        "standalone_status": res.status.value})
-            say(f"[{i + 1}/{archs}] standalone seed {seed + r} {arch.arch_id}: NE {ne:.4f}")
-    for row in rows:
-        nes = row["standalone_nes"] = row["standalone_nes"][:standalone_seeds]
-        row["standalone_ne"] = sum(nes) / len(nes)  # nan if any seed failed
+    # nes[i][r]: architecture i's NE under seed + r, from standalone_from, then from this
+    # folder's journal (a killed run resumes), then trained; each new one is journaled.
+    nes = [dict(enumerate(row.pop("standalone_nes"))) for row in rows]
+    journal = StandaloneJournal(out / "standalone.jsonl", fingerprint)
+    for entry in journal.entries():
+        i = next((i for i, row in enumerate(rows) if row["arch_id"] == entry["arch_id"]), None)
+        if i is not None and entry["seed_index"] < standalone_seeds:
+            nes[i][entry["seed_index"]] = entry["ne"]
+            rows[i].update(entry["row"])
+    todo = [(r, i) for r in range(standalone_seeds) for i in range(len(rows)) if r not in nes[i]]
+    if len(todo) < standalone_seeds * len(rows):
+        say(f"standalone: {standalone_seeds * len(rows) - len(todo)} trainings reused, "
+            f"{len(todo)} to run")
+    done = 0
+
+    def standalone_done(k: int, res: Any) -> None:
+        nonlocal done
+        r, i = todo[k]
+        done += 1
+        nes[i][r] = ne = float(res.metrics.get("ne", math.nan)) if res.ok else math.nan
+        rows[i].update(journal.append(rows[i]["arch_id"], r, ne, res))
+        say(f"[{done}/{len(todo)}] standalone seed {seed + r} {rows[i]['arch_id']}: "
+            f"NE {ne:.4f} ({res.seconds:.1f} s)")
+
+    pool.run_tasks(pool.standalone_task,
+                   [(EvalJob(job.space, job.data, {**train, "seed": seed + r}, seed + r),
+                     sample[i], standalone_examples) for r, i in todo],
+                   workers, standalone_done)
+    for row, by_seed in zip(rows, nes, strict=True):
+        row["standalone_nes"] = [by_seed[r] for r in range(standalone_seeds)]
+        row["standalone_ne"] = sum(row["standalone_nes"]) / standalone_seeds  # nan if one failed
 
     with torch_threads(ev.threads):
         start = time.perf_counter()
@@ -316,16 +310,28 @@ def run_rank_correlation(config: Any, out: str | Path, *, archs: int = 50,
         sums = trainer.adagrad_sums() if finetune_continue else None
         if finetune_continue and sums is None:
             raise ConfigError("finetune_continue", "needs train.optimizer adagrad")
-        for i, (row, arch) in enumerate(zip(rows, sample, strict=True)):
-            for mode in ("none", *modes):
-                res = score_on_supernet(supernet, space, arch, data, cfg, finetune=mode,
-                                        finetune_examples=finetune_examples,
-                                        finetune_lr=finetune_lr, adagrad_sums=sums,
-                                        seed=_derived(seed, "finetune"))
-                key = "no_finetune" if mode == "none" else f"finetune_{mode}"
-                row[f"supernet_ne_{key}"] = float(res.metrics["ne"]) if res.ok else math.nan
-            say(f"[{i + 1}/{archs}] supernet {row['arch_id']}: NE " + " / ".join(
-                f"{v:.4f}" for k, v in row.items() if k.startswith("supernet_ne_")))
+    supernet_seed = _derived(seed, "supernet")
+    weights = (pool.keep_supernet(f"rankcorr-supernet-{id(supernet)}", supernet, sums)
+               if workers == 1 else pool.save_supernet(out / "supernet.pt", supernet, sums))
+    score_options = {"finetune_examples": finetune_examples, "finetune_lr": finetune_lr,
+                     "seed": _derived(seed, "finetune"), "continue": finetune_continue}
+    scored = 0
+
+    def scores_done(i: int, results: dict[str, Any]) -> None:
+        nonlocal scored
+        scored += 1
+        for mode, res in results.items():
+            key = "no_finetune" if mode == "none" else f"finetune_{mode}"
+            rows[i][f"supernet_ne_{key}"] = float(res.metrics["ne"]) if res.ok else math.nan
+        say(f"[{scored}/{archs}] supernet {rows[i]['arch_id']}: NE " + " / ".join(
+            f"{v:.4f}" for k, v in rows[i].items() if k.startswith("supernet_ne_")))
+
+    with torch_threads(ev.threads):
+        pool.run_tasks(pool.score_task,
+                       [(job, weights, supernet_seed, arch, ("none", *modes), score_options)
+                        for arch in sample], workers, scores_done)
+    if workers > 1:
+        Path(weights).unlink()  # outputs do not depend on the worker count
 
     names = variants(modes)
     usable = [r for r in rows if all(math.isfinite(r[k]) for k in

@@ -122,3 +122,46 @@ def test_standalone_results_are_reused_only_when_they_match(tmp_path):
     with pytest.raises(ConfigError, match="standalone_from"):
         run_rank_correlation(config, tmp_path / "c", archs=4,
                              standalone_from=tmp_path / "missing.json", progress=False)
+
+
+def test_workers_give_the_same_results_as_one_process(tmp_path):
+    config = config_from_dict(TINY)
+    kwargs = {"archs": 4, "supernet_examples": 1024, "finetune_examples": 256,
+              "standalone_seeds": 2, "bootstrap": 0, "progress": False}
+    one = run_rank_correlation(config, tmp_path / "one", **kwargs)
+    two = run_rank_correlation(config, tmp_path / "two", workers=2, **kwargs)
+    keys = ("arch_id", "standalone_nes", "supernet_ne_no_finetune", "supernet_ne_finetune_last")
+    assert [[r[k] for k in keys] for r in two["rows"]] == \
+        [[r[k] for k in keys] for r in one["rows"]]
+    assert not (tmp_path / "two/supernet.pt").exists()
+    with pytest.raises(ConfigError, match="workers"):
+        run_rank_correlation(config, tmp_path / "bad", workers=0, **kwargs)
+
+
+def test_a_killed_run_resumes_its_standalone_trainings(tmp_path, monkeypatch):
+    from ranknas.reports import rankcorr_workers
+
+    config = config_from_dict(TINY)
+    kwargs = {"archs": 4, "supernet_examples": 1024, "finetune_examples": 256,
+              "standalone_seeds": 2, "bootstrap": 0, "progress": False}
+    full = run_rank_correlation(config, tmp_path / "full", **kwargs)
+    real, calls = rankcorr_workers.standalone_task, []
+
+    def dies_after_three(*task):
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # the run is killed mid-way
+        calls.append(task)
+        return real(*task)
+
+    monkeypatch.setattr(rankcorr_workers, "standalone_task", dies_after_three)
+    with pytest.raises(KeyboardInterrupt):
+        run_rank_correlation(config, tmp_path / "cut", **kwargs)
+    journal = (tmp_path / "cut/standalone.jsonl").read_text().splitlines()
+    assert len(journal) == 3
+    (tmp_path / "cut/standalone.jsonl").write_text("\n".join(journal) + '\n{"torn')
+    calls.clear()
+    monkeypatch.setattr(rankcorr_workers, "standalone_task", lambda *t: calls.append(t) or real(*t))
+    resumed = run_rank_correlation(config, tmp_path / "cut", **kwargs)
+    assert len(calls) == 8 - 3  # only the missing trainings ran
+    assert [r["standalone_nes"] for r in resumed["rows"]] == \
+        [r["standalone_nes"] for r in full["rows"]]
