@@ -154,12 +154,17 @@ class StrategyConformance:
         strategy_options: Options passed to ``make_strategy``.
         rounds: Ask/tell rounds of the short checks.
         optimum_budget: Proposals allowed to find the toy optimum (random search needs ~100).
+        searches_told_results: False for a strategy that ranks by scores of its own (one-shot
+            ranks by its supernet) and proposes a finite plan: instead of finding the toy
+            optimum it must propose distinct architectures and then stop (``ask()`` returns
+            None) within ``optimum_budget``.
     """
 
     strategy_name: ClassVar[str] = ""
     strategy_options: ClassVar[Mapping[str, Any]] = {}
     rounds: ClassVar[int] = 30
     optimum_budget: ClassVar[int] = 150
+    searches_told_results: ClassVar[bool] = True
 
     @pytest.fixture
     def strategy_factory(self) -> StrategyFactory:
@@ -250,6 +255,13 @@ class StrategyConformance:
         space = toy_space()
         target = toy_optimum().arch_id
         strategy = strategy_factory(space, toy_objectives(), 0)
+        if not self.searches_told_results:
+            asked = run_loop(strategy, self.optimum_budget, _toy_result(space))
+            ids = [p.arch.arch_id for p in asked]
+            assert len(set(ids)) == len(ids), "a finite plan proposed an architecture twice"
+            assert len(asked) < self.optimum_budget, "a finite plan did not stop"
+            assert strategy.ask() is None, "ask() after the plan's end returned a proposal"
+            return
         best, asked = math.inf, 0
         while asked < self.optimum_budget:
             proposal = strategy.ask()
