@@ -36,7 +36,7 @@ import random
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -206,7 +206,7 @@ def run_rank_correlation(config: Any, out: str | Path, *, archs: int = 50,
             architectures with finite NEs.
     """
     from ranknas.execution.base import EvalJob
-    from ranknas.execution.standalone import torch_threads
+    from ranknas.execution.standalone import StandaloneEvaluator, torch_threads
     from ranknas.reports import rankcorr_workers as pool
     from ranknas.supernet import Supernet, SupernetTrainConfig, SupernetTrainer, make_sampler
 
@@ -247,7 +247,7 @@ def run_rank_correlation(config: Any, out: str | Path, *, archs: int = 50,
     train["seed"] = seed
     job = EvalJob(config.space, dict(config.data), train, seed)
     ev = job.evaluator()
-    pool.seed_cache(job, ev)
+    cached = [pool.seed_cache(job, ev)]  # released at the end: data and supernets are large
     space, data, cfg = ev.space, ev.data, ev.train_config
     sample = stratified_sample(space, data.schema, archs, seed)
     make_sampler(sampler_name, space, seed, schema=data.schema, **sampler_options)  # fail early
@@ -282,9 +282,14 @@ def run_rank_correlation(config: Any, out: str | Path, *, archs: int = 50,
         say(f"[{done}/{len(todo)}] standalone seed {seed + r} {rows[i]['arch_id']}: "
             f"NE {ne:.4f} ({res.seconds:.1f} s)")
 
+    replicas = {r: EvalJob(job.space, job.data, {**train, "seed": seed + r}, seed + r)
+                for r in range(1, standalone_seeds)}
+    if workers == 1:  # in this process, seed r shares seed 0's space and data
+        cached += [pool.seed_cache(replicas[r], StandaloneEvaluator(
+            space, data, replace(cfg, seed=seed + r), seed=seed + r, threads=ev.threads))
+            for r in replicas]
     pool.run_tasks(pool.standalone_task,
-                   [(EvalJob(job.space, job.data, {**train, "seed": seed + r}, seed + r),
-                     sample[i], standalone_examples) for r, i in todo],
+                   [(replicas.get(r, job), sample[i], standalone_examples) for r, i in todo],
                    workers, standalone_done)
     for row, by_seed in zip(rows, nes, strict=True):
         row["standalone_nes"] = [by_seed[r] for r in range(standalone_seeds)]
@@ -330,6 +335,7 @@ def run_rank_correlation(config: Any, out: str | Path, *, archs: int = 50,
         pool.run_tasks(pool.score_task,
                        [(job, weights, supernet_seed, arch, ("none", *modes), score_options)
                         for arch in sample], workers, scores_done)
+    pool.release(*cached, weights)
     if workers > 1:
         Path(weights).unlink()  # outputs do not depend on the worker count
 

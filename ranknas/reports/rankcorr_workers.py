@@ -20,8 +20,8 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
-__all__ = ["keep_supernet", "run_tasks", "save_supernet", "score_task", "seed_cache",
-           "standalone_task"]
+__all__ = ["keep_supernet", "release", "run_tasks", "save_supernet", "score_task",
+           "seed_cache", "standalone_task"]
 
 # Per process: evaluators by EvalJob state, supernets by weights file.
 _CACHE: dict[str, Any] = {}
@@ -31,9 +31,18 @@ def _key(job: Any) -> str:
     return json.dumps(job.__getstate__(), sort_keys=True, default=str)
 
 
-def seed_cache(job: Any, evaluator: Any) -> None:
-    """Let the calling process reuse an ``evaluator`` it already built for ``job``."""
-    _CACHE[_key(job)] = evaluator
+def seed_cache(job: Any, evaluator: Any) -> str:
+    """Let the calling process reuse an ``evaluator`` it already built for ``job``; the key
+    to :func:`release`."""
+    key = _key(job)
+    _CACHE[key] = evaluator
+    return key
+
+
+def release(*keys: str) -> None:
+    """Drop what this process cached under ``keys`` (data and supernets are large)."""
+    for key in keys:
+        _CACHE.pop(key, None)
 
 
 def keep_supernet(key: str, supernet: Any, adagrad_sums: Mapping[str, Any] | None) -> str:
