@@ -29,15 +29,13 @@ import time
 from pathlib import Path
 
 import torch
+from bench_common import ceilings, criteo_schema, random_data
 from torch import nn
 
 from ranknas.evaluator.data.schema import DataSchema
 from ranknas.spaces import Architecture, SearchSpace, build_model, load_space
 from ranknas.spaces.choices import Categorical
 from ranknas.supernet import Supernet
-
-CRITEO = (1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 93145, 5683, 8351593, 3194,
-          27, 14992, 5461306, 10, 5652, 2173, 4, 7046547, 18, 15, 286181, 105, 142572)
 
 
 def widest(space: SearchSpace, arch: Architecture) -> Architecture:
@@ -108,8 +106,6 @@ def measure_trainer(space: SearchSpace, schema: DataSchema, batch: int, steps: i
                     device: torch.device, variant: str) -> dict:
     """``SupernetTrainer`` end to end: a *new* uniformly sampled path every step (plans and
     encodings are not reused), on-device random data, Adagrad."""
-    from train_throughput import random_data
-
     from ranknas.supernet import SupernetTrainConfig, SupernetTrainer, make_sampler
 
     data = random_data(schema, 1 << 20, device)
@@ -293,7 +289,7 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     space = load_space("nasrec_full")
-    schema = DataSchema(13, tuple(min(c, 500_000) for c in CRITEO), "criteo-capped")
+    schema = criteo_schema()
     rng = random.Random(0)
     archs = [space.sample(rng) for _ in range(args.paths)]
     fresh = [space.sample(rng) for _ in range(2 * args.steps)]
@@ -301,7 +297,6 @@ def main() -> None:
     if device.type == "cuda":
         result["gpu"] = torch.cuda.get_device_name(device)
     if args.masked:
-        from train_throughput import ceilings  # the sibling benchmark's ceiling probes
 
         ceil = ceilings(device)
         cost = masked_cost(space, schema, archs[0], device)

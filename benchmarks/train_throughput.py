@@ -17,11 +17,7 @@ step (FLOPs and bytes) and compares NE / train loss of fp32 and bf16 on learnabl
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import math
-import os
-import platform
 import statistics
 import sys
 import time
@@ -32,17 +28,21 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench_common import (
+    ceilings,
+    criteo_schema,
+    cuda_time,
+    environment,
+    random_data,
+    teacher_data,
+)
+
 from ranknas.evaluator.data.base import CTRData
 from ranknas.evaluator.data.schema import Batch, DataSchema
 from ranknas.evaluator.training import TrainConfig, evaluate, train
 from ranknas.spaces import build_model, load_space
 from ranknas.spaces.nasrec_json import from_nasrec_json
 
-#: Criteo Kaggle (Display Advertising Challenge) rows per sparse field C1..C26.
-CRITEO_CARDINALITIES = (
-    1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 93145, 5683, 8351593, 3194, 27, 14992,
-    5461306, 10, 5652, 2173, 4, 7046547, 18, 15, 286181, 105, 142572)
-CAP = 500_000
 #: NASRec's own code training this architecture on one H200 (examples/s).
 NASREC_REFERENCE = {512: 21_000, 4096: 114_000}
 TARGET = 1_000_000  # examples/s at B=4096 on one H100/H200
@@ -82,93 +82,13 @@ GPU_NE_VARIANTS = ("eager", "compile+graph+fa", "compile+graph+tf32+fa",
 PROFILE_VARIANTS = ("compile+graph+tf32+fa",)  # profiled without the CUDA graph
 
 
-def criteo_schema() -> DataSchema:
-    return DataSchema(13, tuple(min(c, CAP) for c in CRITEO_CARDINALITIES), "criteo-capped")
-
-
 def load_arch(space, path: Path = ARCH_JSON):
     if not path.exists():
         raise SystemExit(f"{path} not found: pass --arch PATH to criteo_full_best.json")
     return from_nasrec_json(space, json.loads(path.read_text()))
 
 
-# -- data ----------------------------------------------------------------------------------
-def _ids(schema: DataSchema, rows: int, device: torch.device, gen: torch.Generator,
-         skew: float = 1.0) -> torch.Tensor:
-    cards = torch.tensor(schema.cardinalities, device=device, dtype=torch.float64)
-    u = torch.rand(rows, schema.num_sparse, device=device, generator=gen, dtype=torch.float64)
-    return (u.pow(skew) * cards).long().clamp_(max=cards.long() - 1)
-
-
-def random_data(schema: DataSchema, rows: int, device: torch.device, seed: int = 0) -> CTRData:
-    """Uniform random ids and labels, made on ``device`` (no loading)."""
-    gen = torch.Generator(device=device).manual_seed(seed)
-    dense = torch.randn(rows, schema.num_dense, device=device, generator=gen)
-    labels = (torch.rand(rows, device=device, generator=gen) < 0.25).float()
-    full = Batch(dense, _ids(schema, rows, device, gen), labels)
-    small = Batch(dense[:1024], full.sparse[:1024], labels[:1024])
-    return CTRData(schema, full, small, small)
-
-
-def teacher_data(schema: DataSchema, rows: int, device: torch.device, seed: int = 1) -> CTRData:
-    """Learnable data: skewed ids (heads repeat), first-order id effects, two field-pair
-    interactions, linear + nonlinear dense terms; labels ~ Bernoulli(sigmoid(logit))."""
-    gen = torch.Generator(device=device).manual_seed(seed)
-    dense = torch.randn(rows, schema.num_dense, device=device, generator=gen)
-    ids = _ids(schema, rows, device, gen, skew=4.0)  # P(small id) high
-    phase = torch.rand(4, schema.num_sparse, device=device, generator=gen) * 6.28
-    x = ids.double()
-    first = (0.6 * torch.sin(x * 0.37 + phase[0])).sum(1) / math.sqrt(schema.num_sparse) * 2
-    v = torch.sin(x * 0.11 + phase[1])
-    pairs = 0.8 * (v[:, 0] * v[:, 1] + v[:, 2] * v[:, 3] + v[:, 10] * v[:, 11])
-    w = torch.randn(schema.num_dense, device=device, generator=gen) * 0.3
-    logit = (first + pairs).float() + dense @ w + 0.5 * torch.tanh(dense[:, 0] * dense[:, 1])
-    logit = logit - 1.2
-    labels = (torch.rand(rows, device=device, generator=gen) < torch.sigmoid(logit)).float()
-    n_train = int(rows * 0.85)
-
-    def part(a: int, b: int) -> Batch:
-        return Batch(dense[a:b], ids[a:b], labels[a:b])
-
-    return CTRData(schema, part(0, n_train), part(n_train, rows), part(n_train, rows))
-
-
-# -- ceilings and floor --------------------------------------------------------------------
-def _cuda_time(fn, reps: int) -> float:
-    fn()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(reps):
-        fn()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / 1e3 / reps
-
-
-def ceilings(device: torch.device) -> dict:
-    """Copy bandwidth (read + write bytes / s) and matmul rates (FLOP/s) on random data."""
-    if device.type != "cuda":
-        return {}
-    src = torch.randn(2**28, device=device)  # 1 GiB
-    dst = torch.empty_like(src)
-    out = {"copy_bytes_per_s": 2 * src.numel() * 4 / _cuda_time(lambda: dst.copy_(src), 10)}
-    src = dst = None
-    n = 8192
-    for name, dtype, tf32 in (("fp32", torch.float32, False), ("tf32", torch.float32, True),
-                              ("bf16", torch.bfloat16, False)):
-        a = torch.randn(n, n, device=device, dtype=dtype)
-        b = torch.randn(n, n, device=device, dtype=dtype)
-        before = torch.get_float32_matmul_precision()
-        torch.set_float32_matmul_precision("high" if tf32 else "highest")
-        try:
-            out[f"matmul_{name}_flop_per_s"] = 2 * n**3 / _cuda_time(
-                lambda a=a, b=b: a @ b, 5)
-        finally:
-            torch.set_float32_matmul_precision(before)
-    return out
-
-
+# -- floor --------------------------------------------------------------------
 def floor(space, arch, schema: DataSchema, model, batch: int, ceil: dict) -> dict:
     """FLOPs and bytes of one training step, and the times they take at the ceilings."""
     graph = space.materialize(arch, schema)
@@ -317,21 +237,9 @@ def check_attention(device: torch.device) -> dict:
             o = torch.nn.functional.scaled_dot_product_attention(q, k, v)
             torch.autograd.grad(o.transpose(1, 2).reshape(4096, n, 16), qkv, grad)
 
-        out[f"L={n}"].update(fused_fwd_bwd_ms=1e3 * _cuda_time(fused, 20),
-                             sdpa_fwd_bwd_ms=1e3 * _cuda_time(sdpa, 20))
+        out[f"L={n}"].update(fused_fwd_bwd_ms=1e3 * cuda_time(fused, 20),
+                             sdpa_fwd_bwd_ms=1e3 * cuda_time(sdpa, 20))
     return out
-
-
-def environment(device: torch.device) -> dict:
-    env = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
-           "torch": torch.__version__, "python": platform.python_version(),
-           "cpu_cores": os.cpu_count(), "platform": platform.platform(),
-           "device": str(device)}
-    if device.type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        env.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1),
-                   sms=props.multi_processor_count, cuda=torch.version.cuda)
-    return env
 
 
 def table(results: dict) -> str:
