@@ -189,7 +189,7 @@ def run_rank_correlation(config: Any, out: str | Path, *, archs: int = 50,
             with standalone; its reference NE is their mean.
         bootstrap: Bootstrap resamples of the confidence intervals (0: none).
         workers: Processes that run the standalone trainings and the supernet scoring
-            (:mod:`~ranknas.reports.rankcorr_workers`); the results do not depend on it.
+            (:mod:`~ranknas.execution.pool`); the results do not depend on it.
         seed: Seeds sampling, supernet, fine-tuning and bootstrap; None: the config's seed.
             Standalone training uses ``seed``, ``seed + 1``, ...; the supernet and
             fine-tuning use seeds derived from it, so they share no batch order with it.
@@ -205,9 +205,9 @@ def run_rank_correlation(config: Any, out: str | Path, *, archs: int = 50,
         ConfigError: a bad option, an unusable ``standalone_from``, or fewer than 2
             architectures with finite NEs.
     """
+    from ranknas.execution import pool
     from ranknas.execution.base import EvalJob
     from ranknas.execution.standalone import StandaloneEvaluator, torch_threads
-    from ranknas.reports import rankcorr_workers as pool
     from ranknas.supernet import Supernet, SupernetTrainConfig, SupernetTrainer, make_sampler
 
     _check_int("archs", archs, 2)

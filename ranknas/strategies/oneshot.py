@@ -10,7 +10,9 @@ Three stages, all driven by :meth:`OneShot.ask`:
    ``candidates`` rounds. Each candidate is extracted from the supernet (a copy; the supernet
    is untouched), fine-tuned per ``finetune`` on ``finetune_examples``, scored by validation
    NE, and told back with its cheap metrics (flops, params). The study's constraints (see
-   :meth:`OneShot.constrain`) apply to the inner strategy too.
+   :meth:`OneShot.constrain`) apply to the inner strategy too. ``parallel`` candidates are
+   asked at a time and scored in ``workers`` processes
+   (:class:`~ranknas.strategies.oneshot_scoring.CandidateScorer`).
 3. Propose the ``top_k`` distinct best candidates, one per ``ask()``, to be retrained from
    scratch by the executor; then ``ask()`` returns None.
 
@@ -40,9 +42,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ranknas.errors import ConfigError, TrainingDiverged
-from ranknas.evaluator.dominance import pareto_ranks
 from ranknas.evaluator.results import EvalResult, Objective
-from ranknas.spaces.architecture import Architecture
 from ranknas.spaces.space import SearchSpace
 from ranknas.strategies.base import Proposal, Strategy
 from ranknas.strategies.registry import make_strategy, register_strategy
@@ -91,6 +91,10 @@ class OneShot(Strategy):
         finetune_continue: Fine-tune from the supernet's Adagrad accumulators (sliced per
             candidate) rather than empty ones; needs the adagrad optimizer.
         top_k: Distinct best candidates proposed for retraining from scratch (stage 3).
+        parallel: Candidates asked of the inner strategy at a time and scored as a batch
+            (the inner strategy sees their results together); 1 asks one at a time.
+        workers: Processes that score a batch (one CPU thread each, or sharing a GPU);
+            scores do not depend on it. More than 1 needs the search loop's ``EvalJob``.
         supernet_lr: Learning rate of supernet training; None: the run's train lr.
         supernet_train: Execution of supernet training (``SupernetTrainConfig`` fields
             ``execution``, ``embedding_update``, ``check_every``, ``compile``,
@@ -110,7 +114,8 @@ class OneShot(Strategy):
                  candidates: int = 100, finetune: str = "last", finetune_examples: int = 20_000,
                  top_k: int = 3, supernet_lr: float | None = None,
                  finetune_lr: float | None = None, finetune_continue: bool = False,
-                 supernet_train: dict | None = None) -> None:
+                 supernet_train: dict | None = None, parallel: int = 1,
+                 workers: int = 1) -> None:
         super().__init__(space, objectives, seed)
         from ranknas.supernet.samplers import SAMPLERS
 
@@ -119,6 +124,8 @@ class OneShot(Strategy):
         _check_int("candidates", candidates, 1)
         _check_int("finetune_examples", finetune_examples, 0)
         _check_int("top_k", top_k, 1)
+        _check_int("parallel", parallel, 1)
+        _check_int("workers", workers, 1)
         if sampler not in SAMPLERS or sampler == "warmup":
             allowed = ", ".join(n for n in SAMPLERS if n != "warmup")
             raise ConfigError(f"{WHERE}.sampler", f"unknown sampler {sampler!r}; allowed: "
@@ -147,6 +154,7 @@ class OneShot(Strategy):
         self.finetune = finetune
         self.finetune_examples = finetune_examples
         self.top_k = top_k
+        self.parallel, self.workers = parallel, workers
         self.supernet_lr = supernet_lr
         self.finetune_lr = finetune_lr
         if not isinstance(finetune_continue, bool):
@@ -296,23 +304,7 @@ class OneShot(Strategy):
             inner = self._make_inner()
             if self._wrap_inner is not None:
                 inner = self._wrap_inner(inner)
-            finetuned, best = 0, math.inf
-            for i in range(self.candidates):
-                proposal = inner.ask()
-                drain_infeasible(inner)  # already told to the inner strategy; nothing to score
-                if proposal is None:
-                    break
-                result = self._score(supernet, proposal.arch, data, cfg)
-                inner.tell(proposal, result)
-                finetuned += result.examples
-                if result.ok and math.isfinite(result.metrics.get("ne", math.nan)):
-                    best = min(best, result.metrics["ne"])
-                    self._record("search.supernet_ne", i, result.metrics["ne"])
-                    self._record("search.best_supernet_ne", i, best)
-                    self.candidates_scored.append({
-                        "arch": proposal.arch.to_json(), "arch_id": proposal.arch.arch_id,
-                        "ne": result.metrics["ne"], "flops": result.metrics["flops"],
-                        "params": result.metrics["params"], "metrics": dict(result.metrics)})
+            finetuned = self._score_candidates(supernet, inner)
             self._sums = None  # full-size optimizer state: not kept past scoring
             self.stages.append({"stage": "search", "status": "ok", "examples": finetuned,
                                 "candidates": len(self.candidates_scored),
@@ -321,44 +313,52 @@ class OneShot(Strategy):
         self.queue = self._top_k()
         self.stage = "retrain"
 
+    def _score_candidates(self, supernet: Any, inner: Strategy) -> int:
+        """Ask ``candidates`` proposals of ``inner`` (``parallel`` at a time), score each on
+        ``supernet`` and tell it back; the fine-tuning examples spent."""
+        from ranknas.strategies.oneshot_scoring import CandidateScorer
+
+        options = {"finetune_examples": self.finetune_examples,
+                   "finetune_lr": self.finetune_lr, "seed": _derived_seed(self.seed, "finetune")}
+        finetuned, best, asked, exhausted = 0, math.inf, 0, False
+        with CandidateScorer(supernet, _derived_seed(self.seed, "supernet"), self._job,
+                             self.finetune, options, self._sums, self.workers) as scorer:
+            while asked < self.candidates and not exhausted:
+                batch: list[Proposal] = []
+                while len(batch) < min(self.parallel, self.candidates - asked):
+                    proposal = inner.ask()
+                    drain_infeasible(inner)  # already told to the inner strategy
+                    if proposal is None:
+                        exhausted = True
+                        break
+                    batch.append(proposal)
+                for proposal, result in zip(batch, scorer.score([p.arch for p in batch]),
+                                            strict=True):
+                    inner.tell(proposal, result)
+                    finetuned += result.examples
+                    if result.ok and math.isfinite(result.metrics.get("ne", math.nan)):
+                        best = min(best, result.metrics["ne"])
+                        self._record("search.supernet_ne", asked, result.metrics["ne"])
+                        self._record("search.best_supernet_ne", asked, best)
+                        self.candidates_scored.append({
+                            "arch": proposal.arch.to_json(),
+                            "arch_id": proposal.arch.arch_id, "ne": result.metrics["ne"],
+                            "flops": result.metrics["flops"],
+                            "params": result.metrics["params"],
+                            "metrics": dict(result.metrics)})
+                    asked += 1
+        return finetuned
+
     def _log_every(self, batch_size: int) -> int:
         """About 100 points on the supernet loss curve."""
         return max(1, math.ceil(self.supernet_examples / batch_size / 100))
 
-    def _score(self, supernet: Any, arch: Architecture, data: Any, cfg: Any) -> EvalResult:
-        """Extract ``arch``, fine-tune the copy per ``finetune`` and score it on valid."""
-        from ranknas.supernet.scoring import score_on_supernet
-
-        return score_on_supernet(supernet, self.space, arch, data, cfg, finetune=self.finetune,
-                                 finetune_examples=self.finetune_examples,
-                                 finetune_lr=self.finetune_lr, adagrad_sums=self._sums,
-                                 seed=_derived_seed(self.seed, "finetune"))
-
     # -- stage 3 --------------------------------------------------------------------------
     def _top_k(self) -> list[dict[str, Any]]:
-        """The retrain queue: the best distinct scored candidates, best first.
+        """The retrain queue (see :func:`~ranknas.strategies.oneshot_scoring.top_k`)."""
+        from ranknas.strategies.oneshot_scoring import top_k
 
-        One objective: by supernet NE. Several: by Pareto rank of the objective values (the
-        first front first), then by NE; candidates missing an objective value come last.
-        """
-        best: dict[str, dict[str, Any]] = {}
-        for cand in self.candidates_scored:  # distinct: the best score of each arch
-            if cand["arch_id"] not in best or cand["ne"] < best[cand["arch_id"]]["ne"]:
-                best[cand["arch_id"]] = cand
-        cands = list(best.values())
-        ranks = [0] * len(cands)
-        if len(self.objectives) > 1:
-            keys = [tuple(o.sign() * c["metrics"].get(o.name, math.nan)
-                          for o in self.objectives) for c in cands]
-            usable = [i for i, k in enumerate(keys) if all(math.isfinite(v) for v in k)]
-            ranks = [len(cands)] * len(cands)
-            if usable:
-                for i, r in zip(usable, pareto_ranks([keys[i] for i in usable]), strict=True):
-                    ranks[i] = r
-        order = sorted(range(len(cands)), key=lambda i: (ranks[i], cands[i]["ne"]))
-        return [{"arch": cands[i]["arch"], "arch_id": cands[i]["arch_id"],
-                 "ne": cands[i]["ne"], "rank": n}
-                for n, i in enumerate(order[:self.top_k])]
+        return top_k(self.candidates_scored, self.objectives, self.top_k)
 
     # -- state ----------------------------------------------------------------------------
     def summary(self) -> dict[str, Any] | None:

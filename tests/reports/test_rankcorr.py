@@ -139,13 +139,13 @@ def test_workers_give_the_same_results_as_one_process(tmp_path):
 
 
 def test_a_killed_run_resumes_its_standalone_trainings(tmp_path, monkeypatch):
-    from ranknas.reports import rankcorr_workers
+    from ranknas.execution import pool
 
     config = config_from_dict(TINY)
     kwargs = {"archs": 4, "supernet_examples": 1024, "finetune_examples": 256,
               "standalone_seeds": 2, "bootstrap": 0, "progress": False}
     full = run_rank_correlation(config, tmp_path / "full", **kwargs)
-    real, calls = rankcorr_workers.standalone_task, []
+    real, calls = pool.standalone_task, []
 
     def dies_after_three(*task):
         if len(calls) == 3:
@@ -153,14 +153,14 @@ def test_a_killed_run_resumes_its_standalone_trainings(tmp_path, monkeypatch):
         calls.append(task)
         return real(*task)
 
-    monkeypatch.setattr(rankcorr_workers, "standalone_task", dies_after_three)
+    monkeypatch.setattr(pool, "standalone_task", dies_after_three)
     with pytest.raises(KeyboardInterrupt):
         run_rank_correlation(config, tmp_path / "cut", **kwargs)
     journal = (tmp_path / "cut/standalone.jsonl").read_text().splitlines()
     assert len(journal) == 3
     (tmp_path / "cut/standalone.jsonl").write_text("\n".join(journal) + '\n{"torn')
     calls.clear()
-    monkeypatch.setattr(rankcorr_workers, "standalone_task", lambda *t: calls.append(t) or real(*t))
+    monkeypatch.setattr(pool, "standalone_task", lambda *t: calls.append(t) or real(*t))
     resumed = run_rank_correlation(config, tmp_path / "cut", **kwargs)
     assert len(calls) == 8 - 3  # only the missing trainings ran
     assert [r["standalone_nes"] for r in resumed["rows"]] == \

@@ -15,6 +15,7 @@ from ranknas.execution.base import EvalJob
 from ranknas.execution.standalone import torch_threads
 from ranknas.strategies import make_strategy
 from ranknas.strategies.oneshot import OneShot
+from ranknas.strategies.oneshot_scoring import CandidateScorer
 
 OPTIONS = {"supernet_examples": 2048, "candidates": 6, "top_k": 2, "finetune": "last",
            "finetune_examples": 256, "inner_options": {"population": 4, "sample_size": 2}}
@@ -170,7 +171,7 @@ def test_ask_without_attach_raises(job):
     ("supernet_examples", 0), ("supernet_examples", "many"), ("candidates", 0),
     ("top_k", 0), ("finetune", "most"), ("finetune_examples", -1), ("sampler", "nope"),
     ("warmup_steps", -1), ("supernet_lr", 0.0), ("inner", "nope"), ("inner", "oneshot"),
-    ("finetune_lr", 0.0), ("finetune_lr", math.inf),
+    ("finetune_lr", 0.0), ("finetune_lr", math.inf), ("parallel", 0), ("workers", 0),
 ])
 def test_bad_options_name_the_option(job, option, value):
     with pytest.raises(ConfigError, match=rf"^strategies\[\]\.{option}:"):
@@ -224,7 +225,8 @@ def test_finetune_last_trains_only_the_head_and_last_block(job):
         return captured["model"]
 
     supernet.extract = extract
-    result = strategy._score(supernet, arch, ev.data, ev.train_config)
+    with CandidateScorer(supernet, 0, job, "last", {"finetune_examples": 256}) as scorer:
+        (result,) = scorer.score([arch])
     assert result.ok and result.examples == 256 and math.isfinite(result.metrics["ne"])
     assert all(torch.equal(before[k], v) for k, v in supernet.state_dict().items())
     last = len(captured["model"].ops) - 1
@@ -255,3 +257,17 @@ def test_finetune_head_trains_only_the_logit_head(job):
     with pytest.raises(ConfigError, match="finetune_lr"):
         score_on_supernet(supernet, ev.space, arch, ev.data, ev.train_config,
                           finetune="head", finetune_examples=256, finetune_lr=-1.0)
+
+
+def test_batched_scoring_does_not_depend_on_the_worker_count(job):
+    """Batches of 3 scored in this process and in 2 spawned ones give the same candidates,
+    scores and retrain queue, also when fine-tuning continues the supernet's Adagrad."""
+    def search(workers):
+        strategy = _make(job, candidates=5, parallel=3, workers=workers,
+                         finetune_continue=True)
+        proposals = _drain(strategy)
+        return ([(c["arch_id"], c["ne"]) for c in strategy.candidates_scored],
+                [p.arch.arch_id for p in proposals])
+
+    here = search(1)
+    assert len(here[0]) == 5 and here == search(2)

@@ -1,14 +1,17 @@
-"""Parallel standalone training and supernet scoring for :mod:`ranknas.reports.rankcorr`.
+"""Standalone trainings and supernet scorings spread over processes.
 
-Fifty architectures trained under two seeds, each then fine-tuned on the supernet, is a hundred
-and fifty independent trainings: :func:`run_tasks` spreads them over ``workers`` spawned
-processes (one CPU thread each, or sharing one GPU, where eager training of small models is
-host-bound and several processes fill the device). Every task is seeded by its own arguments,
-never by the process it lands on, so the results do not depend on ``workers``.
+Rank-correlation diagnostics (fifty architectures, two seeds, each then fine-tuned on the
+supernet) and one-shot search (hundreds of candidates fine-tuned on the supernet) are many
+independent trainings: :func:`run_tasks` spreads them over ``workers`` spawned processes (one
+CPU thread each, or sharing one GPU, where eager training of small models is host-bound and
+several processes fill the device). Every task is seeded by its own arguments, never by the
+process it lands on, so the results do not depend on ``workers``.
 
 Workers rebuild the space, data and supernet from plain, picklable state (an
 :class:`~ranknas.execution.base.EvalJob` and a weights file) and cache them per process, so
-each builds its data once, not once per task.
+each builds its data once, not once per task. The calling process can hand its own evaluator
+and supernet to the same tasks (:func:`seed_cache`, :func:`keep_supernet`), so ``workers=1``
+runs the very same code in place.
 """
 
 from __future__ import annotations
