@@ -78,6 +78,7 @@ def _supernet(job: Any, weights: str, supernet_seed: int) -> tuple[Any, Any]:
         state = torch.load(weights, map_location="cpu", weights_only=True)
         supernet = Supernet(ev.space, ev.data.schema, supernet_seed)
         supernet.load_state_dict(state["supernet"])
+        supernet.to(ev.train_config.device)  # extract on the device, as the driver does
         _CACHE[weights] = (supernet, state.get("adagrad_sums"))
     return _CACHE[weights]
 

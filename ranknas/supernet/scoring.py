@@ -96,7 +96,9 @@ def score_on_supernet(supernet: Any, space: SearchSpace, arch: Architecture, dat
     graph = space.materialize(arch, data.schema)
     metrics: dict[str, float] = {"flops": graph.flops, "params": graph.params,
                                  "dense_params": graph.dense_params}
-    model = supernet.extract(arch)
+    # Scored on the run's device whatever the supernet's: a copy left on the CPU (a worker's
+    # supernet loaded from file) was evaluated there, 20-40 s a candidate in a GPU run.
+    model = supernet.extract(arch).to(train_config.device)
     examples = 0
     if finetune != "none":
         if finetune in ("head", "last"):
