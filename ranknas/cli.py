@@ -165,6 +165,7 @@ def cmd_rank_corr(args: argparse.Namespace) -> int:
                          standalone_seeds=args.standalone_seeds,
                          finetune_continue=args.finetune_continue,
                          bootstrap=args.bootstrap, workers=args.workers, seed=args.seed,
+                         supernet_seed=args.supernet_seed,
                          progress=not args.quiet,
                          **options)
     print(f"results: {Path(args.out) / 'rankcorr.json'}")
@@ -275,6 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="processes for the standalone trainings and the supernet scoring "
                          "(several can share one GPU); results do not depend on it")
     rc.add_argument("--seed", type=int, default=None, help="default: the config's seed")
+    rc.add_argument("--supernet-seed", type=int, default=None,
+                    help="seed the supernet and fine-tuning apart from --seed: another supernet "
+                         "replicate against the same architectures and standalone NEs")
     rc.add_argument("--set", action="append", metavar="KEY=VALUE",
                     help="override a config field, e.g. --set train.examples=20000")
     rc.add_argument("--quiet", action="store_true")

@@ -162,7 +162,8 @@ def run_rank_correlation(config: Any, out: str | Path, *, archs: int = 50,
                          warmup_steps: int = 0, supernet_lr: float | None = None,
                          standalone_from: str | Path | None = None, standalone_seeds: int = 1,
                          bootstrap: int = 1000, workers: int = 1,
-                         seed: int | None = None, progress: bool = True) -> dict[str, Any]:
+                         seed: int | None = None, supernet_seed: int | None = None,
+                         progress: bool = True) -> dict[str, Any]:
     """Rank correlation of supernet scores (with and without fine-tuning) vs standalone NE.
 
     Args:
@@ -193,6 +194,9 @@ def run_rank_correlation(config: Any, out: str | Path, *, archs: int = 50,
         seed: Seeds sampling, supernet, fine-tuning and bootstrap; None: the config's seed.
             Standalone training uses ``seed``, ``seed + 1``, ...; the supernet and
             fine-tuning use seeds derived from it, so they share no batch order with it.
+        supernet_seed: Derive the supernet's, its sampler's and fine-tuning's seeds from this
+            instead of ``seed``: another replicate of the supernet against the same sample
+            and standalone NEs (so ``standalone_from`` still applies).
         progress: Print per-architecture progress to stderr and a summary table to stdout.
 
     Returns:
@@ -227,6 +231,8 @@ def run_rank_correlation(config: Any, out: str | Path, *, archs: int = 50,
         raise ConfigError("supernet_lr", f"expected a finite number > 0, got {supernet_lr!r}")
     seed = config.seed if seed is None else seed
     _check_int("seed", seed, 0)
+    _check_int("supernet_seed", supernet_seed, 0, optional=True)
+    base = seed if supernet_seed is None else supernet_seed  # of the supernet-side seeds
     sampler_name, sampler_options = sampler, {}
     if warmup_steps:
         sampler_name, sampler_options = "warmup", {"warmup_steps": warmup_steps, "inner": sampler}
@@ -238,7 +244,7 @@ def run_rank_correlation(config: Any, out: str | Path, *, archs: int = 50,
                "bootstrap": bootstrap, "seed": seed,
                "sampler": sampler, "warmup_steps": warmup_steps, "supernet_lr": supernet_lr,
                "standalone_seeds": standalone_seeds, "pool_factor": POOL_FACTOR,
-               "workers": workers,
+               "workers": workers, "supernet_seed": supernet_seed,
                "standalone_fingerprint": fingerprint}
     say: Callable[[str], None] = (lambda m: print(m, file=sys.stderr, flush=True)) \
         if progress else (lambda m: None)
@@ -297,17 +303,17 @@ def run_rank_correlation(config: Any, out: str | Path, *, archs: int = 50,
 
     with torch_threads(ev.threads):
         start = time.perf_counter()
-        supernet = Supernet(space, data.schema, _derived(seed, "supernet"))
+        supernet = Supernet(space, data.schema, _derived(base, "supernet"))
         lr = cfg.lr if supernet_lr is None else float(supernet_lr)
         sparse_lr = cfg.sparse_lr if cfg.sparse_lr is not None else lr
         trainer = SupernetTrainer(
             supernet, data,
-            make_sampler(sampler_name, space, _derived(seed, "sampler"), schema=data.schema,
+            make_sampler(sampler_name, space, _derived(base, "sampler"), schema=data.schema,
                          **sampler_options),
             SupernetTrainConfig(examples=supernet_examples, batch_size=cfg.batch_size,
                                 optimizer=cfg.optimizer, lr=lr, sparse_lr=sparse_lr,
                                 weight_decay=cfg.weight_decay, eps=cfg.eps,
-                                seed=_derived(seed, "supernet-train"),
+                                seed=_derived(base, "supernet-train"),
                                 device=cfg.device, eval_batch_size=cfg.eval_batch_size))
         trained = trainer.train(supernet_examples)
         say(f"supernet: {trained['examples']:,} examples, loss {trained['loss']:.4f}, "
@@ -315,11 +321,11 @@ def run_rank_correlation(config: Any, out: str | Path, *, archs: int = 50,
         sums = trainer.adagrad_sums() if finetune_continue else None
         if finetune_continue and sums is None:
             raise ConfigError("finetune_continue", "needs train.optimizer adagrad")
-    supernet_seed = _derived(seed, "supernet")
+    built_with = _derived(base, "supernet")
     weights = (pool.keep_supernet(f"rankcorr-supernet-{id(supernet)}", supernet, sums)
                if workers == 1 else pool.save_supernet(out / "supernet.pt", supernet, sums))
     score_options = {"finetune_examples": finetune_examples, "finetune_lr": finetune_lr,
-                     "seed": _derived(seed, "finetune"), "continue": finetune_continue}
+                     "seed": _derived(base, "finetune"), "continue": finetune_continue}
     scored = 0
 
     def scores_done(i: int, results: dict[str, Any]) -> None:
@@ -333,7 +339,7 @@ def run_rank_correlation(config: Any, out: str | Path, *, archs: int = 50,
 
     with torch_threads(ev.threads):
         pool.run_tasks(pool.score_task,
-                       [(job, weights, supernet_seed, arch, ("none", *modes), score_options)
+                       [(job, weights, built_with, arch, ("none", *modes), score_options)
                         for arch in sample], workers, scores_done)
     pool.release(*cached, weights)
     if workers > 1:

@@ -165,3 +165,18 @@ def test_a_killed_run_resumes_its_standalone_trainings(tmp_path, monkeypatch):
     assert len(calls) == 8 - 3  # only the missing trainings ran
     assert [r["standalone_nes"] for r in resumed["rows"]] == \
         [r["standalone_nes"] for r in full["rows"]]
+
+
+def test_a_supernet_replicate_keeps_the_sample_and_the_standalone_nes(tmp_path):
+    config = config_from_dict(TINY)
+    kwargs = {"archs": 4, "supernet_examples": 1024, "finetune_examples": 256, "bootstrap": 0,
+              "progress": False}
+    first = run_rank_correlation(config, tmp_path / "a", **kwargs)
+    other = run_rank_correlation(config, tmp_path / "b", supernet_seed=7,
+                                 standalone_from=tmp_path / "a/rankcorr.json", **kwargs)
+    assert [r["arch_id"] for r in other["rows"]] == [r["arch_id"] for r in first["rows"]]
+    assert [r["standalone_ne"] for r in other["rows"]] == \
+        [r["standalone_ne"] for r in first["rows"]]
+    assert [r["supernet_ne_no_finetune"] for r in other["rows"]] != \
+        [r["supernet_ne_no_finetune"] for r in first["rows"]]
+    assert other["options"]["supernet_seed"] == 7
