@@ -166,6 +166,7 @@ def cmd_rank_corr(args: argparse.Namespace) -> int:
                          finetune_continue=args.finetune_continue,
                          bootstrap=args.bootstrap, workers=args.workers, seed=args.seed,
                          supernet_seed=args.supernet_seed,
+                         supernet_replicates=args.supernet_replicates,
                          progress=not args.quiet,
                          **options)
     print(f"results: {Path(args.out) / 'rankcorr.json'}")
@@ -276,6 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="processes for the standalone trainings and the supernet scoring "
                          "(several can share one GPU); results do not depend on it")
     rc.add_argument("--seed", type=int, default=None, help="default: the config's seed")
+    rc.add_argument("--supernet-replicates", type=int, default=1,
+                    help="supernets trained with independent seeds; a score is the mean over "
+                         "them, and the first two's agreement is reported")
     rc.add_argument("--supernet-seed", type=int, default=None,
                     help="seed the supernet and fine-tuning apart from --seed: another supernet "
                          "replicate against the same architectures and standalone NEs")

@@ -13,8 +13,11 @@
    seed, architecture count and budget: ``standalone_from``; seeds it lacks are trained);
    every finished training is journaled in ``OUT/standalone.jsonl``, so a killed run started
    again with the same ``OUT`` resumes (:mod:`~ranknas.reports.rankcorr_reuse`);
-3. trains one supernet (``sampler``, NASRec's ``any-path`` by default, optionally behind a
-   full-path warm-up) on ``supernet_examples`` and scores every architecture on it with
+3. trains a supernet (``sampler``, NASRec's ``any-path`` by default, optionally behind a
+   full-path warm-up; ``supernet_replicates`` of them with independent seeds, each
+   architecture's score then being the mean, see
+   :mod:`~ranknas.reports.rankcorr_supernet`) on ``supernet_examples`` and scores every
+   architecture on it with
    :func:`~ranknas.supernet.scoring.score_on_supernet`: without fine-tuning (inherited
    weights, variant ``no_finetune``) and after each fine-tuning mode of ``finetune`` on
    ``finetune_examples`` (variants ``finetune_last``, ``finetune_whole``);
@@ -34,7 +37,6 @@ import json
 import math
 import random
 import sys
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -45,6 +47,7 @@ import numpy as np
 from ranknas.errors import ConfigError
 from ranknas.reports.rank_statistics import STATISTICS, rank_statistics
 from ranknas.reports.rankcorr_reuse import StandaloneJournal, fingerprint_of, reused_rows
+from ranknas.reports.rankcorr_supernet import score_replicate
 
 __all__ = ["STATISTICS", "rank_statistics", "run_rank_correlation", "stratified_sample"]
 
@@ -145,13 +148,6 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _derived(seed: int, tag: str) -> int:
-    """A seed for one component, independent of the standalone seeds (seed, seed + 1, ...):
-    fine-tuning with a standalone run's seed would share its batch order, and the noise that
-    order puts into standalone NE would then inflate the rank correlation."""
-    return random.Random(f"rankcorr-{tag}-{seed}").getrandbits(31)
-
-
 def run_rank_correlation(config: Any, out: str | Path, *, archs: int = 50,
                          standalone_examples: int | None = None,
                          supernet_examples: int = 200_000,
@@ -163,6 +159,7 @@ def run_rank_correlation(config: Any, out: str | Path, *, archs: int = 50,
                          standalone_from: str | Path | None = None, standalone_seeds: int = 1,
                          bootstrap: int = 1000, workers: int = 1,
                          seed: int | None = None, supernet_seed: int | None = None,
+                         supernet_replicates: int = 1,
                          progress: bool = True) -> dict[str, Any]:
     """Rank correlation of supernet scores (with and without fine-tuning) vs standalone NE.
 
@@ -197,6 +194,10 @@ def run_rank_correlation(config: Any, out: str | Path, *, archs: int = 50,
         supernet_seed: Derive the supernet's, its sampler's and fine-tuning's seeds from this
             instead of ``seed``: another replicate of the supernet against the same sample
             and standalone NEs (so ``standalone_from`` still applies).
+        supernet_replicates: Supernets trained and scored with seeds derived from
+            ``supernet_seed``, ``supernet_seed + 1``, ...; an architecture's score is the mean
+            over them (``supernet_nes_<variant>`` keeps each), and with two or more the first
+            two replicates' agreement is reported (``<variant>_repeat``).
         progress: Print per-architecture progress to stderr and a summary table to stdout.
 
     Returns:
@@ -211,8 +212,8 @@ def run_rank_correlation(config: Any, out: str | Path, *, archs: int = 50,
     """
     from ranknas.execution import pool
     from ranknas.execution.base import EvalJob
-    from ranknas.execution.standalone import StandaloneEvaluator, torch_threads
-    from ranknas.supernet import Supernet, SupernetTrainConfig, SupernetTrainer, make_sampler
+    from ranknas.execution.standalone import StandaloneEvaluator
+    from ranknas.supernet import make_sampler
 
     _check_int("archs", archs, 2)
     _check_int("standalone_examples", standalone_examples, 1, optional=True)
@@ -232,6 +233,7 @@ def run_rank_correlation(config: Any, out: str | Path, *, archs: int = 50,
     seed = config.seed if seed is None else seed
     _check_int("seed", seed, 0)
     _check_int("supernet_seed", supernet_seed, 0, optional=True)
+    _check_int("supernet_replicates", supernet_replicates, 1)
     base = seed if supernet_seed is None else supernet_seed  # of the supernet-side seeds
     sampler_name, sampler_options = sampler, {}
     if warmup_steps:
@@ -245,6 +247,7 @@ def run_rank_correlation(config: Any, out: str | Path, *, archs: int = 50,
                "sampler": sampler, "warmup_steps": warmup_steps, "supernet_lr": supernet_lr,
                "standalone_seeds": standalone_seeds, "pool_factor": POOL_FACTOR,
                "workers": workers, "supernet_seed": supernet_seed,
+               "supernet_replicates": supernet_replicates,
                "standalone_fingerprint": fingerprint}
     say: Callable[[str], None] = (lambda m: print(m, file=sys.stderr, flush=True)) \
         if progress else (lambda m: None)
@@ -301,60 +304,32 @@ def run_rank_correlation(config: Any, out: str | Path, *, archs: int = 50,
         row["standalone_nes"] = [by_seed[r] for r in range(standalone_seeds)]
         row["standalone_ne"] = sum(row["standalone_nes"]) / standalone_seeds  # nan if one failed
 
-    with torch_threads(ev.threads):
-        start = time.perf_counter()
-        supernet = Supernet(space, data.schema, _derived(base, "supernet"))
-        lr = cfg.lr if supernet_lr is None else float(supernet_lr)
-        sparse_lr = cfg.sparse_lr if cfg.sparse_lr is not None else lr
-        trainer = SupernetTrainer(
-            supernet, data,
-            make_sampler(sampler_name, space, _derived(base, "sampler"), schema=data.schema,
-                         **sampler_options),
-            SupernetTrainConfig(examples=supernet_examples, batch_size=cfg.batch_size,
-                                optimizer=cfg.optimizer, lr=lr, sparse_lr=sparse_lr,
-                                weight_decay=cfg.weight_decay, eps=cfg.eps,
-                                seed=_derived(base, "supernet-train"),
-                                device=cfg.device, eval_batch_size=cfg.eval_batch_size))
-        trained = trainer.train(supernet_examples)
-        say(f"supernet: {trained['examples']:,} examples, loss {trained['loss']:.4f}, "
-            f"{time.perf_counter() - start:.1f} s")
-        sums = trainer.adagrad_sums() if finetune_continue else None
-        if finetune_continue and sums is None:
-            raise ConfigError("finetune_continue", "needs train.optimizer adagrad")
-    built_with = _derived(base, "supernet")
-    weights = (pool.keep_supernet(f"rankcorr-supernet-{id(supernet)}", supernet, sums)
-               if workers == 1 else pool.save_supernet(out / "supernet.pt", supernet, sums))
-    score_options = {"finetune_examples": finetune_examples, "finetune_lr": finetune_lr,
-                     "seed": _derived(base, "finetune"), "continue": finetune_continue}
-    scored = 0
-
-    def scores_done(i: int, results: dict[str, Any]) -> None:
-        nonlocal scored
-        scored += 1
-        for mode, res in results.items():
-            key = "no_finetune" if mode == "none" else f"finetune_{mode}"
-            rows[i][f"supernet_ne_{key}"] = float(res.metrics["ne"]) if res.ok else math.nan
-        say(f"[{scored}/{archs}] supernet {rows[i]['arch_id']}: NE " + " / ".join(
-            f"{v:.4f}" for k, v in rows[i].items() if k.startswith("supernet_ne_")))
-
-    with torch_threads(ev.threads):
-        pool.run_tasks(pool.score_task,
-                       [(job, weights, built_with, arch, ("none", *modes), score_options)
-                        for arch in sample], workers, scores_done)
-    pool.release(*cached, weights)
-    if workers > 1:
-        Path(weights).unlink()  # outputs do not depend on the worker count
-
     names = variants(modes)
+    trained_runs = []
+    for r in range(supernet_replicates):  # replicate r: seeds derived from base + r
+        scores, trained = score_replicate(
+            job, ev, sample, base + r, sampler=(sampler_name, sampler_options),
+            supernet_examples=supernet_examples, supernet_lr=supernet_lr, modes=modes,
+            score_options={"finetune_examples": finetune_examples, "finetune_lr": finetune_lr},
+            finetune_continue=finetune_continue, workers=workers, out=out, say=say)
+        trained_runs.append(trained)
+        for row, by_variant in zip(rows, scores, strict=True):
+            for variant in names:
+                row.setdefault(f"supernet_nes_{variant}", []).append(by_variant[variant])
+    for row in rows:  # the score of a replicate ensemble: the mean NE (nan if one failed)
+        for variant in names:
+            row[f"supernet_ne_{variant}"] = sum(row[f"supernet_nes_{variant}"]) / \
+                supernet_replicates
+    pool.release(*cached)
+
     usable = [r for r in rows if all(math.isfinite(r[k]) for k in
                                      ("standalone_ne", *(f"supernet_ne_{v}" for v in names)))]
     if len(usable) < 2:
         raise ConfigError("archs", f"only {len(usable)} architectures have finite NEs on "
                           "every side; raise the training budgets or lower the lr")
     standalone = [r["standalone_ne"] for r in usable]
-    summary: dict[str, Any] = {"archs_used": len(usable), "supernet": {
-        "examples": trained["examples"], "steps": trained["steps"], "loss": trained["loss"],
-        "seconds": trained["seconds"]}}
+    summary: dict[str, Any] = {"archs_used": len(usable), "supernet": [
+        {k: t[k] for k in ("examples", "steps", "loss", "seconds")} for t in trained_runs]}
     if standalone_seeds > 1:  # how well standalone training agrees with itself
         summary["standalone_repeat"] = rank_statistics(
             [r["standalone_nes"][0] for r in usable], [r["standalone_nes"][1] for r in usable],
@@ -363,6 +338,11 @@ def run_rank_correlation(config: Any, out: str | Path, *, archs: int = 50,
         summary[variant] = rank_statistics(standalone,
                                            [r[f"supernet_ne_{variant}"] for r in usable],
                                            bootstrap=bootstrap, seed=seed)
+        if supernet_replicates > 1:  # how well the scorer agrees with itself
+            summary[f"{variant}_repeat"] = rank_statistics(
+                [r[f"supernet_nes_{variant}"][0] for r in usable],
+                [r[f"supernet_nes_{variant}"][1] for r in usable], bootstrap=bootstrap,
+                seed=seed)
     doc: dict[str, Any] = {"options": options, "rows": rows, "summary": summary}
     png, path = out / "rankcorr.png", out / "rankcorr.json"
     _scatter(rows, summary, png)

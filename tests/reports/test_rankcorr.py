@@ -180,3 +180,20 @@ def test_a_supernet_replicate_keeps_the_sample_and_the_standalone_nes(tmp_path):
     assert [r["supernet_ne_no_finetune"] for r in other["rows"]] != \
         [r["supernet_ne_no_finetune"] for r in first["rows"]]
     assert other["options"]["supernet_seed"] == 7
+
+
+def test_supernet_replicates_are_averaged_and_checked_against_each_other(tmp_path):
+    config = config_from_dict(TINY)
+    kwargs = {"archs": 4, "supernet_examples": 1024, "finetune_examples": 256, "bootstrap": 0,
+              "progress": False}
+    one = run_rank_correlation(config, tmp_path / "one", **kwargs)
+    two = run_rank_correlation(config, tmp_path / "two", supernet_replicates=2,
+                               standalone_from=tmp_path / "one/rankcorr.json", **kwargs)
+    for a, b in zip(one["rows"], two["rows"], strict=True):
+        first, second = b["supernet_nes_finetune_last"]
+        assert first == a["supernet_ne_finetune_last"]  # replicate 0 is the default supernet
+        assert b["supernet_ne_finetune_last"] == pytest.approx((first + second) / 2)
+    assert set(two["summary"]["finetune_last_repeat"]) == set(STATISTICS)
+    assert len(two["summary"]["supernet"]) == 2
+    with pytest.raises(ConfigError, match="supernet_replicates"):
+        run_rank_correlation(config, tmp_path / "bad", supernet_replicates=0, **kwargs)

@@ -1,0 +1,101 @@
+"""One supernet replicate of :mod:`ranknas.reports.rankcorr`: train it, score the sample on it.
+
+A replicate is seeded apart from the standalone trainings (``base`` derives the supernet's, its
+sampler's and fine-tuning's seeds), so replicates ``base``, ``base + 1``, ... measure the same
+architectures against the same standalone NEs with independent supernet noise.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ranknas.errors import ConfigError
+
+__all__ = ["derived_seed", "score_replicate"]
+
+
+def derived_seed(base: int, tag: str) -> int:
+    """A seed for one component, independent of the standalone seeds (seed, seed + 1, ...):
+    fine-tuning with a standalone run's seed would share its batch order, and the noise that
+    order puts into standalone NE would then inflate the rank correlation."""
+    return random.Random(f"rankcorr-{tag}-{base}").getrandbits(31)
+
+
+def score_replicate(job: Any, ev: Any, sample: Sequence[Any], base: int, *,
+                    sampler: tuple[str, Mapping[str, Any]], supernet_examples: int,
+                    supernet_lr: float | None, modes: Sequence[str],
+                    score_options: Mapping[str, Any], finetune_continue: bool, workers: int,
+                    out: Path, say: Callable[[str], None]
+                    ) -> tuple[list[dict[str, float]], dict[str, Any]]:
+    """Train one supernet and score every architecture of ``sample`` on it.
+
+    Args:
+        job: The run's EvalJob (workers rebuild the data from it).
+        ev: Its evaluator in this process (space, data, train config, threads).
+        sample: The architectures.
+        base: Seeds this replicate (:func:`derived_seed`).
+        sampler: ``(name, options)`` of the path sampler.
+        supernet_examples: Supernet training examples.
+        supernet_lr: Its learning rate; None: the train config's.
+        modes: Fine-tuning modes besides ``none``.
+        score_options: ``finetune_examples`` and ``finetune_lr`` of the scoring.
+        finetune_continue: Fine-tune from the supernet's Adagrad state.
+        workers: Scoring processes (:mod:`ranknas.execution.pool`).
+        out: Where a weights file for the workers may be written (removed after).
+        say: Progress printer.
+
+    Returns:
+        ``(scores, trained)``: per architecture ``{variant: NE}`` (``no_finetune``,
+        ``finetune_<mode>``; NaN for a failed score), and the supernet's training summary.
+    """
+    from ranknas.execution import pool
+    from ranknas.execution.standalone import torch_threads
+    from ranknas.supernet import Supernet, SupernetTrainConfig, SupernetTrainer, make_sampler
+
+    space, data, cfg = ev.space, ev.data, ev.train_config
+    with torch_threads(ev.threads):
+        start = time.perf_counter()
+        supernet = Supernet(space, data.schema, derived_seed(base, "supernet"))
+        lr = cfg.lr if supernet_lr is None else float(supernet_lr)
+        sparse_lr = cfg.sparse_lr if cfg.sparse_lr is not None else lr
+        trainer = SupernetTrainer(
+            supernet, data,
+            make_sampler(sampler[0], space, derived_seed(base, "sampler"), schema=data.schema,
+                         **sampler[1]),
+            SupernetTrainConfig(examples=supernet_examples, batch_size=cfg.batch_size,
+                                optimizer=cfg.optimizer, lr=lr, sparse_lr=sparse_lr,
+                                weight_decay=cfg.weight_decay, eps=cfg.eps,
+                                seed=derived_seed(base, "supernet-train"),
+                                device=cfg.device, eval_batch_size=cfg.eval_batch_size))
+        trained = trainer.train(supernet_examples)
+        say(f"supernet {base}: {trained['examples']:,} examples, loss {trained['loss']:.4f}, "
+            f"{time.perf_counter() - start:.1f} s")
+        sums = trainer.adagrad_sums() if finetune_continue else None
+        if finetune_continue and sums is None:
+            raise ConfigError("finetune_continue", "needs train.optimizer adagrad")
+    weights = (pool.keep_supernet(f"rankcorr-supernet-{id(supernet)}", supernet, sums)
+               if workers == 1 else pool.save_supernet(out / "supernet.pt", supernet, sums))
+    options = {**score_options, "seed": derived_seed(base, "finetune"),
+               "continue": finetune_continue}
+    scores: list[dict[str, float]] = [{} for _ in sample]
+
+    def done(i: int, results: dict[str, Any]) -> None:
+        for mode, res in results.items():
+            key = "no_finetune" if mode == "none" else f"finetune_{mode}"
+            scores[i][key] = float(res.metrics["ne"]) if res.ok else math.nan
+        say(f"[{sum(map(bool, scores))}/{len(sample)}] supernet {base} {sample[i].arch_id}: "
+            "NE " + " / ".join(f"{v:.4f}" for v in scores[i].values()))
+
+    with torch_threads(ev.threads):
+        pool.run_tasks(pool.score_task,
+                       [(job, weights, derived_seed(base, "supernet"), arch, ("none", *modes),
+                         options) for arch in sample], workers, done)
+    pool.release(weights)
+    if workers > 1:
+        Path(weights).unlink()  # outputs do not depend on the worker count
+    return scores, trained
