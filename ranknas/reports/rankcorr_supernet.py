@@ -61,17 +61,13 @@ def score_replicate(job: Any, ev: Any, sample: Sequence[Any], base: int, *,
     with torch_threads(ev.threads):
         start = time.perf_counter()
         supernet = Supernet(space, data.schema, derived_seed(base, "supernet"))
-        lr = cfg.lr if supernet_lr is None else float(supernet_lr)
-        sparse_lr = cfg.sparse_lr if cfg.sparse_lr is not None else lr
         trainer = SupernetTrainer(
             supernet, data,
             make_sampler(sampler[0], space, derived_seed(base, "sampler"), schema=data.schema,
                          **sampler[1]),
-            SupernetTrainConfig(examples=supernet_examples, batch_size=cfg.batch_size,
-                                optimizer=cfg.optimizer, lr=lr, sparse_lr=sparse_lr,
-                                weight_decay=cfg.weight_decay, eps=cfg.eps,
-                                seed=derived_seed(base, "supernet-train"),
-                                device=cfg.device, eval_batch_size=cfg.eval_batch_size))
+            SupernetTrainConfig.following(
+                cfg, supernet_examples, derived_seed(base, "supernet-train"),
+                lr=None if supernet_lr is None else float(supernet_lr)))
         trained = trainer.train(supernet_examples)
         say(f"supernet {base}: {trained['examples']:,} examples, loss {trained['loss']:.4f}, "
             f"{time.perf_counter() - start:.1f} s")

@@ -167,8 +167,7 @@ class OneShot(Strategy):
             raise ConfigError(f"{WHERE}.supernet_train.{unknown[0]}", "unknown option; allowed: "
                               f"{', '.join(SUPERNET_TRAIN_OPTIONS)}")
         # fail at config time on a bad value (the run's device is known only later)
-        self._train_config(1, "cuda" if self.supernet_train.get("cuda_graph") else "cpu",
-                           lr=0.01)
+        self._train_config()
         self._make_inner()  # fail at config time on a bad inner name or option
         self._make_sampler(None)  # likewise for the sampler options
         self._job: Any = None
@@ -208,12 +207,18 @@ class OneShot(Strategy):
                 raise ConfigError(f"{WHERE}.sampler_options", err.message) from err
             raise
 
-    def _train_config(self, batch_size: int, device: str, lr: float, **fields: Any) -> Any:
+    def _train_config(self, train: Any = None, **fields: Any) -> Any:
+        """Supernet settings following the run's ``train`` (None: a config-time check)."""
         from ranknas.supernet import SupernetTrainConfig
 
         try:
-            return SupernetTrainConfig(examples=self.supernet_examples, batch_size=batch_size,
-                                       device=device, lr=lr, **fields, **self.supernet_train)
+            if train is None:
+                device = "cuda" if self.supernet_train.get("cuda_graph") else "cpu"
+                return SupernetTrainConfig(examples=self.supernet_examples, device=device,
+                                           **self.supernet_train)
+            return SupernetTrainConfig.following(train, self.supernet_examples,
+                                                 lr=self.supernet_lr, **fields,
+                                                 **self.supernet_train)
         except ConfigError as err:
             if err.where.startswith("supernet.train."):
                 name = err.where.removeprefix("supernet.train.")
@@ -273,15 +278,9 @@ class OneShot(Strategy):
         with torch_threads(getattr(evaluator, "threads", None)):
             start = time.perf_counter()
             supernet = Supernet(self.space, data.schema, _derived_seed(self.seed, "supernet"))
-            lr = cfg.lr if self.supernet_lr is None else self.supernet_lr
-            sparse_lr = cfg.sparse_lr if cfg.sparse_lr is not None else lr
             trainer = SupernetTrainer(supernet, data, self._make_sampler(data.schema),
                                       self._train_config(
-                                          cfg.batch_size, cfg.device, lr,
-                                          optimizer=cfg.optimizer, sparse_lr=sparse_lr,
-                                          weight_decay=cfg.weight_decay, eps=cfg.eps,
-                                          seed=_derived_seed(self.seed, "train"),
-                                          eval_batch_size=cfg.eval_batch_size,
+                                          cfg, seed=_derived_seed(self.seed, "train"),
                                           log_every=self._log_every(cfg.batch_size)))
             try:
                 out = trainer.train(self.supernet_examples, progress=lambda p: self._record(

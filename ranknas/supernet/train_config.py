@@ -133,6 +133,19 @@ class SupernetTrainConfig:
         if self.cuda_graph and device.type != "cuda":
             raise ConfigError(f"{where}.cuda_graph", f"needs a CUDA device, not {self.device!r}")
 
+    @classmethod
+    def following(cls, train: Any, examples: int, seed: int, lr: float | None = None,
+                  **fields: Any) -> SupernetTrainConfig:
+        """The supernet counterpart of a run's ``TrainConfig``: its batch size, optimizer,
+        decay, eps, device and eval batch size. ``lr`` overrides the dense learning rate (None:
+        the run's), and the table's too unless the run sets ``sparse_lr``; ``fields`` set the
+        rest."""
+        lr = train.lr if lr is None else lr
+        return cls(examples=examples, seed=seed, batch_size=train.batch_size,
+                   optimizer=train.optimizer, weight_decay=train.weight_decay, eps=train.eps,
+                   device=train.device, eval_batch_size=train.eval_batch_size, lr=lr,
+                   sparse_lr=lr if train.sparse_lr is None else train.sparse_lr, **fields)
+
     @property
     def effective_sparse_lr(self) -> float:
         return self.lr if self.sparse_lr is None else self.sparse_lr

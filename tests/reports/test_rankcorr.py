@@ -17,6 +17,10 @@ TINY = {"name": "rankcorr-test", "space": "dlrm",
         "strategies": [{"name": "random"}], "budget": {"trials": 1},
         "tracking": {"uri": None}}
 
+#: A quick run: 4 architectures, tiny supernet and fine-tuning budgets, no bootstrap.
+SMALL = {"archs": 4, "supernet_examples": 1024, "finetune_examples": 256, "bootstrap": 0,
+         "progress": False}
+
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -126,8 +130,7 @@ def test_standalone_results_are_reused_only_when_they_match(tmp_path):
 
 def test_workers_give_the_same_results_as_one_process(tmp_path):
     config = config_from_dict(TINY)
-    kwargs = {"archs": 4, "supernet_examples": 1024, "finetune_examples": 256,
-              "standalone_seeds": 2, "bootstrap": 0, "progress": False}
+    kwargs = {**SMALL, "standalone_seeds": 2}
     one = run_rank_correlation(config, tmp_path / "one", **kwargs)
     two = run_rank_correlation(config, tmp_path / "two", workers=2, **kwargs)
     keys = ("arch_id", "standalone_nes", "supernet_ne_no_finetune", "supernet_ne_finetune_last")
@@ -142,8 +145,7 @@ def test_a_killed_run_resumes_its_standalone_trainings(tmp_path, monkeypatch):
     from ranknas.execution import pool
 
     config = config_from_dict(TINY)
-    kwargs = {"archs": 4, "supernet_examples": 1024, "finetune_examples": 256,
-              "standalone_seeds": 2, "bootstrap": 0, "progress": False}
+    kwargs = {**SMALL, "standalone_seeds": 2}
     full = run_rank_correlation(config, tmp_path / "full", **kwargs)
     real, calls = pool.standalone_task, []
 
@@ -169,8 +171,7 @@ def test_a_killed_run_resumes_its_standalone_trainings(tmp_path, monkeypatch):
 
 def test_a_supernet_replicate_keeps_the_sample_and_the_standalone_nes(tmp_path):
     config = config_from_dict(TINY)
-    kwargs = {"archs": 4, "supernet_examples": 1024, "finetune_examples": 256, "bootstrap": 0,
-              "progress": False}
+    kwargs = SMALL
     first = run_rank_correlation(config, tmp_path / "a", **kwargs)
     other = run_rank_correlation(config, tmp_path / "b", supernet_seed=7,
                                  standalone_from=tmp_path / "a/rankcorr.json", **kwargs)
@@ -184,8 +185,7 @@ def test_a_supernet_replicate_keeps_the_sample_and_the_standalone_nes(tmp_path):
 
 def test_supernet_replicates_are_averaged_and_checked_against_each_other(tmp_path):
     config = config_from_dict(TINY)
-    kwargs = {"archs": 4, "supernet_examples": 1024, "finetune_examples": 256, "bootstrap": 0,
-              "progress": False}
+    kwargs = SMALL
     one = run_rank_correlation(config, tmp_path / "one", **kwargs)
     two = run_rank_correlation(config, tmp_path / "two", supernet_replicates=2,
                                standalone_from=tmp_path / "one/rankcorr.json", **kwargs)
