@@ -2,6 +2,8 @@
 
     python benchmarks/supernet_throughput.py --device cuda --batch-sizes 512 4096 --out runs/sn.json
     python benchmarks/supernet_throughput.py --device cuda --masked eager compile+graph+tf32
+    python benchmarks/supernet_throughput.py --device cuda --batch-sizes 4096 --no-sliced \
+        --trainer segmented+graph+tf32+check50     # one trainer variant per process on a GPU
 
 Two designs, timed in the same run: the *sliced* supernet (``Supernet.forward``: each path at
 its own shapes, eager) and the *masked* fixed-shape execution (:class:`MaskedStep`: every path
@@ -15,8 +17,13 @@ device. Each supernet step trains a new uniformly sampled path (from a pre-drawn
 ``--paths`` architectures); Adagrad on dense parameters, sparse Adagrad on the fused table, as
 NASRec. Beside it, the same architectures as standalone models: at their own widths, and with
 every width decision set to its widest value. Ratios are supernet step / subnet step, paired
-over the same architectures, measured in the same run. This is the eager baseline of the
-sliced design; fixed-shape masked execution (for CUDA graphs) is the next step.
+over the same architectures, measured in the same run.
+
+``--trainer`` times ``SupernetTrainer`` end to end (a new path every step) in the given
+variants, ``segmented`` among them (only the path's ops, one CUDA graph per segment: it warms
+up for 300 steps so that every segment is captured before timing, and reports how many were
+captured while timed). Captured graphs keep their memory for the life of the process, so on a
+GPU run one trainer variant per process.
 """
 
 from __future__ import annotations
@@ -99,11 +106,21 @@ TRAINER_VARIANTS = {
     "masked+compile+graph+tf32+check50": {"execution": "masked", "compile": True,
                                           "cuda_graph": True, "precision": "tf32",
                                           "check_every": 50},
+    "segmented+check50": {"execution": "segmented", "check_every": 50},
+    "segmented+graph+check50": {"execution": "segmented", "cuda_graph": True,
+                                "check_every": 50},
+    "segmented+graph+tf32+check50": {"execution": "segmented", "cuda_graph": True,
+                                     "precision": "tf32", "check_every": 50},
+    "segmented+graph+bf16+check50": {"execution": "segmented", "cuda_graph": True,
+                                     "precision": "bf16", "check_every": 50},
 }
+#: Warm-up steps before timing: a segmented trainer captures each segment when a path first
+#: runs it, so it warms up until (nearly) every segment has been seen.
+WARMUP_STEPS = {"segmented": 300}
 
 
 def measure_trainer(space: SearchSpace, schema: DataSchema, batch: int, steps: int,
-                    device: torch.device, variant: str) -> dict:
+                    device: torch.device, variant: str, warmup: int | None = None) -> dict:
     """``SupernetTrainer`` end to end: a *new* uniformly sampled path every step (plans and
     encodings are not reused), on-device random data, Adagrad."""
     from ranknas.supernet import SupernetTrainConfig, SupernetTrainer, make_sampler
@@ -113,16 +130,25 @@ def measure_trainer(space: SearchSpace, schema: DataSchema, batch: int, steps: i
         Supernet(space, schema, seed=0), data, make_sampler("uniform", space, 0, schema=schema),
         SupernetTrainConfig(examples=1 << 40, batch_size=batch, lr=0.01, device=str(device),
                             log_every=10_000, **TRAINER_VARIANTS[variant]))
+    if warmup is None:
+        warmup = WARMUP_STEPS.get(variant.split("+")[0], 8)
     start = time.perf_counter()
-    trainer.train(8 * batch)  # compile, capture, allocator warm-up
+    trainer.train(warmup * batch)  # compile, capture, allocator warm-up
     _sync(device)
     setup = time.perf_counter() - start
+    segments = trainer.masked.segments if trainer.masked is not None else None
+    captured = segments.captured if segments is not None else None
     start = time.perf_counter()
     trainer.train(steps * batch)
     _sync(device)
     seconds = (time.perf_counter() - start) / steps
-    return {"batch": batch, "variant": variant, "ms": seconds * 1e3, "ex_s": batch / seconds,
-            "setup_s": setup}
+    row = {"batch": batch, "variant": variant, "ms": seconds * 1e3, "ex_s": batch / seconds,
+           "setup_s": setup, "warmup_steps": warmup}
+    if segments is not None:  # captures inside the timed steps would inflate its time
+        row.update(captured=captured, captured_while_timed=segments.captured - captured)
+    if device.type == "cuda":
+        row["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    return row
 
 
 def make_batch(schema: DataSchema, batch: int, device: torch.device) -> tuple:
@@ -283,6 +309,8 @@ def main() -> None:
                         help="masked-execution variants to time beside the sliced design")
     parser.add_argument("--trainer", nargs="*", default=[], choices=list(TRAINER_VARIANTS),
                         help="SupernetTrainer variants to time end to end (new path each step)")
+    parser.add_argument("--warmup", type=int, default=None,
+                        help="trainer warm-up steps (default: 8; segmented: 300)")
     parser.add_argument("--no-sliced", action="store_true",
                         help="skip the sliced step vs subnet comparison")
     parser.add_argument("--out", default=None)
@@ -326,7 +354,8 @@ def main() -> None:
         result["trainer"] = []
         for b in args.batch_sizes:
             for variant in args.trainer:
-                row = measure_trainer(space, schema, b, args.steps, device, variant)
+                row = measure_trainer(space, schema, b, args.steps, device, variant,
+                                      args.warmup)
                 result["trainer"].append(row)
                 print(json.dumps(row), flush=True)
                 if args.out:

@@ -157,6 +157,15 @@ def cmd_rank_corr(args: argparse.Namespace) -> int:
         options["finetune_examples"] = args.finetune_examples
     if args.finetune_lr is not None:
         options["finetune_lr"] = args.finetune_lr
+    import yaml
+
+    supernet_train = {}
+    for item in args.supernet_train:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ConfigError("--supernet-train", f"{item!r}: expected KEY=VALUE, e.g. "
+                              "execution=segmented")
+        supernet_train[key.strip()] = yaml.safe_load(raw)
     run_rank_correlation(config, args.out, archs=args.archs,
                          standalone_examples=args.standalone_examples,
                          supernet_examples=args.supernet_examples, finetune=args.finetune,
@@ -167,7 +176,7 @@ def cmd_rank_corr(args: argparse.Namespace) -> int:
                          bootstrap=args.bootstrap, workers=args.workers, seed=args.seed,
                          supernet_seed=args.supernet_seed,
                          supernet_replicates=args.supernet_replicates,
-                         progress=not args.quiet,
+                         supernet_train=supernet_train, progress=not args.quiet,
                          **options)
     print(f"results: {Path(args.out) / 'rankcorr.json'}")
     return 0
@@ -283,6 +292,10 @@ def build_parser() -> argparse.ArgumentParser:
     rc.add_argument("--supernet-seed", type=int, default=None,
                     help="seed the supernet and fine-tuning apart from --seed: another supernet "
                          "replicate against the same architectures and standalone NEs")
+    rc.add_argument("--supernet-train", action="append", metavar="KEY=VALUE", default=[],
+                    help="how the supernet trains (a SupernetTrainConfig field, value as YAML), "
+                         "e.g. --supernet-train execution=segmented --supernet-train "
+                         "cuda_graph=true on a GPU")
     rc.add_argument("--set", action="append", metavar="KEY=VALUE",
                     help="override a config field, e.g. --set train.examples=20000")
     rc.add_argument("--quiet", action="store_true")

@@ -62,3 +62,17 @@ def test_bad_input_is_one_clear_line(capsys, argv, needle):
     assert code == 2
     assert err.startswith("ranknas: error:") and needle in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(("option", "needle"), [
+    ("segmented", "expected KEY=VALUE"),
+    ("lr=0.1", "supernet_train.lr"),
+])
+def test_rank_corr_supernet_train_options_are_checked(capsys, tmp_path, option, needle):
+    config = tmp_path / "rc.yaml"
+    config.write_text("space: dlrm\ndata: {spec: synthetic, rows: 500}\n"
+                      "train: {examples: 256}\nstrategies: [{name: random}]\n"
+                      "budget: {trials: 1}\n")
+    code, _, err = run(capsys, "rank-corr", str(config), "--out", str(tmp_path / "out"),
+                       "--supernet-train", option, "--quiet")
+    assert code == 2 and needle in err and "Traceback" not in err

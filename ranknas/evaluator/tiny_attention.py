@@ -39,19 +39,28 @@ def _split_qkv(qkv: torch.Tensor, heads: int) -> tuple[torch.Tensor, ...]:
 
 
 @torch.library.custom_op("ranknas::tiny_head_attention", mutates_args=())
-def tiny_head_attention(qkv: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tensor]:
+def tiny_head_attention(qkv: torch.Tensor, heads: int, key_bias: torch.Tensor | None = None
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
     """Softmax self-attention of packed ``qkv [B, L, 3E]``: ``(out [B, L, E], lse [B*h, L])``.
 
     Same math as ``nn.MultiheadAttention`` between its in- and out-projections (scale
-    ``1/sqrt(d)``, no mask, no dropout). On CUDA a Triton kernel that never writes the
-    ``[L, L]`` scores runs (head dim <= 4); elsewhere (and for float64) this PyTorch reference.
+    ``1/sqrt(d)``, no dropout); ``key_bias [L]`` (float32, e.g. 0 or -inf to mask padded
+    keys) is added to every query's scores, as SDPA's additive ``attn_mask``. On CUDA a
+    Triton kernel that never writes the ``[L, L]`` scores runs (head dim <= 4); elsewhere (and
+    for float64) this PyTorch reference.
     """
-    return _attention_reference(qkv, heads)
+    return _attention_reference(qkv, heads, key_bias)
 
 
-def _attention_reference(qkv: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tensor]:
-    q, k, v = _split_qkv(qkv, heads)
+def _scores(q: torch.Tensor, k: torch.Tensor, key_bias: torch.Tensor | None) -> torch.Tensor:
     s = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+    return s if key_bias is None else s + key_bias.to(s.dtype)
+
+
+def _attention_reference(qkv: torch.Tensor, heads: int, key_bias: torch.Tensor | None = None
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    q, k, v = _split_qkv(qkv, heads)
+    s = _scores(q, k, key_bias)
     lse = torch.logsumexp(s, dim=-1)
     out = torch.exp(s - lse[..., None]) @ v
     b, n = qkv.shape[:2]
@@ -61,17 +70,19 @@ def _attention_reference(qkv: torch.Tensor, heads: int) -> tuple[torch.Tensor, t
 
 @torch.library.custom_op("ranknas::tiny_head_attention_backward", mutates_args=())
 def tiny_head_attention_backward(qkv: torch.Tensor, out: torch.Tensor, grad: torch.Tensor,
-                                 lse: torch.Tensor, heads: int) -> torch.Tensor:
+                                 lse: torch.Tensor, heads: int,
+                                 key_bias: torch.Tensor | None = None) -> torch.Tensor:
     """``d loss / d qkv`` of :func:`tiny_head_attention`, from ``grad = d loss / d out``."""
-    return _attention_reference_backward(qkv, out, grad, lse, heads)
+    return _attention_reference_backward(qkv, out, grad, lse, heads, key_bias)
 
 
 def _attention_reference_backward(qkv: torch.Tensor, out: torch.Tensor, grad: torch.Tensor,
-                                  lse: torch.Tensor, heads: int) -> torch.Tensor:
+                                  lse: torch.Tensor, heads: int,
+                                  key_bias: torch.Tensor | None = None) -> torch.Tensor:
     q, k, v = _split_qkv(qkv, heads)
     b, n = qkv.shape[:2]
     scale = 1 / math.sqrt(q.shape[-1])
-    p = torch.exp(q @ k.transpose(-1, -2) * scale - lse.view(b, heads, n, 1).to(q.dtype))
+    p = torch.exp(_scores(q, k, key_bias) - lse.view(b, heads, n, 1).to(q.dtype))
     do = grad.to(q.dtype).view(b, n, heads, -1).transpose(1, 2)
     o = out.to(q.dtype).view(b, n, heads, -1).transpose(1, 2)
     dv = p.transpose(-1, -2) @ do
@@ -81,7 +92,8 @@ def _attention_reference_backward(qkv: torch.Tensor, out: torch.Tensor, grad: to
 
 
 @tiny_head_attention.register_fake
-def _(qkv: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _(qkv: torch.Tensor, heads: int, key_bias: torch.Tensor | None = None
+      ) -> tuple[torch.Tensor, torch.Tensor]:
     b, n, e3 = qkv.shape
     return qkv.new_empty(b, n, e3 // 3), qkv.new_empty(b * heads, n, dtype=_lse_dtype(qkv))
 
@@ -92,18 +104,20 @@ def _lse_dtype(qkv: torch.Tensor) -> torch.dtype:
 
 @tiny_head_attention_backward.register_fake
 def _(qkv: torch.Tensor, out: torch.Tensor, grad: torch.Tensor, lse: torch.Tensor,
-      heads: int) -> torch.Tensor:
+      heads: int, key_bias: torch.Tensor | None = None) -> torch.Tensor:
     return torch.empty_like(qkv)
 
 
 def _attention_setup(ctx: Any, inputs: tuple, output: tuple) -> None:
-    ctx.save_for_backward(inputs[0], output[0], output[1])
+    ctx.save_for_backward(inputs[0], output[0], output[1], inputs[2])
     ctx.heads = inputs[1]
 
 
 def _attention_grad(ctx: Any, grad_out: torch.Tensor, grad_lse: torch.Tensor) -> tuple:
-    qkv, out, lse = ctx.saved_tensors
-    return tiny_head_attention_backward(qkv, out, grad_out.contiguous(), lse, ctx.heads), None
+    qkv, out, lse, key_bias = ctx.saved_tensors
+    # the key bias is a constant (a mask): no gradient
+    return tiny_head_attention_backward(qkv, out, grad_out.contiguous(), lse, ctx.heads,
+                                        key_bias), None, None
 
 
 tiny_head_attention.register_autograd(_attention_grad, setup_context=_attention_setup)
@@ -150,8 +164,17 @@ if triton is not None:
             tl.store(ptr + 3, x3, mask=mask)
 
     @triton.jit
-    def _attention_fwd(qkv_ptr, o_ptr, lse_ptr, scale, N: tl.constexpr, H: tl.constexpr,
-            D: tl.constexpr, ROWS: tl.constexpr):
+    def _bias(bias_ptr, j, HAS_BIAS: tl.constexpr):
+        """The key bias of key(s) ``j`` (0 without one); one return, as Triton wants one type."""
+        if HAS_BIAS:  # noqa: SIM108 - a constexpr branch, resolved when Triton compiles
+            b = tl.load(bias_ptr + j)
+        else:
+            b = j * 0.0
+        return b
+
+    @triton.jit
+    def _attention_fwd(qkv_ptr, o_ptr, lse_ptr, bias_ptr, scale, N: tl.constexpr,
+            H: tl.constexpr, D: tl.constexpr, ROWS: tl.constexpr, HAS_BIAS: tl.constexpr):
         pid = tl.program_id(0)
         e = H * D
         t = tl.arange(0, ROWS)
@@ -163,13 +186,15 @@ if triton is not None:
         m = tl.full((ROWS,), float("-inf"), tl.float32)
         for j in tl.static_range(N):
             k0, k1, k2, k3 = _load4(base + j * 3 * e + e, D)
-            m = tl.maximum(m, _dot4(q0, q1, q2, q3, k0, k1, k2, k3, D))
+            m = tl.maximum(m, _dot4(q0, q1, q2, q3, k0, k1, k2, k3, D)
+                           + _bias(bias_ptr, j, HAS_BIAS))
         total = tl.zeros((ROWS,), tl.float32)
         a0, a1, a2, a3 = total, total, total, total
         for j in tl.static_range(N):
             k0, k1, k2, k3 = _load4(base + j * 3 * e + e, D)
             v0, v1, v2, v3 = _load4(base + j * 3 * e + 2 * e, D)
-            p = tl.exp(_dot4(q0, q1, q2, q3, k0, k1, k2, k3, D) - m)
+            p = tl.exp(_dot4(q0, q1, q2, q3, k0, k1, k2, k3, D) + _bias(bias_ptr, j, HAS_BIAS)
+                       - m)
             total += p
             a0, a1, a2, a3 = a0 + p * v0, a1 + p * v1, a2 + p * v2, a3 + p * v3
         inv = 1.0 / total
@@ -178,8 +203,9 @@ if triton is not None:
         tl.store(lse_ptr + pid * N + t, m + tl.log(total), mask=ok)
 
     @triton.jit
-    def _attention_bwd(qkv_ptr, o_ptr, do_ptr, lse_ptr, dqkv_ptr, scale, N: tl.constexpr,
-            H: tl.constexpr, D: tl.constexpr, ROWS: tl.constexpr):
+    def _attention_bwd(qkv_ptr, o_ptr, do_ptr, lse_ptr, dqkv_ptr, bias_ptr, scale,
+            N: tl.constexpr, H: tl.constexpr, D: tl.constexpr, ROWS: tl.constexpr,
+            HAS_BIAS: tl.constexpr):
         pid = tl.program_id(0)
         e = H * D
         t = tl.arange(0, ROWS)
@@ -200,7 +226,8 @@ if triton is not None:
         for j in tl.static_range(N):
             k0, k1, k2, k3 = _load4(base + j * 3 * e + e, D)
             v0, v1, v2, v3 = _load4(base + j * 3 * e + 2 * e, D)
-            p = tl.exp(_dot4(q0, q1, q2, q3, k0, k1, k2, k3, D) - lse)
+            p = tl.exp(_dot4(q0, q1, q2, q3, k0, k1, k2, k3, D) + _bias(bias_ptr, j, HAS_BIAS)
+                       - lse)
             ds = p * (_dot4(g0, g1, g2, g3, v0, v1, v2, v3, D) - delta)
             dq0, dq1, dq2, dq3 = dq0 + ds * k0, dq1 + ds * k1, dq2 + ds * k2, dq3 + ds * k3
         dbase = dqkv_ptr + (pid // H) * N * 3 * e + (pid % H) * D + t * 3 * e
@@ -210,11 +237,13 @@ if triton is not None:
         v0, v1, v2, v3 = _load4(base + t * 3 * e + 2 * e, D)
         dk0, dk1, dk2, dk3 = dq0 * 0.0, dq0 * 0.0, dq0 * 0.0, dq0 * 0.0
         dv0, dv1, dv2, dv3 = dk0, dk0, dk0, dk0
+        key_bias = _bias(bias_ptr, t, HAS_BIAS)  # a masked key (-inf) gets p = 0: no grads
         for i in tl.static_range(N):
             q0, q1, q2, q3 = _load4(base + i * 3 * e, D)
             g0, g1, g2, g3 = _load4(do_ptr + obase + i * e, D)
             o0, o1, o2, o3 = _load4(o_ptr + obase + i * e, D)
-            p = tl.exp(_dot4(q0, q1, q2, q3, k0, k1, k2, k3, D) * scale - tl.load(lbase + i))
+            p = tl.exp(_dot4(q0, q1, q2, q3, k0, k1, k2, k3, D) * scale + key_bias
+                       - tl.load(lbase + i))
             ds = p * (_dot4(g0, g1, g2, g3, v0, v1, v2, v3, D)
                       - _dot4(g0, g1, g2, g3, o0, o1, o2, o3, D))
             dv0, dv1, dv2, dv3 = dv0 + p * g0, dv1 + p * g1, dv2 + p * g2, dv3 + p * g3
@@ -229,36 +258,40 @@ def _kernel_fits(qkv: torch.Tensor, heads: int) -> bool:
             and qkv.shape[2] // 3 // heads <= FUSED_MAX_HEAD_DIM)
 
 
-def _launch(qkv: torch.Tensor, heads: int) -> tuple[tuple, dict]:
+def _launch(qkv: torch.Tensor, heads: int, key_bias: torch.Tensor | None
+            ) -> tuple[tuple, torch.Tensor, dict]:
     b, n, e3 = qkv.shape
     d = e3 // 3 // heads
     rows = max(32, triton.next_power_of_2(n))
-    meta = {"N": n, "H": heads, "D": d, "ROWS": rows, "num_warps": rows // 32}
-    return (b * heads,), {"scale": 1 / math.sqrt(d), **meta}
+    meta = {"N": n, "H": heads, "D": d, "ROWS": rows, "num_warps": rows // 32,
+            "HAS_BIAS": key_bias is not None}
+    bias = qkv if key_bias is None else key_bias.float().contiguous()  # qkv: a dummy pointer
+    return (b * heads,), bias, {"scale": 1 / math.sqrt(d), **meta}
 
 
 @tiny_head_attention.register_kernel("cuda")
-def _(qkv: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _(qkv: torch.Tensor, heads: int, key_bias: torch.Tensor | None = None
+      ) -> tuple[torch.Tensor, torch.Tensor]:
     if not _kernel_fits(qkv, heads):
-        return _attention_reference(qkv, heads)
+        return _attention_reference(qkv, heads, key_bias)
     qkv = qkv.contiguous()
     b, n, e3 = qkv.shape
     out = qkv.new_empty(b, n, e3 // 3)
     lse = qkv.new_empty(b * heads, n, dtype=torch.float32)
-    grid, meta = _launch(qkv, heads)
-    _attention_fwd[grid](qkv, out, lse, **meta)
+    grid, bias, meta = _launch(qkv, heads, key_bias)
+    _attention_fwd[grid](qkv, out, lse, bias, **meta)
     return out, lse
 
 
 @tiny_head_attention_backward.register_kernel("cuda")
 def _(qkv: torch.Tensor, out: torch.Tensor, grad: torch.Tensor, lse: torch.Tensor,
-      heads: int) -> torch.Tensor:
+      heads: int, key_bias: torch.Tensor | None = None) -> torch.Tensor:
     if not _kernel_fits(qkv, heads):
-        return _attention_reference_backward(qkv, out, grad, lse, heads)
+        return _attention_reference_backward(qkv, out, grad, lse, heads, key_bias)
     qkv = qkv.contiguous()
     dqkv = torch.empty_like(qkv)
-    grid, meta = _launch(qkv, heads)
-    _attention_bwd[grid](qkv, out.contiguous(), grad.contiguous(), lse, dqkv, **meta)
+    grid, bias, meta = _launch(qkv, heads, key_bias)
+    _attention_bwd[grid](qkv, out.contiguous(), grad.contiguous(), lse, dqkv, bias, **meta)
     return dqkv
 
 

@@ -37,7 +37,7 @@ import json
 import math
 import random
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -160,6 +160,7 @@ def run_rank_correlation(config: Any, out: str | Path, *, archs: int = 50,
                          bootstrap: int = 1000, workers: int = 1,
                          seed: int | None = None, supernet_seed: int | None = None,
                          supernet_replicates: int = 1,
+                         supernet_train: Mapping[str, Any] | None = None,
                          progress: bool = True) -> dict[str, Any]:
     """Rank correlation of supernet scores (with and without fine-tuning) vs standalone NE.
 
@@ -198,6 +199,9 @@ def run_rank_correlation(config: Any, out: str | Path, *, archs: int = 50,
             ``supernet_seed``, ``supernet_seed + 1``, ...; an architecture's score is the mean
             over them (``supernet_nes_<variant>`` keeps each), and with two or more the first
             two replicates' agreement is reported (``<variant>_repeat``).
+        supernet_train: How the supernet trains: ``SupernetTrainConfig`` fields among
+            :data:`~ranknas.supernet.train_config.EXECUTION_OPTIONS`, e.g.
+            ``{"execution": "segmented", "cuda_graph": True, "precision": "tf32"}`` on a GPU.
         progress: Print per-architecture progress to stderr and a summary table to stdout.
 
     Returns:
@@ -214,6 +218,7 @@ def run_rank_correlation(config: Any, out: str | Path, *, archs: int = 50,
     from ranknas.execution.base import EvalJob
     from ranknas.execution.standalone import StandaloneEvaluator
     from ranknas.supernet import make_sampler
+    from ranknas.supernet.train_config import EXECUTION_OPTIONS
 
     _check_int("archs", archs, 2)
     _check_int("standalone_examples", standalone_examples, 1, optional=True)
@@ -235,6 +240,11 @@ def run_rank_correlation(config: Any, out: str | Path, *, archs: int = 50,
     _check_int("supernet_seed", supernet_seed, 0, optional=True)
     _check_int("supernet_replicates", supernet_replicates, 1)
     base = seed if supernet_seed is None else supernet_seed  # of the supernet-side seeds
+    supernet_train = dict(supernet_train or {})
+    unknown = sorted(set(supernet_train) - set(EXECUTION_OPTIONS))
+    if unknown:
+        raise ConfigError(f"supernet_train.{unknown[0]}", "unknown option; allowed: "
+                          f"{', '.join(EXECUTION_OPTIONS)}")
     sampler_name, sampler_options = sampler, {}
     if warmup_steps:
         sampler_name, sampler_options = "warmup", {"warmup_steps": warmup_steps, "inner": sampler}
@@ -248,6 +258,7 @@ def run_rank_correlation(config: Any, out: str | Path, *, archs: int = 50,
                "standalone_seeds": standalone_seeds, "pool_factor": POOL_FACTOR,
                "workers": workers, "supernet_seed": supernet_seed,
                "supernet_replicates": supernet_replicates,
+               "supernet_train": supernet_train,
                "standalone_fingerprint": fingerprint}
     say: Callable[[str], None] = (lambda m: print(m, file=sys.stderr, flush=True)) \
         if progress else (lambda m: None)
@@ -311,7 +322,8 @@ def run_rank_correlation(config: Any, out: str | Path, *, archs: int = 50,
             job, ev, sample, base + r, sampler=(sampler_name, sampler_options),
             supernet_examples=supernet_examples, supernet_lr=supernet_lr, modes=modes,
             score_options={"finetune_examples": finetune_examples, "finetune_lr": finetune_lr},
-            finetune_continue=finetune_continue, workers=workers, out=out, say=say)
+            finetune_continue=finetune_continue, workers=workers, out=out, say=say,
+            supernet_train=supernet_train)
         trained_runs.append(trained)
         for row, by_variant in zip(rows, scores, strict=True):
             for variant in names:

@@ -30,7 +30,8 @@ def score_replicate(job: Any, ev: Any, sample: Sequence[Any], base: int, *,
                     sampler: tuple[str, Mapping[str, Any]], supernet_examples: int,
                     supernet_lr: float | None, modes: Sequence[str],
                     score_options: Mapping[str, Any], finetune_continue: bool, workers: int,
-                    out: Path, say: Callable[[str], None]
+                    out: Path, say: Callable[[str], None],
+                    supernet_train: Mapping[str, Any] | None = None
                     ) -> tuple[list[dict[str, float]], dict[str, Any]]:
     """Train one supernet and score every architecture of ``sample`` on it.
 
@@ -48,6 +49,7 @@ def score_replicate(job: Any, ev: Any, sample: Sequence[Any], base: int, *,
         workers: Scoring processes (:mod:`ranknas.execution.pool`).
         out: Where a weights file for the workers may be written (removed after).
         say: Progress printer.
+        supernet_train: ``SupernetTrainConfig`` execution fields (checked by the caller).
 
     Returns:
         ``(scores, trained)``: per architecture ``{variant: NE}`` (``no_finetune``,
@@ -67,7 +69,8 @@ def score_replicate(job: Any, ev: Any, sample: Sequence[Any], base: int, *,
                          **sampler[1]),
             SupernetTrainConfig.following(
                 cfg, supernet_examples, derived_seed(base, "supernet-train"),
-                lr=None if supernet_lr is None else float(supernet_lr)))
+                lr=None if supernet_lr is None else float(supernet_lr),
+                **(supernet_train or {})))
         trained = trainer.train(supernet_examples)
         say(f"supernet {base}: {trained['examples']:,} examples, loss {trained['loss']:.4f}, "
             f"{time.perf_counter() - start:.1f} s")

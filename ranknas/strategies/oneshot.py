@@ -48,13 +48,11 @@ from ranknas.strategies.base import Proposal, Strategy
 from ranknas.strategies.registry import make_strategy, register_strategy
 from ranknas.strategies.wrappers import drain_infeasible
 from ranknas.supernet.scoring import FINETUNE_MODES
+from ranknas.supernet.train_config import EXECUTION_OPTIONS
 
 __all__ = ["FINETUNE_MODES", "OneShot"]
 
 WHERE = "strategies[]"
-#: ``SupernetTrainConfig`` fields a one-shot config may set under ``supernet_train``.
-SUPERNET_TRAIN_OPTIONS = ("execution", "embedding_update", "check_every", "compile", "cuda_graph",
-                          "precision")
 
 
 def _derived_seed(seed: int, tag: str) -> int:
@@ -99,7 +97,8 @@ class OneShot(Strategy):
         supernet_train: Execution of supernet training (``SupernetTrainConfig`` fields
             ``execution``, ``embedding_update``, ``check_every``, ``compile``,
             ``cuda_graph``, ``precision``), e.g.
-            ``{"execution": "masked", "compile": true, "cuda_graph": true}`` on a GPU.
+            ``{"execution": "segmented", "cuda_graph": true, "precision": "tf32"}`` on a
+            GPU at large batches (``masked`` with ``compile`` at small ones).
 
     Raises:
         ConfigError: a bad option; ``where`` is ``strategies[].<option>``.
@@ -162,10 +161,10 @@ class OneShot(Strategy):
                               f"{finetune_continue!r}")
         self.finetune_continue = finetune_continue
         self.supernet_train = dict(supernet_train or {})
-        unknown = sorted(set(self.supernet_train) - set(SUPERNET_TRAIN_OPTIONS))
+        unknown = sorted(set(self.supernet_train) - set(EXECUTION_OPTIONS))
         if unknown:
             raise ConfigError(f"{WHERE}.supernet_train.{unknown[0]}", "unknown option; allowed: "
-                              f"{', '.join(SUPERNET_TRAIN_OPTIONS)}")
+                              f"{', '.join(EXECUTION_OPTIONS)}")
         # fail at config time on a bad value (the run's device is known only later)
         self._train_config()
         self._make_inner()  # fail at config time on a bad inner name or option
@@ -222,7 +221,7 @@ class OneShot(Strategy):
         except ConfigError as err:
             if err.where.startswith("supernet.train."):
                 name = err.where.removeprefix("supernet.train.")
-                if name in SUPERNET_TRAIN_OPTIONS:
+                if name in EXECUTION_OPTIONS:
                     raise ConfigError(f"{WHERE}.supernet_train.{name}", err.message) from err
             raise
 

@@ -1,4 +1,5 @@
-"""The shared-weight supernet (widest weights sliced per architecture), path samplers, trainer.
+"""The shared-weight supernet (widest weights sliced per architecture; fixed-shape masked and
+segmented executions of it), path samplers, trainer.
 
 Importing this package registers one elastic counterpart for every catalogue operator.
 """
@@ -32,6 +33,7 @@ from ranknas.supernet.samplers import (
     WarmupSampler,
     make_sampler,
 )
+from ranknas.supernet.segmented import SegmentedProgram, segmented_forward
 from ranknas.supernet.supernet import Supernet, SupernetPlan
 from ranknas.supernet.trainer import SupernetTrainConfig, SupernetTrainer
 
@@ -47,6 +49,7 @@ __all__ = [
     "PathSampler",
     "PathTensors",
     "PortCols",
+    "SegmentedProgram",
     "SourceLayout",
     "SpaceLayout",
     "Supernet",
@@ -60,4 +63,5 @@ __all__ = [
     "masked_forward",
     "module_key",
     "register_elastic",
+    "segmented_forward",
 ]

@@ -61,6 +61,7 @@ import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -78,7 +79,6 @@ from ranknas.supernet.masked_base import (
     Slots,
     Writer,
     as_kind,
-    full_cols,
     masked_class,
     resize,
 )
@@ -98,11 +98,14 @@ class PathTensors:
         arch_id: The architecture encoded.
         floats: Selectors, flags, width masks and 1/width, key biases ``[Nf]``.
         ints: Gather indices and storage positions ``[Ni]``.
+        nodes: The layers the architecture runs, in order: ``(block, op, layer index, is
+            the block's output)`` (what the segmented execution runs).
     """
 
     arch_id: str
     floats: torch.Tensor
     ints: torch.Tensor
+    nodes: tuple[tuple[str, str, int, bool], ...] = ()
 
     @property
     def tensors(self) -> Path:
@@ -196,8 +199,10 @@ class MaskedProgram:
         chains = dict(self.blocks)
         w = Writer(self.slots)
         depth: dict[str, int] = {}
+        nodes = []
         for node, ports in zip(graph.nodes, pos.ports, strict=True):
             k = depth[node.block] = depth.get(node.block, -1) + 1
+            nodes.append((node.block, node.op, k, node.key == node.block))
             layer = chains[node.block][node.op][k]
             for name, sources in node.ports:
                 srcs = (_PREV,) if k else sources
@@ -206,11 +211,12 @@ class MaskedProgram:
             w.flag(layer.sel, node.key == node.block)
             w.flag(layer.active, True)
         self._encode_port(w, self.head, graph.output_sources, specs, pos.head)
+        floats, ints = w.tensors()
         if device.type == "cuda":  # pinned + async: the host does not wait for queued steps
-            path = PathTensors(arch.arch_id, w.floats.pin_memory().to(device, non_blocking=True),
-                               w.ints.pin_memory().to(device, non_blocking=True))
+            path = PathTensors(arch.arch_id, floats.pin_memory().to(device, non_blocking=True),
+                               ints.pin_memory().to(device, non_blocking=True), tuple(nodes))
         else:
-            path = PathTensors(arch.arch_id, w.floats, w.ints)
+            path = PathTensors(arch.arch_id, floats, ints, tuple(nodes))
         self._paths[arch.arch_id] = path
         if len(self._paths) > self.cache_size:
             self._paths.popitem(last=False)
@@ -229,14 +235,14 @@ class MaskedProgram:
                 if src not in port.cands:
                     raise InvalidArchitecture(src, f"not a candidate of port {p.name!r}")
                 n = units(specs[src], p.kind, self.dim)
-                idx.append(port.offsets[port.cands.index(src)] + torch.arange(n))
-            merged = torch.cat(idx)
-            if merged.numel() > p.bound:
-                raise InvalidArchitecture(p.name, f"merged input {merged.numel()} > {p.bound}")
-            pad = torch.full((p.bound - merged.numel(),), self.slots.ints[port.gather.offset])
-            w.set(port.gather, torch.cat([merged, pad]))
+                idx.append(np.arange(n) + port.offsets[port.cands.index(src)])
+            merged = np.concatenate(idx)
+            if merged.size > p.bound:
+                raise InvalidArchitecture(p.name, f"merged input {merged.size} > {p.bound}")
+            w.prefix(port.gather, merged)  # the rest keeps the default: the zero column
         if p.cols is not None:
-            w.set(p.cols, full_cols(cols, p.bound))
+            w.prefix(p.cols, np.arange(cols.start, cols.stop) if isinstance(cols, slice)
+                     else cols.detach().cpu().numpy())  # padding: column 0, meets a zero
 
     # -- running ---------------------------------------------------------------------------
     def forward(self, supernet: Supernet, dense: torch.Tensor, sparse: torch.Tensor,

@@ -12,6 +12,11 @@ import torch
 import torch.nn.functional as F
 
 from ranknas.errors import ConfigError
+from ranknas.evaluator.tiny_attention import (
+    FUSED_MAX_HEAD_DIM,
+    FUSED_MAX_TOKENS,
+    tiny_head_attention,
+)
 from ranknas.spaces.materialized import MaterializedNode
 from ranknas.supernet.elastic_base import ElasticOp, activate
 from ranknas.supernet.elastic_interaction import kept_fields
@@ -152,8 +157,10 @@ class MaskedDotProduct(MaskedOp):
         self.fields = max(nb if self.none_ok else 0, self.k_max)
         self.has_dense = "dense" in ports
         n = self.fields + self.has_dense
-        self.rows, self.cols = torch.tril_indices(n, n, offset=-1).tolist()
-        pairs = len(self.rows)
+        rows, cols = torch.tril_indices(n, n, offset=-1)
+        self.pair_index = (rows * n + cols).tolist()  # into the flattened [n, n] products
+        self._pair_index: dict[torch.device, torch.Tensor] = {}
+        pairs = len(self.pair_index)
         self.out_size = max(pairs if self.none_ok else 0, spec.width_max)
         self.proj_fields = slots.f(1)  # K != N: compress the fields
         self.proj_dense = slots.f(1)  # D != E
@@ -199,6 +206,14 @@ class MaskedDotProduct(MaskedOp):
             z = F.layer_norm(z, (self.dim,), dp.norm.weight, dp.norm.bias)
         return blend(self.proj_dense.view(path), z, ident)
 
+    def _pairs_on(self, device: torch.device) -> torch.Tensor:
+        """The pair index as a tensor on ``device`` (made once: a CUDA graph capture may not
+        copy it from the host)."""
+        idx = self._pair_index.get(device)
+        if idx is None:
+            idx = self._pair_index[device] = torch.tensor(self.pair_index, device=device)
+        return idx
+
     def forward(self, x: dict[str, torch.Tensor], path: Path) -> torch.Tensor:
         y = self._fields(x["sparse"], path)
         if self.has_dense:
@@ -206,7 +221,8 @@ class MaskedDotProduct(MaskedOp):
             d = self._dense(x["dense"], path).unsqueeze(1)
             # without a dense input the fields start at 0, not 1
             y = blend(on, torch.cat([d, y], 1), torch.cat([y, torch.zeros_like(d)], 1))
-        pairs = torch.bmm(y, y.transpose(1, 2))[:, self.rows, self.cols]
+        pairs = torch.bmm(y, y.transpose(1, 2)).flatten(1).index_select(
+            1, self._pairs_on(y.device))
         if not self.int_ok:
             return resize(pairs, self.out_size)
         mask, inv = (s.view(path) for s in self.w)
@@ -305,10 +321,15 @@ class MaskedTransformer(_MaskedFields):
         b, n, e = z.shape
         heads = m.attn.num_heads
         qkv = F.linear(z, m.attn.in_proj_weight, m.attn.in_proj_bias)
-        q, k, v = qkv.view(b, n, 3, heads, e // heads).permute(2, 0, 3, 1, 4).unbind(0)
-        bias = self.key_bias.view(path).view(1, 1, 1, n)
-        att = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
-        att = m.attn.out_proj(att.transpose(1, 2).reshape(b, n, e))
+        if z.is_cuda and e // heads <= FUSED_MAX_HEAD_DIM and n <= FUSED_MAX_TOKENS:
+            # SDPA's math path writes [B, h, L, L] scores: ~5x slower for NASRec's heads of 2
+            att = tiny_head_attention(qkv, heads, self.key_bias.view(path))[0]
+        else:
+            q, k, v = qkv.view(b, n, 3, heads, e // heads).permute(2, 0, 3, 1, 4).unbind(0)
+            bias = self.key_bias.view(path).view(1, 1, 1, n)
+            att = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+            att = att.transpose(1, 2).reshape(b, n, e)
+        att = m.attn.out_proj(att)
         z = m.attn_norm(z + att)
         z = m.ffn_norm(z + m.fc2(torch.relu(m.fc1(z))))
         return z * self.w[0].view(path)[:, None]

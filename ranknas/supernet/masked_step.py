@@ -16,6 +16,12 @@ The architecture enters as the two path tensors, copied into static buffers, so 
 replays the same compiled graph (``compile=True``: ``torch.compile(fullgraph=True)`` of forward
 and loss) and, with ``cuda_graph=True``, the same CUDA graph, captured after a few eager
 warm-up steps. A batch of another size than the first runs eagerly, outside both.
+
+``segmented=True`` runs only the path's ops instead
+(:class:`~ranknas.supernet.segmented.SegmentedProgram`), and ``cuda_graph`` then captures each
+(block, op, layer) segment, forward and backward, on first use (per batch size); the loss,
+the embedding lookup and the optimizer update run eagerly around them. The dense update
+covers the parameters that got a gradient: those of the ops the path runs.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from ranknas.evaluator.fast_train import (
 from ranknas.spaces.architecture import Architecture
 from ranknas.supernet.masked import PathTensors, program
 from ranknas.supernet.masked_base import Slot
+from ranknas.supernet.segmented import segmented as segmented_program
 from ranknas.supernet.supernet import Supernet
 
 __all__ = ["MaskedStep", "copy_adagrad_state"]
@@ -71,15 +78,20 @@ class MaskedStep:
         cuda_graph: Capture the whole step in a CUDA graph (needs a CUDA supernet).
         precision: ``fp32``, ``tf32`` (TF32 matmuls) or ``bf16`` (autocast of the forward).
         backend: ``torch.compile`` backend (``inductor``; ``eager`` / ``aot_eager`` to test).
+        segmented: Run only the path's ops, segment by segment (no ``compile``).
 
     Raises:
-        ConfigError: an unknown optimizer or precision, or ``cuda_graph`` off CUDA.
+        ConfigError: an unknown optimizer or precision, ``cuda_graph`` off CUDA, or
+            ``compile`` with ``segmented``.
     """
 
     def __init__(self, supernet: Supernet, *, optimizer: str = "adagrad", lr: float = 0.01,
                  sparse_lr: float | None = None, eps: float = 1e-8, weight_decay: float = 0.0,
                  compile: bool = False, cuda_graph: bool = False, precision: str = "fp32",
-                 backend: str = "inductor") -> None:
+                 backend: str = "inductor", segmented: bool = False) -> None:
+        if segmented and compile:
+            raise ConfigError("masked.compile", "segmented execution graphs each segment "
+                              "instead; set compile: false")
         if optimizer not in ("adagrad", "sgd"):
             raise ConfigError("masked.optimizer", f"adagrad or sgd, got {optimizer!r}")
         if precision not in PRECISIONS:
@@ -88,9 +100,12 @@ class MaskedStep:
         if cuda_graph and self.device.type != "cuda":
             raise ConfigError("masked.cuda_graph", f"needs a CUDA supernet, not {self.device}")
         self.supernet, self.program = supernet, program(supernet)
+        self.segments = (segmented_program(supernet, cuda_graph) if segmented else None)
         self.lr, self.eps, self.wd = lr, eps, weight_decay
         self.precision, self.cuda_graph = precision, cuda_graph
-        self.autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16)
+        # segment graphs are captured inside the autocast region: its cache must be off
+        self.autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16,
+                                        cache_enabled=not segmented)
                          if precision == "bf16" else nullcontext())
         self.params = supernet.dense_parameters()
         self.sums = ([torch.zeros_like(p) for p in self.params] if optimizer == "adagrad"
@@ -123,18 +138,23 @@ class MaskedStep:
 
     @torch.no_grad()
     def _update(self, floats: torch.Tensor, ints: torch.Tensor) -> None:
-        grads = [p.grad for p in self.params]
+        params, sums, active = self.params, self.sums, self.active
+        grads = [p.grad for p in params]
+        if self.segments is not None:  # the ops the path does not run have no gradient
+            keep = [i for i, g in enumerate(grads) if g is not None]
+            params, grads, active = ([xs[i] for i in keep] for xs in (params, grads, active))
+            sums = None if sums is None else [sums[i] for i in keep]
         if self.wd:  # only on the ops the path runs (their "active" flag), as when sliced
             path = (floats, ints)
             grads = [g.add(p, alpha=self.wd) if s is None else g + (self.wd * s.view(path)) * p
-                     for g, p, s in zip(grads, self.params, self.active, strict=True)]
-        if self.sums is None:
-            torch._foreach_add_(self.params, grads, alpha=-self.lr)
+                     for g, p, s in zip(grads, params, active, strict=True)]
+        if sums is None:
+            torch._foreach_add_(params, grads, alpha=-self.lr)
             return
-        torch._foreach_addcmul_(self.sums, grads, grads)
-        std = torch._foreach_sqrt(self.sums)
+        torch._foreach_addcmul_(sums, grads, grads)
+        std = torch._foreach_sqrt(sums)
         torch._foreach_add_(std, self.eps)
-        torch._foreach_addcdiv_(self.params, grads, std, value=-self.lr)
+        torch._foreach_addcdiv_(params, grads, std, value=-self.lr)
 
     def _step(self, dense: torch.Tensor, sparse: torch.Tensor, labels: torch.Tensor,
               floats: torch.Tensor, ints: torch.Tensor,
@@ -154,7 +174,24 @@ class MaskedStep:
 
     def __call__(self, dense: torch.Tensor, sparse: torch.Tensor, labels: torch.Tensor,
                  arch: Architecture | PathTensors) -> torch.Tensor:
-        """One step on ``arch`` (or its encoded path); returns the loss (0-dim, on device)."""
+        """One step on ``arch`` (or its encoded path); returns the loss (0-dim, on device).
+
+        Raises:
+            ConfigError: a segmented step given path tensors instead of an architecture.
+        """
+        if self.segments is not None:
+            if not isinstance(arch, Architecture):
+                raise ConfigError("masked.segmented", "a segmented step needs the "
+                                  "Architecture (it runs only the path's ops)")
+            path = self.segments.encode(self.supernet, arch)
+
+            def loss(dense: torch.Tensor, rows: torch.Tensor, labels: torch.Tensor,
+                     *_: torch.Tensor) -> torch.Tensor:
+                logits = self.segments.forward_embedded(self.supernet, dense, rows, path)
+                return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
+
+            with precision_context(self.precision):
+                return self._step(dense, sparse, labels, *path.tensors, loss)
         path = arch if isinstance(arch, PathTensors) else self.program.encode(self.supernet,
                                                                                arch)
         with precision_context(self.precision):

@@ -321,7 +321,8 @@ class Supernet(nn.Module):
                 if value is not None and value.shape != p.shape:
                     raise ConfigError(name, f"shape {tuple(value.shape)} is not the "
                                             f"parameter's {tuple(p.shape)}")
-                p.data = torch.zeros_like(p) if value is None else value
+                # a worker's sums come from a file on the CPU, its supernet is on the GPU
+                p.data = torch.zeros_like(p) if value is None else value.to(p)
             model = self.extract(arch)
         finally:
             for name, data in saved.items():

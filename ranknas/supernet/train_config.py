@@ -11,7 +11,14 @@ import torch
 from ranknas.errors import ConfigError
 from ranknas.evaluator.training import OPTIMIZERS
 
-__all__ = ["SupernetTrainConfig", "check_int"]
+#: How a supernet step runs (see :class:`SupernetTrainConfig`).
+EXECUTIONS = ("sliced", "masked", "segmented")
+#: The fields that choose how (not what) a supernet trains: what one-shot's ``supernet_train``
+#: and rank-corr's ``--supernet-train`` may set.
+EXECUTION_OPTIONS = ("execution", "embedding_update", "check_every", "compile", "cuda_graph",
+                     "precision")
+
+__all__ = ["EXECUTIONS", "EXECUTION_OPTIONS", "SupernetTrainConfig", "check_int"]
 
 
 def check_int(name: str, value: Any, minimum: int, optional: bool = False) -> None:
@@ -51,13 +58,16 @@ class SupernetTrainConfig:
         check_every: With ``execution="masked"`` or ``embedding_update="index"``, check the
             loss for NaN/inf every this many steps, in one host sync; above 1 the host queues
             steps ahead of the GPU, and a divergence is caught up to this many steps late.
-        execution: ``sliced`` (each path at its own shapes) or ``masked`` (fixed shapes).
+        execution: ``sliced`` (each path at its own shapes), ``masked`` (every candidate op
+            at fixed shapes: one graph for every path) or ``segmented`` (only the path's ops,
+            each at fixed shapes: one graph per (block, op, layer)).
         embedding_update: ``sliced`` only: ``sparse`` (``torch.sparse`` row gradients and
             ``torch.optim``) or ``index`` (row-wise Adagrad/SGD and ``foreach`` dense
             updates from :mod:`ranknas.evaluator.fast_train`: no host sync, fewer kernels).
         compile: ``masked`` only: ``torch.compile`` the step's forward and loss.
-        cuda_graph: ``masked`` only, CUDA only: capture the step in one CUDA graph.
-        precision: ``masked`` only: ``fp32``, ``tf32`` or ``bf16``.
+        cuda_graph: ``masked`` / ``segmented`` only, CUDA only: capture the step in one CUDA
+            graph (masked) or each segment's forward and backward (segmented).
+        precision: ``masked`` / ``segmented`` only: ``fp32``, ``tf32`` or ``bf16``.
     """
 
     examples: int = 1_000_000
@@ -105,8 +115,9 @@ class SupernetTrainConfig:
 
     def _check_execution(self, device: torch.device) -> None:
         where = "supernet.train"
-        if self.execution not in ("sliced", "masked"):
-            raise ConfigError(f"{where}.execution", f"sliced or masked, got {self.execution!r}")
+        if self.execution not in EXECUTIONS:
+            raise ConfigError(f"{where}.execution", f"one of {', '.join(EXECUTIONS)}, got "
+                              f"{self.execution!r}")
         fast = {"compile": self.compile, "cuda_graph": self.cuda_graph,
                 "precision": self.precision != "fp32"}
         if self.embedding_update not in ("sparse", "index"):
@@ -115,18 +126,23 @@ class SupernetTrainConfig:
         if self.embedding_update == "index" and self.optimizer not in ("adagrad", "sgd"):
             raise ConfigError(f"{where}.embedding_update", "index supports adagrad and sgd, "
                               f"not {self.optimizer!r}")
-        if self.execution == "masked" and self.embedding_update != "sparse":
-            raise ConfigError(f"{where}.embedding_update", "execution: masked always updates "
-                              "embedding rows by index; leave embedding_update unset")
+        if self.execution != "sliced" and self.embedding_update != "sparse":
+            raise ConfigError(f"{where}.embedding_update", f"execution: {self.execution} "
+                              "always updates embedding rows by index; leave "
+                              "embedding_update unset")
         if self.execution == "sliced":
             for name, on in fast.items():
                 if on:
-                    raise ConfigError(f"{where}.{name}", "needs execution: masked (a sliced "
-                                      "step has other shapes on every path)")
+                    raise ConfigError(f"{where}.{name}", "needs execution: masked or "
+                                      "segmented (a sliced step has other shapes on every "
+                                      "path)")
             return
+        if self.execution == "segmented" and self.compile:
+            raise ConfigError(f"{where}.compile", "execution: segmented captures each "
+                              "segment in a CUDA graph instead; set compile: false")
         if self.optimizer not in ("adagrad", "sgd"):
-            raise ConfigError(f"{where}.optimizer", "execution: masked supports adagrad and "
-                              f"sgd, not {self.optimizer!r}")
+            raise ConfigError(f"{where}.optimizer", f"execution: {self.execution} supports "
+                              f"adagrad and sgd, not {self.optimizer!r}")
         if self.precision not in ("fp32", "tf32", "bf16"):
             raise ConfigError(f"{where}.precision", f"fp32, tf32 or bf16, got "
                               f"{self.precision!r}")

@@ -13,7 +13,9 @@ entries of a used weight by its momentum; Adagrad and SGD do not.)
 the same parameters and the same math (Adagrad or SGD; the table gets row-wise updates), at
 shapes fixed for every path, so ``compile`` and ``cuda_graph`` capture one step for all paths.
 It computes every candidate op at its widest, which pays off where eager steps are bound by
-launches (small batches on a GPU), not on a CPU; ``benchmarks/RESULTS.md`` has the figures.
+launches (small batches on a GPU), not on a CPU. ``execution="segmented"`` runs the same
+fixed-shape ops but only the path's, one CUDA graph per (block, op, layer) segment;
+``benchmarks/RESULTS.md`` has the figures.
 
 Examples processed are the budget unit. Batches come from a seeded permutation of the train
 split per epoch (final partial batch dropped when the split holds at least B examples); a
@@ -113,14 +115,15 @@ class SupernetTrainer:
         self.config = config
         self.masked: Any = None
         self.fast: Any = None
-        if config.execution == "masked":
+        if config.execution in ("masked", "segmented"):
             from ranknas.supernet.masked_step import MaskedStep
 
             self.optimizers: list[torch.optim.Optimizer] = []
             self.masked = MaskedStep(self.supernet, optimizer=config.optimizer, lr=config.lr,
                                      sparse_lr=config.sparse_lr, eps=config.eps,
                                      weight_decay=config.weight_decay, compile=config.compile,
-                                     cuda_graph=config.cuda_graph, precision=config.precision)
+                                     cuda_graph=config.cuda_graph, precision=config.precision,
+                                     segmented=config.execution == "segmented")
         elif config.embedding_update == "index":
             self.optimizers = []
             self._path = _Path(self.supernet, None)

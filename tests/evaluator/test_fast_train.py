@@ -1,6 +1,8 @@
-"""The opt-in fast training paths compute what the plain path computes (CPU checks)."""
+"""The opt-in fast training paths compute what the plain path computes (CPU checks; the
+Triton attention kernel on a GPU where there is one)."""
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -58,6 +60,28 @@ def test_tiny_head_attention_reference_against_sdpa():
     q, k, v = (t.reshape(5, 12, 8, 2).transpose(1, 2) for t in qkv.split(16, dim=-1))
     ref = torch.nn.functional.scaled_dot_product_attention(q, k, v)
     torch.testing.assert_close(out.reshape(5, 12, 8, 2), ref.transpose(1, 2))
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="the Triton kernel needs a GPU"))])
+def test_tiny_head_attention_key_bias_masks_keys_like_sdpa(device):
+    """A 0 / -inf key bias (the masked supernet's padded tokens) == SDPA's additive mask,
+    forward and backward; masked keys get no gradient."""
+    gen = torch.Generator().manual_seed(1)
+    dtype = torch.float64 if device == "cpu" else torch.float32
+    qkv = torch.randn(6, 12, 3 * 16, generator=gen, dtype=dtype).to(device).requires_grad_()
+    bias = torch.where(torch.arange(12) < 7, 0.0, -math.inf).to(device)
+    out, _ = tiny_head_attention(qkv, 8, bias)
+    q, k, v = (t.reshape(6, 12, 8, 2).transpose(1, 2) for t in qkv.split(16, dim=-1))
+    ref = torch.nn.functional.scaled_dot_product_attention(
+        q, k, v, attn_mask=bias.to(dtype).view(1, 1, 1, 12)).transpose(1, 2).reshape(6, 12, 16)
+    grad = torch.randn(out.shape, generator=gen, dtype=dtype).to(device)
+    got, = torch.autograd.grad(out, qkv, grad)
+    want, = torch.autograd.grad(ref, qkv, grad)
+    tol = {"rtol": 1e-5, "atol": 1e-6}
+    torch.testing.assert_close(out, ref, **tol)
+    torch.testing.assert_close(got, want, **tol)
+    assert not got[:, 7:, 16:].any()  # keys and values of masked tokens
 
 
 @pytest.mark.parametrize(("options", "field"), [

@@ -197,3 +197,19 @@ def test_supernet_replicates_are_averaged_and_checked_against_each_other(tmp_pat
     assert len(two["summary"]["supernet"]) == 2
     with pytest.raises(ConfigError, match="supernet_replicates"):
         run_rank_correlation(config, tmp_path / "bad", supernet_replicates=0, **kwargs)
+
+
+def test_supernet_train_options_choose_the_execution(tmp_path):
+    config = config_from_dict(TINY)
+    first = run_rank_correlation(config, tmp_path / "a", **SMALL)
+    seg = run_rank_correlation(config, tmp_path / "b", standalone_from=tmp_path / "a/rankcorr.json",
+                               supernet_train={"execution": "segmented"}, **SMALL)
+    assert seg["options"]["supernet_train"] == {"execution": "segmented"}
+    assert first["options"]["supernet_train"] == {}
+    assert all(math.isfinite(r["supernet_ne_finetune_last"]) for r in seg["rows"])
+    with pytest.raises(ConfigError, match=r"supernet_train\.lr"):
+        run_rank_correlation(config, tmp_path / "c", supernet_train={"lr": 0.1}, **SMALL)
+    with pytest.raises(ConfigError) as err:
+        run_rank_correlation(config, tmp_path / "d", supernet_train={"execution": "nope"},
+                             **SMALL)
+    assert "execution" in err.value.where

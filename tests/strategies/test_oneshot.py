@@ -201,9 +201,10 @@ def test_finetuning_that_continues_the_supernet_optimizer_runs(job):
         _make(job, finetune_continue="yes")
 
 
-def test_masked_supernet_training_runs_the_same_stages(job):
+@pytest.mark.parametrize("execution", ["masked", "segmented"])
+def test_fixed_shape_supernet_training_runs_the_same_stages(job, execution):
     strategy = _make(job, candidates=3, finetune="none", finetune_examples=0,
-                     supernet_train={"execution": "masked"})
+                     supernet_train={"execution": execution})
     proposals = _drain(strategy)
     assert proposals and strategy.summary()["stages"][0]["status"] == "ok"
 

@@ -94,3 +94,6 @@ def test_extract_like_slices_other_tensors_as_the_weights():
     assert float(only_head["head.bias"]) == 1.0
     assert all(float(t.abs().sum()) == 0 for n, t in only_head.items() if n != "head.bias")
     assert torch.equal(supernet.head_bias, weights["head_bias"])  # the supernet is untouched
+    # values saved elsewhere (a worker's sums: CPU float64 here) take the parameter's form
+    wide = supernet.extract_like(arch, {n: t.double() for n, t in weights.items()})
+    assert all(wide[n].dtype == torch.float32 for n in wide)

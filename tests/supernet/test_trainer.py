@@ -134,10 +134,11 @@ def _losses(trainer, examples):
     return out
 
 
-def test_masked_execution_trains_like_sliced(space, data):
+@pytest.mark.parametrize("execution", ["masked", "segmented"])
+def test_fixed_shape_execution_trains_like_sliced(space, data, execution):
     # eps 0.1: with 1e-8, Adagrad's first step turns rounding noise on ~0 grads into +-lr
     sliced = _losses(_trainer(space, data, eps=0.1, log_every=1), 1600)
-    masked = _trainer(space, data, eps=0.1, log_every=1, execution="masked")
+    masked = _trainer(space, data, eps=0.1, log_every=1, execution=execution)
     assert masked.optimizers == [] and masked.masked is not None
     assert masked.supernet.embedding.table.weight.requires_grad
     got = _losses(masked, 1600)
@@ -145,13 +146,14 @@ def test_masked_execution_trains_like_sliced(space, data):
     assert got == pytest.approx(sliced, rel=1e-4)
 
 
-def test_masked_resume_equals_uninterrupted(space, data, tmp_path):
-    whole = _trainer(space, data, execution="masked")
+@pytest.mark.parametrize("execution", ["masked", "segmented"])
+def test_fixed_shape_resume_equals_uninterrupted(space, data, tmp_path, execution):
+    whole = _trainer(space, data, execution=execution)
     whole.train(1200)
-    first = _trainer(space, data, execution="masked")
+    first = _trainer(space, data, execution=execution)
     first.train(600)
     path = first.save(tmp_path / "masked.pt")
-    resumed = _trainer(space, data, seed=3, execution="masked")
+    resumed = _trainer(space, data, seed=3, execution=execution)
     resumed.load(path)
     resumed.train(600)
     for (name, a), b in zip(whole.supernet.state_dict().items(),
@@ -164,6 +166,9 @@ def test_masked_resume_equals_uninterrupted(space, data, tmp_path):
     ("execution", "dense", {}), ("compile", True, {}), ("precision", "tf32", {}),
     ("cuda_graph", True, {"execution": "masked"}), ("optimizer", "adam", {"execution": "masked"}),
     ("precision", "fp8", {"execution": "masked"}), ("embedding_update", "dense", {}),
+    ("cuda_graph", True, {"execution": "segmented"}),
+    ("compile", True, {"execution": "segmented"}),
+    ("embedding_update", "index", {"execution": "segmented"}),
     ("embedding_update", "index", {"optimizer": "adam"}),
     ("embedding_update", "index", {"execution": "masked"}),
 ])
@@ -193,7 +198,8 @@ def test_index_embedding_update_trains_like_sparse(space, data, tmp_path):
         assert torch.equal(a, b), name
 
 
-@pytest.mark.parametrize("options", [{"embedding_update": "index"}, {"execution": "masked"}])
+@pytest.mark.parametrize("options", [{"embedding_update": "index"}, {"execution": "masked"},
+                                     {"execution": "segmented"}])
 def test_late_checked_divergence_names_the_first_bad_step(space, data, options):
     trainer = _trainer(space, data, check_every=4, **options)
     trainer.train(600)
@@ -204,7 +210,8 @@ def test_late_checked_divergence_names_the_first_bad_step(space, data, options):
     assert err.value.step == 4 and "after step 7" in str(err.value)
 
 
-@pytest.mark.parametrize("options", [{}, {"embedding_update": "index"}, {"execution": "masked"}])
+@pytest.mark.parametrize("options", [{}, {"embedding_update": "index"}, {"execution": "masked"},
+                                     {"execution": "segmented"}])
 def test_finetuning_can_continue_the_supernet_adagrad_state(space, data, options):
     from dataclasses import replace
 
