@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +29,8 @@ from ranknas.spaces.ops import OpContext, Operator, TensorSpec, get_operator, me
 #: Criteo's shape, for spaces materialized without a dataset at hand.
 CRITEO_LIKE = DataSchema(13, (100_000,) * 26, name="criteo-like")
 _MAX_TRIES = 200
+#: Materialized graphs a space keeps (an LRU by architecture id and schema).
+MATERIALIZED_CACHE = 256
 
 
 def width_choice_name(block: str, layer: int) -> str:
@@ -76,6 +79,8 @@ class SearchSpace:
         self.default_schema = default_schema
         self.description = description
         self._choices: dict[str, Choice] = {}
+        self._materialized: OrderedDict[tuple[str, DataSchema], MaterializedGraph] = \
+            OrderedDict()
         for block in graph.blocks():
             for choice in self._block_choices(block):
                 self._choices[choice.name] = choice
@@ -263,8 +268,24 @@ class SearchSpace:
 
     def materialize(self, arch: Architecture,
                     schema: DataSchema | None = None) -> MaterializedGraph:
-        """The concrete DAG of ops with shapes and costs, for ``schema`` (default: Criteo-like)."""
+        """The concrete DAG of ops with shapes and costs, for ``schema`` (default: Criteo-like).
+
+        The last :data:`MATERIALIZED_CACHE` graphs are kept (they are immutable): a supernet
+        step materializes its path several times (sampling checks it, encoding reads it).
+        """
         schema = schema or self.default_schema
+        key = (arch.arch_id, schema)
+        hit = self._materialized.get(key)
+        if hit is not None:
+            self._materialized.move_to_end(key)
+            return hit
+        graph = self._materialize(arch, schema)
+        self._materialized[key] = graph
+        if len(self._materialized) > MATERIALIZED_CACHE:
+            self._materialized.popitem(last=False)
+        return graph
+
+    def _materialize(self, arch: Architecture, schema: DataSchema) -> MaterializedGraph:
         ctx = self.context
         _, plans = self._resolve(arch.as_dict())
         specs: dict[str, TensorSpec] = {

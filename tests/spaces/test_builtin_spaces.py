@@ -3,6 +3,7 @@ import random
 import pytest
 import torch
 
+from ranknas.evaluator.data.schema import DataSchema
 from ranknas.spaces import BUILTIN_SPACES, build_model, load_space
 
 N_ARCHS = 50
@@ -60,3 +61,20 @@ def test_materialized_graph_is_a_dag_of_active_nodes(space):
     assert nx.is_directed_acyclic_graph(g)
     assert nx.ancestors(g, "output") | {"output"} >= set(g) - {"dense", "sparse"}
     assert graph.flops > 0 and graph.summary().count("\n") == len(graph.nodes) + 1
+
+
+def test_materialized_graphs_are_kept_per_architecture_and_schema(space, tiny_schema,
+                                                                   monkeypatch):
+    import ranknas.spaces.space as space_module
+
+    monkeypatch.setattr(space_module, "MATERIALIZED_CACHE", 2)
+    rng = random.Random(6)
+    arch = space.sample(rng)
+    graph = space.materialize(arch)
+    assert space.materialize(arch) is graph
+    other = space.materialize(arch, tiny_schema)  # a second entry
+    assert other is not graph and other.schema == tiny_schema
+    assert space.materialize(arch, tiny_schema) is other
+    space.materialize(arch, DataSchema(1, (5,), "third"))  # a third entry evicts the first
+    again = space.materialize(arch)
+    assert again is not graph and again == graph
