@@ -119,7 +119,8 @@ class SegmentedProgram:
 
     Args:
         supernet: The supernet (its parameters are used in place).
-        cuda_graphs: Capture every segment, per batch size, as CUDA graphs (CUDA only).
+        cuda_graphs: Capture every segment as CUDA graphs (CUDA only), at the batch size of
+            the first call; other sizes run the same segments eagerly.
     """
 
     def __init__(self, supernet: Supernet, cuda_graphs: bool = False) -> None:
@@ -131,11 +132,8 @@ class SegmentedProgram:
                        for op, chain in chains.items() for k, layer in enumerate(chain)}
         self._segments: dict[tuple, Callable[..., torch.Tensor]] = {}
         self._zeros: dict[tuple, torch.Tensor] = {}
-
-    @property
-    def captured(self) -> int:
-        """Segments captured so far (one per segment and batch size)."""
-        return len(self._segments) if self.cuda_graphs else 0
+        self.graph_batch: int | None = None  # the batch size segments are captured at
+        self.captured = 0  # segments captured so far
 
     def encode(self, supernet: Supernet, arch: Architecture) -> PathTensors:
         """``arch``'s path tensors and the layers it runs (the masked encoding, cached)."""
@@ -148,9 +146,14 @@ class SegmentedProgram:
         if fn is not None:
             return fn
         seg = _Segment(self.program, self.current, layer, supernet)
-        if self.cuda_graphs:
+        if self.graph_batch is None:
+            self.graph_batch = size
+        # graphs for the first batch size only: another (a budget's trimmed last batch) would
+        # capture every segment again, and keep its memory, for a step or two
+        if self.cuda_graphs and size == self.graph_batch:
             sample = tuple(f.detach().clone().requires_grad_(f.requires_grad) for f in forms)
             seg = torch.cuda.make_graphed_callables(seg, sample, allow_unused_input=True)
+            self.captured += 1
         self._segments[(key, size)] = seg
         return seg
 

@@ -149,4 +149,11 @@ def test_cuda_graphs_equal_eager_segments():
             assert (g is None) == (got[key] is None), key
             if g is not None:
                 assert _close(got[key], g, 1e-4), f"{arch.arch_id}: grad of {key}"
-    assert graphed.captured > 0
+    captured = graphed.captured
+    assert captured > 0 and graphed.graph_batch == B
+    half = (dense[:B // 2], sparse[:B // 2], labels[:B // 2])  # another size runs eagerly
+    path = graphed.encode(supernet, arch)
+    with torch.no_grad():
+        got = graphed.forward_embedded(supernet, half[0], supernet.embedding(half[1]), path)
+        want = eager.forward_embedded(supernet, half[0], supernet.embedding(half[1]), path)
+    assert _close(got, want, 1e-4) and graphed.captured == captured
