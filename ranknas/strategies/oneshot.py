@@ -98,7 +98,7 @@ class OneShot(Strategy):
             ``execution``, ``embedding_update``, ``check_every``, ``compile``,
             ``cuda_graph``, ``precision``), e.g.
             ``{"execution": "segmented", "cuda_graph": true, "precision": "tf32"}`` on a
-            GPU at large batches (``masked`` with ``compile`` at small ones).
+            GPU (``benchmarks/RESULTS.md`` compares the executions per card and batch).
 
     Raises:
         ConfigError: a bad option; ``where`` is ``strategies[].<option>``.
