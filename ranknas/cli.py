@@ -133,18 +133,20 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     config = load_config(args.config, args.set or ())
     out = run_search(config, args.out, resume=args.resume, progress=not args.quiet)
-    _print_outputs(out, config.tracking.get("uri"))
+    _print_outputs(out, config.tracking.get("uri"), tracked=config.tracking.get("enabled", True))
     return 0
 
 
-def _print_outputs(out: Path, uri: str | None, export: Path | None = None) -> None:
+def _print_outputs(out: Path, uri: str | None, export: Path | None = None,
+                   tracked: bool = True) -> None:
     from ranknas.reports.tracking import local_store_uri
 
     print(f"report:  {out / 'report' / 'report.html'}")
     if export is not None:
         print(f"exports: {export}")
     print(f"trials:  {out / 'trials.jsonl'}")
-    print(f"runs:    mlflow ui --backend-store-uri {uri or local_store_uri(out)}")
+    if tracked:
+        print(f"runs:    mlflow ui --backend-store-uri {uri or local_store_uri(out)}")
 
 
 def cmd_rank_corr(args: argparse.Namespace) -> int:

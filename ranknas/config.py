@@ -49,6 +49,8 @@ class ExperimentConfig:
         dedupe: Replay cached results of re-proposed architectures.
         seed: Seeds strategies, data, model initialisation and batch order.
         tracking: ``{"uri": None | "http://..."}``; None = local store under the output folder.
+            ``{"enabled": false}`` records nothing in MLflow (trials.jsonl and the report
+            still hold every result).
         executor: ``{"name": "local"}`` or ``{"name": "ray", "workers": N, "address": ...}``.
         report: ``{"reference": {"ne": 1.0, "flops": 5e6}}`` fixes the hypervolume reference
             point (default: NE 1.0 and the worst FLOPs seen, +10%).
@@ -184,10 +186,13 @@ def config_from_dict(doc: Any) -> ExperimentConfig:
     for k, v in constraints.items():
         if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
             raise ConfigError(f"constraints.{k}", f"expected a positive number, got {v!r}")
-    tracking = _mapping(doc.get("tracking", {}), "tracking", ("uri",))
+    tracking = _mapping(doc.get("tracking", {}), "tracking", ("uri", "enabled"))
     uri = tracking.get("uri")
     if uri is not None and not isinstance(uri, str):
         raise ConfigError("tracking.uri", "expected null (local store) or a URI string")
+    enabled = tracking.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise ConfigError("tracking.enabled", f"expected true or false, got {enabled!r}")
     executor = _mapping(doc.get("executor", {"name": "local"}), "executor",
                         ("name", "workers", "address", "cpus_per_trial", "gpus_per_trial"))
     if executor.get("name", "local") not in ("local", "ray"):
@@ -213,7 +218,8 @@ def config_from_dict(doc: Any) -> ExperimentConfig:
         name=str(doc.get("name", "ranknas")), data=data,
         objectives=_objectives(doc.get("objectives", ["ne", "flops"])), train=train,
         baseline=baseline, constraints=constraints, dedupe=dedupe,
-        seed=_int(doc.get("seed", 0), "seed"), tracking={"uri": uri}, executor=executor,
+        seed=_int(doc.get("seed", 0), "seed"),
+        tracking={"uri": uri, **({} if enabled else {"enabled": False})}, executor=executor,
         report=report)
 
 

@@ -60,12 +60,6 @@ def make_executor(spec: dict[str, Any], out: Path) -> Executor:
     return RayExecutor(storage_path=str((out / "ray").resolve()), **opts)
 
 
-def make_tracker(config: ExperimentConfig, out: Path) -> Any:
-    from ranknas.reports.tracking import MlflowTracker
-
-    return MlflowTracker(config.tracking.get("uri"), out, config.name)
-
-
 def build_strategy(spec: StrategySpec, config: ExperimentConfig, space: SearchSpace,
                    schema: DataSchema) -> Strategy:
     """The registry's strategy, wrapped in constraints (checked on ``schema``) and dedupe."""
@@ -124,6 +118,8 @@ def run_search(config: ExperimentConfig, out: str | Path, *, resume: bool = Fals
     job = EvalJob(config.space, dict(config.data), asdict(config.train_config()), config.seed)
     job.evaluator()  # bad data options fail here, before the output folder exists
     journal = _prepare_out(config, out, resume)
+    from ranknas.reports.tracking import make_tracker
+
     tracker = make_tracker(config, out)
     tracker.check()  # an unreachable server is reported before any training
     tracker.start_study(config.to_json())

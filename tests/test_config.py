@@ -41,6 +41,7 @@ def test_overrides_are_dotted_and_typed():
     (lambda d: d["train"].update(batch_sise=3), "train.batch_sise", "allowed:"),
     (lambda d: d.update(executor={"name": "dask"}), "executor.name", "local, ray"),
     (lambda d: d.update(tracking={"uri": 5}), "tracking.uri", "URI"),
+    (lambda d: d.update(tracking={"enabled": "no"}), "tracking.enabled", "true or false"),
     (lambda d: d.update(constraints={"max_flops": "big"}), "constraints.max_flops", "positive"),
     (lambda d: d.update(colour="red"), "config.colour", "unknown key"),
 ])

@@ -56,6 +56,22 @@ def test_diverging_architectures_fail_and_the_search_goes_on(tmp_path):
     assert failed and all("diverged" in r.result.reason for r in failed)
 
 
+def test_disabled_tracking_needs_no_mlflow(tmp_path, monkeypatch):
+    import ranknas.reports.tracking as tracking
+
+    def missing():
+        raise AssertionError("MLflow was used with tracking disabled")
+
+    monkeypatch.setattr(tracking, "_mlflow", missing)
+    cfg = config(tracking={"enabled": False}, budget={"trials": 2})
+    assert cfg.tracking == {"uri": None, "enabled": False}
+    assert config().tracking == {"uri": None}  # unchanged for configs that do not say
+    out = run_search(cfg, tmp_path / "s", progress=False)
+    assert len(list(Journal(out / "trials.jsonl"))) == 4
+    assert (out / "report" / "report.html").exists()
+    assert not (out / "mlruns").exists() and not (out / "mlflow.db").exists()
+
+
 def test_unreachable_tracking_server_is_reported_before_training(tmp_path):
     with pytest.raises(ConfigError) as err:
         run_search(config(tracking={"uri": "http://127.0.0.1:9"}), tmp_path / "s",

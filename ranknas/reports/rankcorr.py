@@ -110,12 +110,20 @@ def _scatter(rows: list[dict[str, Any]], summary: dict[str, Any], path: Path) ->
     plt.close(fig)
 
 
-def _log_mlflow(config: Any, out: Path, options: dict[str, Any], rows: list[dict[str, Any]],
-                summary: dict[str, Any], files: Sequence[Path]) -> str:
-    """One run in experiment ``<name>-rankcorr``: params, summary metrics, per-arch steps."""
-    from ranknas.reports.tracking import MlflowTracker
+def _tracker(config: Any, out: Path) -> Any:
+    """The tracker of a rank-corr run: MLflow experiment ``<name>-rankcorr`` (or none)."""
+    from ranknas.reports.tracking import make_tracker
 
-    tracker = MlflowTracker(config.tracking.get("uri"), out, f"{config.name}-rankcorr")
+    return make_tracker(config, out, f"{config.name}-rankcorr")
+
+
+def _log_mlflow(config: Any, out: Path, options: dict[str, Any], rows: list[dict[str, Any]],
+                summary: dict[str, Any], files: Sequence[Path]) -> str | None:
+    """One run in experiment ``<name>-rankcorr``: params, summary metrics, per-arch steps.
+    Returns its id (None with tracking disabled)."""
+    if not config.tracking.get("enabled", True):
+        return None
+    tracker = _tracker(config, out)
     tracker.check()
     tracker.start_study({"config": config.to_json(), "rankcorr": options}, resume=False,
                         backfill=False)
@@ -273,6 +281,7 @@ def run_rank_correlation(config: Any, out: str | Path, *, archs: int = 50,
     make_sampler(sampler_name, space, seed, schema=data.schema, **sampler_options)  # fail early
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    _tracker(config, out).check()  # a missing MLflow or server fails now, not after the run
     rows: list[dict[str, Any]] = [{"arch_id": a.arch_id, "arch": a.to_json(),
                                    "standalone_nes": []} for a in sample]
     if standalone_from is not None:

@@ -47,7 +47,7 @@ _BATCH = 100
 _RUN_STATUS = {Status.OK: "FINISHED", Status.FAILED: "FAILED", Status.INFEASIBLE: "KILLED",
                Status.PRUNED: "KILLED"}
 
-__all__ = ["MlflowTracker", "NullTracker", "flatten", "local_store_uri"]
+__all__ = ["MlflowTracker", "NullTracker", "flatten", "local_store_uri", "make_tracker"]
 
 
 def _mlflow() -> Any:
@@ -84,8 +84,17 @@ def _chunks(items: list, size: int = _BATCH) -> Iterable[list]:
         yield items[i:i + size]
 
 
+def make_tracker(config: Any, out: str | Path, experiment: str | None = None) -> Any:
+    """The tracker of a run of ``config`` (an ``ExperimentConfig``): MLflow, experiment
+    ``experiment`` (default: the config's name), or one that records nothing under
+    ``tracking: {enabled: false}``."""
+    if not config.tracking.get("enabled", True):
+        return NullTracker()
+    return MlflowTracker(config.tracking.get("uri"), out, experiment or config.name)
+
+
 class NullTracker:
-    """A tracker that records nothing (``tracking: {enabled: false}``, tests)."""
+    """A tracker that records nothing (tests, and callers that track elsewhere)."""
 
     uri: str | None = None
 

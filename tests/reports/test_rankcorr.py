@@ -213,3 +213,27 @@ def test_supernet_train_options_choose_the_execution(tmp_path):
         run_rank_correlation(config, tmp_path / "d", supernet_train={"execution": "nope"},
                              **SMALL)
     assert "execution" in err.value.where
+
+
+def test_a_missing_tracking_store_fails_before_any_training(tmp_path, monkeypatch):
+    import ranknas.reports.tracking as tracking
+
+    def missing():
+        raise ConfigError("tracking", "MLflow is not installed: pip install mlflow")
+
+    monkeypatch.setattr(tracking, "_mlflow", missing)
+    with pytest.raises(ConfigError, match="MLflow is not installed"):
+        run_rank_correlation(config_from_dict(TINY), tmp_path, **SMALL)
+    assert not (tmp_path / "standalone.jsonl").exists()  # nothing was trained
+
+
+def test_disabled_tracking_runs_without_mlflow(tmp_path, monkeypatch):
+    import ranknas.reports.tracking as tracking
+
+    def missing():
+        raise AssertionError("MLflow was used with tracking disabled")
+
+    monkeypatch.setattr(tracking, "_mlflow", missing)
+    doc = run_rank_correlation(config_from_dict({**TINY, "tracking": {"enabled": False}}),
+                               tmp_path, **SMALL)
+    assert doc["mlflow_run_id"] is None and (tmp_path / "rankcorr.json").exists()
