@@ -19,7 +19,8 @@ warm-up steps. A batch of another size than the first runs eagerly, outside both
 
 ``segmented=True`` runs only the path's ops instead
 (:class:`~ranknas.supernet.segmented.SegmentedProgram`), and ``cuda_graph`` then captures each
-(block, op, layer) segment, forward and backward, on first use (per batch size); the loss,
+(block, op, layer) segment, forward and backward, on first use (at the first batch size;
+another size runs them eagerly); the loss,
 the embedding lookup and the optimizer update run eagerly around them. The dense update
 covers the parameters that got a gradient: those of the ops the path runs.
 """

@@ -55,7 +55,7 @@ class SupernetTrainConfig:
         checkpoint_path: Where periodic checkpoints go (needed with ``checkpoint_every``).
         log_every: Call ``progress`` every this many steps; the loss averages over as many.
         eval_batch_size: Batch size of :meth:`SupernetTrainer.score`.
-        check_every: With ``execution="masked"`` or ``embedding_update="index"``, check the
+        check_every: With a fixed-shape ``execution`` or ``embedding_update="index"``, check the
             loss for NaN/inf every this many steps, in one host sync; above 1 the host queues
             steps ahead of the GPU, and a divergence is caught up to this many steps late.
         execution: ``sliced`` (each path at its own shapes), ``masked`` (every candidate op

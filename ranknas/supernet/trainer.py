@@ -187,7 +187,7 @@ class SupernetTrainer:
 
         Raises:
             TrainingDiverged: a non-finite loss; ``step`` is its 1-based step. The weights
-                are those before that step, except with ``execution="masked"`` or
+                are those before that step, except with ``execution`` masked / segmented or
                 ``embedding_update="index"``, whose losses are checked every ``check_every``
                 steps after the update (the message names the last step applied).
         """
