@@ -133,6 +133,7 @@ class SegmentedProgram:
         self._segments: dict[tuple, Callable[..., torch.Tensor]] = {}
         self._zeros: dict[tuple, torch.Tensor] = {}
         self.graph_batch: int | None = None  # the batch size segments are captured at
+        self._storage: int | None = None  # where the parameters lived when captured
         self.captured = 0  # segments captured so far
 
     def encode(self, supernet: Supernet, arch: Architecture) -> PathTensors:
@@ -142,19 +143,21 @@ class SegmentedProgram:
     def _segment(self, key: tuple, layer: _Layer | None, forms: list[torch.Tensor],
                  supernet: Supernet) -> Callable[..., torch.Tensor]:
         size = forms[0].shape[0]
-        fn = self._segments.get((key, size))
+        if self.graph_batch is None and torch.is_grad_enabled():
+            self.graph_batch = size
+        # graphs for the first batch size only: another (a budget's trimmed last batch) would
+        # capture every segment again, and keep its memory, for a step or two; and never
+        # without autograd, whose capture would have no backward graph
+        graphed = self.cuda_graphs and size == self.graph_batch and torch.is_grad_enabled()
+        fn = self._segments.get((key, size, graphed))
         if fn is not None:
             return fn
         seg = _Segment(self.program, self.current, layer, supernet)
-        if self.graph_batch is None:
-            self.graph_batch = size
-        # graphs for the first batch size only: another (a budget's trimmed last batch) would
-        # capture every segment again, and keep its memory, for a step or two
-        if self.cuda_graphs and size == self.graph_batch:
+        if graphed:
             sample = tuple(f.detach().clone().requires_grad_(f.requires_grad) for f in forms)
             seg = torch.cuda.make_graphed_callables(seg, sample, allow_unused_input=True)
             self.captured += 1
-        self._segments[(key, size)] = seg
+        self._segments[(key, size, graphed)] = seg
         return seg
 
     def _zero_form(self, key: str, kind: Kind, like: torch.Tensor) -> torch.Tensor:
@@ -174,6 +177,11 @@ class SegmentedProgram:
         ``emb [B, F, E]``."""
         if self.cuda_graphs and dense.device.type != "cuda":
             raise ConfigError("segmented.cuda_graph", f"needs CUDA inputs, not {dense.device}")
+        storage = supernet.head_bias.data_ptr()
+        if storage != self._storage:  # moved (.to()): graphs would read the old memory
+            self._segments.clear()
+            self._zeros.clear()
+            self.graph_batch, self._storage = None, storage
         self.current.load(path)
         dim = self.program.dim
         outs: dict[str, torch.Tensor] = {"dense": dense, "sparse": emb}

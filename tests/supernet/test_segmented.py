@@ -75,6 +75,26 @@ def test_forward_and_grads_match_sliced(name):
                 assert _close(g, want[key]), f"{arch.arch_id}: grad of {key}"
 
 
+def test_a_moved_supernet_drops_its_segments():
+    """Captured graphs read the parameters' old memory after ``.to()``: segments are rebuilt
+    when the parameters' storage changes (on CUDA: see the graph test below)."""
+    supernet = Supernet(load_space("dlrm"), SCHEMA, seed=0)
+    dense, sparse, _ = _data()
+    arch = supernet.space.sample(random.Random(2))
+    with torch.no_grad():
+        want = segmented_forward(supernet, dense, sparse, arch)
+    prog = segmented(supernet)
+    before = dict(prog._segments)
+    assert segmented_forward(supernet, dense, sparse, arch) is not None
+    assert all(prog._segments[k] is v for k, v in before.items())  # kept while in place
+    supernet.double()  # new parameter memory, as .to(device) gives
+    with torch.no_grad():
+        got = segmented_forward(supernet, dense.double(), sparse, arch)
+    assert _close(got.float(), want)
+    assert before.keys() == prog._segments.keys()
+    assert not any(prog._segments[k] is v for k, v in before.items())
+
+
 def test_runs_only_the_path_and_caches_encodings():
     supernet = Supernet(load_space("nasrec_full"), SCHEMA, seed=0)
     prog = segmented(supernet)
@@ -157,3 +177,15 @@ def test_cuda_graphs_equal_eager_segments():
         got = graphed.forward_embedded(supernet, half[0], supernet.embedding(half[1]), path)
         want = eager.forward_embedded(supernet, half[0], supernet.embedding(half[1]), path)
     assert _close(got, want, 1e-4) and graphed.captured == captured
+    supernet.cpu().cuda()  # new parameter memory: the graphs are captured again
+
+    def moved(prog):
+        return prog.forward_embedded(supernet, dense, supernet.embedding(sparse), path)
+
+    want = _grads(supernet, lambda: moved(eager), labels)
+    got = _grads(supernet, lambda: moved(graphed), labels)
+    assert graphed.captured > captured
+    for key, g in want.items():
+        assert (g is None) == (got[key] is None), key
+        if g is not None:
+            assert _close(got[key], g, 1e-4), f"after the move: grad of {key}"
