@@ -62,18 +62,24 @@ class EvalJob:
     seed: int = 0
     _cache: dict = field(default_factory=dict, compare=False, repr=False)
 
-    def evaluator(self) -> Any:
+    def evaluator(self, data: Any = None) -> Any:
+        """The job's ``StandaloneEvaluator``, built on first call and cached.
+
+        Args:
+            data: The job's dataset, already loaded (a process pool hands its workers the
+                driver's, in shared memory); None: load it from ``self.data``.
+        """
         if "evaluator" not in self._cache:
             from ranknas.evaluator.data import load_data
             from ranknas.evaluator.training import TrainConfig
             from ranknas.execution.standalone import StandaloneEvaluator
             from ranknas.spaces import load_space
 
-            data_opts = dict(self.data)
-            spec = data_opts.pop("spec")
+            if data is None:
+                data_opts = dict(self.data)
+                data = load_data(data_opts.pop("spec"), **data_opts)
             self._cache["evaluator"] = StandaloneEvaluator(
-                load_space(self.space), load_data(spec, **data_opts),
-                TrainConfig(**self.train), seed=self.seed)
+                load_space(self.space), data, TrainConfig(**self.train), seed=self.seed)
         return self._cache["evaluator"]
 
     def __call__(self, proposal: Proposal) -> EvalResult:

@@ -7,11 +7,13 @@ CPU thread each, or sharing one GPU, where eager training of small models is hos
 several processes fill the device). Every task is seeded by its own arguments, never by the
 process it lands on, so the results do not depend on ``workers``.
 
-Workers rebuild the space, data and supernet from plain, picklable state (an
+Workers rebuild the space, evaluator and supernet from plain, picklable state (an
 :class:`~ranknas.execution.base.EvalJob` and a weights file) and cache them per process, so
-each builds its data once, not once per task. The calling process can hand its own evaluator
-and supernet to the same tasks (:func:`seed_cache`, :func:`keep_supernet`), so ``workers=1``
-runs the very same code in place.
+each builds them once, not once per task. The dataset is not rebuilt: where the calling
+process holds it (an evaluator it built for a task's job), the workers receive it at start
+in shared memory, so N workers neither load nor hold N copies. The calling process can hand
+its own evaluator and supernet to the same tasks (:func:`seed_cache`, :func:`keep_supernet`),
+so ``workers=1`` runs the very same code in place.
 """
 
 from __future__ import annotations
@@ -28,10 +30,16 @@ __all__ = ["keep_supernet", "release", "run_tasks", "save_supernet", "score_task
 
 # Per process: evaluators by EvalJob state, supernets by weights file.
 _CACHE: dict[str, Any] = {}
+# Per worker: datasets the calling process handed over, by data spec.
+_DATA: dict[str, Any] = {}
 
 
 def _key(job: Any) -> str:
     return json.dumps(job.__getstate__(), sort_keys=True, default=str)
+
+
+def _data_key(job: Any) -> str:
+    return json.dumps(job.data, sort_keys=True, default=str)
 
 
 def seed_cache(job: Any, evaluator: Any) -> str:
@@ -57,8 +65,29 @@ def keep_supernet(key: str, supernet: Any, adagrad_sums: Mapping[str, Any] | Non
 def _evaluator(job: Any) -> Any:
     key = _key(job)
     if key not in _CACHE:
-        _CACHE[key] = job.evaluator()
+        _CACHE[key] = job.evaluator(data=_DATA.get(_data_key(job)))
     return _CACHE[key]
+
+
+def _shareable(tasks: list[tuple[Any, ...]]) -> dict[str, Any]:
+    """The datasets this process already holds for the tasks' jobs (their first argument),
+    on the CPU: CUDA tensors do not cross processes safely."""
+    out: dict[str, Any] = {}
+    for task in tasks:
+        job = task[0] if task else None
+        if not hasattr(job, "data") or _data_key(job) in out:
+            continue
+        ev = _CACHE.get(_key(job)) or getattr(job, "_cache", {}).get("evaluator")
+        data = getattr(ev, "data", None)
+        if data is not None and data.train.labels.device.type == "cpu":
+            out[_data_key(job)] = data
+    return out
+
+
+def _receive(shared: dict[str, Any]) -> None:
+    """Worker initializer: keep the datasets handed over (their tensors arrive in shared
+    memory through torch's multiprocessing pickler)."""
+    _DATA.update(shared)
 
 
 def standalone_task(job: Any, arch: Any, examples: int | None) -> Any:
@@ -129,8 +158,11 @@ def run_tasks(fn: Callable[..., Any], tasks: list[tuple[Any, ...]], workers: int
         for i, task in enumerate(tasks):
             on_done(i, fn(*task))
         return
+    import torch.multiprocessing  # noqa: F401 - registers the pickler that shares tensors
+
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(min(workers, len(tasks)), mp_context=context) as pool:
+    with ProcessPoolExecutor(min(workers, len(tasks)), mp_context=context,
+                             initializer=_receive, initargs=(_shareable(tasks),)) as pool:
         futures = {pool.submit(fn, *task): i for i, task in enumerate(tasks)}
         for future in as_completed(futures):
             on_done(futures[future], future.result())
