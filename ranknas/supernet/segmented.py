@@ -125,7 +125,6 @@ class SegmentedProgram:
 
     def __init__(self, supernet: Supernet, cuda_graphs: bool = False) -> None:
         self.program = program(supernet)
-        self.supernet_ref = weakref.ref(supernet)
         self.cuda_graphs = cuda_graphs
         self.current = _PathBuffers()
         self.layers = {(block, op, k): layer for block, chains in self.program.blocks
@@ -168,7 +167,8 @@ class SegmentedProgram:
                                                                    self.program.dim)
         cache = (key, kind, like.shape[0], like.device)
         if cache not in self._zeros:
-            self._zeros[cache] = torch.zeros(shape, device=like.device, requires_grad=True)
+            self._zeros[cache] = torch.zeros(shape, dtype=like.dtype, device=like.device,
+                                             requires_grad=True)
         return self._zeros[cache]
 
     def forward_embedded(self, supernet: Supernet, dense: torch.Tensor, emb: torch.Tensor,
