@@ -225,7 +225,7 @@ def run_rank_correlation(config: Any, out: str | Path, *, archs: int = 50,
     from ranknas.execution import pool
     from ranknas.execution.base import EvalJob
     from ranknas.execution.standalone import StandaloneEvaluator
-    from ranknas.supernet import make_sampler
+    from ranknas.supernet import SupernetTrainConfig, make_sampler
     from ranknas.supernet.train_config import EXECUTION_OPTIONS
 
     _check_int("archs", archs, 2)
@@ -279,6 +279,8 @@ def run_rank_correlation(config: Any, out: str | Path, *, archs: int = 50,
     space, data, cfg = ev.space, ev.data, ev.train_config
     sample = stratified_sample(space, data.schema, archs, seed)
     make_sampler(sampler_name, space, seed, schema=data.schema, **sampler_options)  # fail early
+    SupernetTrainConfig.following(cfg, supernet_examples, seed, lr=supernet_lr,
+                                  **supernet_train)  # likewise, before hours of training
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     _tracker(config, out).check()  # a missing MLflow or server fails now, not after the run

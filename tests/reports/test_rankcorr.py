@@ -213,6 +213,7 @@ def test_supernet_train_options_choose_the_execution(tmp_path):
         run_rank_correlation(config, tmp_path / "d", supernet_train={"execution": "nope"},
                              **SMALL)
     assert "execution" in err.value.where
+    assert not (tmp_path / "d" / "standalone.jsonl").exists()  # before any training
 
 
 def test_a_missing_tracking_store_fails_before_any_training(tmp_path, monkeypatch):
