@@ -1,0 +1,89 @@
+"""Where a supernet training step's time goes: host cost of a new path, and a profile.
+
+    python benchmarks/supernet_profile.py --device cuda --batch-size 4096 \
+        --set execution=segmented --set cuda_graph=true --set precision=tf32
+
+``nasrec_full`` on Criteo-like on-device data (as ``supernet_throughput.py``), trained by
+``SupernetTrainer`` with a new uniformly sampled path every step. After ``--warmup`` steps
+(captures and compiles happen there) it prints the host cost of choosing a path
+(``sampler.sample``) and of encoding it for the fixed-shape executions, the mean step time,
+and a ``torch.profiler`` table of ``--profile-steps`` steps sorted by host time and by device
+time. The total self device time per step is the GPU's share; compare it with the step time
+to see which side bounds the step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+import yaml
+from bench_common import criteo_schema, random_data
+from torch.profiler import ProfilerActivity, profile
+
+from ranknas.spaces import load_space
+from ranknas.supernet import Supernet, SupernetTrainConfig, SupernetTrainer, make_sampler
+from ranknas.supernet.masked import encode
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch-size", type=int, default=4096)
+    parser.add_argument("--warmup", type=int, default=300)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--profile-steps", type=int, default=10)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a SupernetTrainConfig field (value as YAML)")
+    args = parser.parse_args()
+    device, b = torch.device(args.device), args.batch_size
+    fields = {k: yaml.safe_load(v) for k, _, v in (s.partition("=") for s in args.set)}
+    space, schema = load_space("nasrec_full"), criteo_schema()
+    trainer = SupernetTrainer(
+        Supernet(space, schema, seed=0), random_data(schema, 1 << 20, device),
+        make_sampler("uniform", space, 0, schema=schema),
+        SupernetTrainConfig(examples=1 << 40, batch_size=b, device=str(device),
+                            log_every=1 << 30, **{"check_every": 50, **fields}))
+    trainer.train(args.warmup * b)
+    _sync(device)
+
+    paths = [trainer.sampler.sample(10_000 + i) for i in range(50)]  # not seen in warm-up
+    start = time.perf_counter()
+    for i in range(50):
+        trainer.sampler.sample(20_000 + i)
+    sample_ms = (time.perf_counter() - start) * 20
+    start = time.perf_counter()
+    for arch in paths:
+        encode(trainer.supernet, arch)
+    encode_ms = (time.perf_counter() - start) * 20
+    start = time.perf_counter()
+    trainer.train(args.steps * b)
+    _sync(device)
+    step_ms = (time.perf_counter() - start) / args.steps * 1e3
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda"
+                                           else [])
+    with profile(activities=activities) as prof:
+        trainer.train(args.profile_steps * b)
+        _sync(device)
+    table = prof.key_averages()
+    print(table.table(sort_by="self_cpu_time_total", row_limit=20, max_name_column_width=60))
+    if device.type == "cuda":
+        print(table.table(sort_by="self_device_time_total", row_limit=20,
+                          max_name_column_width=60))
+    host = sum(e.self_cpu_time_total for e in table) / args.profile_steps / 1e3
+    gpu = sum(e.self_device_time_total for e in table
+              if e.device_type == torch.autograd.DeviceType.CUDA) / args.profile_steps / 1e3
+    print(f"B={b} {fields}: step {step_ms:.1f} ms ({b / step_ms * 1e3:,.0f} ex/s); new path: "
+          f"sample {sample_ms:.2f} ms + encode {encode_ms:.2f} ms; per profiled step: host "
+          f"{host:.1f} ms, device kernels {gpu:.1f} ms")
+
+
+if __name__ == "__main__":
+    main()
