@@ -110,21 +110,13 @@ def _scatter(rows: list[dict[str, Any]], summary: dict[str, Any], path: Path) ->
     plt.close(fig)
 
 
-def _tracker(config: Any, out: Path) -> Any:
-    """The tracker of a rank-corr run: MLflow experiment ``<name>-rankcorr`` (or none)."""
-    from ranknas.reports.tracking import make_tracker
-
-    return make_tracker(config, out, f"{config.name}-rankcorr")
-
-
-def _log_mlflow(config: Any, out: Path, options: dict[str, Any], rows: list[dict[str, Any]],
-                summary: dict[str, Any], files: Sequence[Path]) -> str | None:
+def _log_mlflow(tracker: Any, config: Any, options: dict[str, Any],
+                rows: list[dict[str, Any]], summary: dict[str, Any],
+                files: Sequence[Path]) -> str | None:
     """One run in experiment ``<name>-rankcorr``: params, summary metrics, per-arch steps.
     Returns its id (None with tracking disabled)."""
     if not config.tracking.get("enabled", True):
         return None
-    tracker = _tracker(config, out)
-    tracker.check()
     tracker.start_study({"config": config.to_json(), "rankcorr": options}, resume=False,
                         backfill=False)
     run_id = tracker.parent_run_id
@@ -225,6 +217,7 @@ def run_rank_correlation(config: Any, out: str | Path, *, archs: int = 50,
     from ranknas.execution import pool
     from ranknas.execution.base import EvalJob
     from ranknas.execution.standalone import StandaloneEvaluator
+    from ranknas.reports.tracking import make_tracker
     from ranknas.supernet import SupernetTrainConfig, make_sampler
     from ranknas.supernet.train_config import EXECUTION_OPTIONS
 
@@ -283,7 +276,8 @@ def run_rank_correlation(config: Any, out: str | Path, *, archs: int = 50,
                                   **supernet_train)  # likewise, before hours of training
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    _tracker(config, out).check()  # a missing MLflow or server fails now, not after the run
+    tracker = make_tracker(config, out, f"{config.name}-rankcorr")
+    tracker.check()  # a missing MLflow or server fails now, not after the run
     rows: list[dict[str, Any]] = [{"arch_id": a.arch_id, "arch": a.to_json(),
                                    "standalone_nes": []} for a in sample]
     if standalone_from is not None:
@@ -370,7 +364,7 @@ def run_rank_correlation(config: Any, out: str | Path, *, archs: int = 50,
     png, path = out / "rankcorr.png", out / "rankcorr.json"
     _scatter(rows, summary, png)
     path.write_text(json.dumps(_jsonable(doc), indent=1) + "\n")
-    doc["mlflow_run_id"] = _log_mlflow(config, out, options, rows, summary, (path, png))
+    doc["mlflow_run_id"] = _log_mlflow(tracker, config, options, rows, summary, (path, png))
     path.write_text(json.dumps(_jsonable(doc), indent=1) + "\n")
     if progress:
         print(format_table(summary))

@@ -36,7 +36,7 @@ def score_replicate(job: Any, ev: Any, sample: Sequence[Any], base: int, *,
     """Train one supernet and score every architecture of ``sample`` on it.
 
     Args:
-        job: The run's EvalJob (workers rebuild the data from it).
+        job: The run's EvalJob (workers rebuild its evaluator; the data is shared).
         ev: Its evaluator in this process (space, data, train config, threads).
         sample: The architectures.
         base: Seeds this replicate (:func:`derived_seed`).

@@ -25,6 +25,18 @@ SMALL = {"archs": 4, "supernet_examples": 1024, "finetune_examples": 256, "boots
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    """One SMALL run of TINY, shared by the tests that reuse its standalone NEs:
+    ``(rankcorr.json path, its document)``."""
+    from ranknas.execution.standalone import torch_threads
+
+    out = tmp_path_factory.mktemp("base")
+    with torch_threads(1):
+        doc = run_rank_correlation(config_from_dict(TINY), out, **SMALL)
+    return out / "rankcorr.json", doc
+
+
 def test_statistics_perfect_and_reversed_rankings():
     x = [0.80 + 0.01 * i for i in range(20)]
     same = rank_statistics(x, [2 * v for v in x], bootstrap=50, seed=1)
@@ -101,28 +113,25 @@ def test_rank_correlation_end_to_end(tmp_path, capsys):
     assert {"rankcorr.json", "rankcorr.png"} <= artifacts
 
 
-def test_standalone_results_are_reused_only_when_they_match(tmp_path):
+def test_standalone_results_are_reused_only_when_they_match(tmp_path, base):
     config = config_from_dict(TINY)
-    first = run_rank_correlation(config, tmp_path / "a", archs=4, supernet_examples=1024,
-                                 finetune_examples=256, bootstrap=0, progress=False)
-    again = run_rank_correlation(config, tmp_path / "b", archs=4, supernet_examples=1024,
-                                 finetune_examples=256, bootstrap=0, progress=False,
-                                 warmup_steps=2, standalone_from=tmp_path / "a/rankcorr.json")
+    path, first = base
+    again = run_rank_correlation(config, tmp_path / "b", **SMALL, warmup_steps=2,
+                                 standalone_from=path)
     assert [r["standalone_ne"] for r in again["rows"]] == \
         [r["standalone_ne"] for r in first["rows"]]
     assert again["options"]["warmup_steps"] == 2
     # a second seed: only it is trained; the reference is the mean, and the seeds' agreement
     # is reported as the noise ceiling
-    two = run_rank_correlation(config, tmp_path / "d", archs=4, supernet_examples=1024,
-                               finetune_examples=256, bootstrap=0, progress=False,
-                               standalone_seeds=2, standalone_from=tmp_path / "a/rankcorr.json")
+    two = run_rank_correlation(config, tmp_path / "d", **SMALL, standalone_seeds=2,
+                               standalone_from=path)
     for old, row in zip(first["rows"], two["rows"], strict=True):
         assert row["standalone_nes"][0] == old["standalone_ne"]
         assert row["standalone_ne"] == pytest.approx(sum(row["standalone_nes"]) / 2)
     assert set(two["summary"]["standalone_repeat"]) == set(STATISTICS)
     with pytest.raises(ConfigError, match="standalone_from"):
         run_rank_correlation(config, tmp_path / "c", archs=4, standalone_examples=512,
-                             standalone_from=tmp_path / "a/rankcorr.json", progress=False)
+                             standalone_from=path, progress=False)
     with pytest.raises(ConfigError, match="standalone_from"):
         run_rank_correlation(config, tmp_path / "c", archs=4,
                              standalone_from=tmp_path / "missing.json", progress=False)
@@ -169,12 +178,10 @@ def test_a_killed_run_resumes_its_standalone_trainings(tmp_path, monkeypatch):
         [r["standalone_nes"] for r in full["rows"]]
 
 
-def test_a_supernet_replicate_keeps_the_sample_and_the_standalone_nes(tmp_path):
-    config = config_from_dict(TINY)
-    kwargs = SMALL
-    first = run_rank_correlation(config, tmp_path / "a", **kwargs)
-    other = run_rank_correlation(config, tmp_path / "b", supernet_seed=7,
-                                 standalone_from=tmp_path / "a/rankcorr.json", **kwargs)
+def test_a_supernet_replicate_keeps_the_sample_and_the_standalone_nes(tmp_path, base):
+    path, first = base
+    other = run_rank_correlation(config_from_dict(TINY), tmp_path / "b", supernet_seed=7,
+                                 standalone_from=path, **SMALL)
     assert [r["arch_id"] for r in other["rows"]] == [r["arch_id"] for r in first["rows"]]
     assert [r["standalone_ne"] for r in other["rows"]] == \
         [r["standalone_ne"] for r in first["rows"]]
@@ -183,12 +190,11 @@ def test_a_supernet_replicate_keeps_the_sample_and_the_standalone_nes(tmp_path):
     assert other["options"]["supernet_seed"] == 7
 
 
-def test_supernet_replicates_are_averaged_and_checked_against_each_other(tmp_path):
+def test_supernet_replicates_are_averaged_and_checked_against_each_other(tmp_path, base):
     config = config_from_dict(TINY)
-    kwargs = SMALL
-    one = run_rank_correlation(config, tmp_path / "one", **kwargs)
+    path, one = base
     two = run_rank_correlation(config, tmp_path / "two", supernet_replicates=2,
-                               standalone_from=tmp_path / "one/rankcorr.json", **kwargs)
+                               standalone_from=path, **SMALL)
     for a, b in zip(one["rows"], two["rows"], strict=True):
         first, second = b["supernet_nes_finetune_last"]
         assert first == a["supernet_ne_finetune_last"]  # replicate 0 is the default supernet
@@ -196,13 +202,13 @@ def test_supernet_replicates_are_averaged_and_checked_against_each_other(tmp_pat
     assert set(two["summary"]["finetune_last_repeat"]) == set(STATISTICS)
     assert len(two["summary"]["supernet"]) == 2
     with pytest.raises(ConfigError, match="supernet_replicates"):
-        run_rank_correlation(config, tmp_path / "bad", supernet_replicates=0, **kwargs)
+        run_rank_correlation(config, tmp_path / "bad", supernet_replicates=0, **SMALL)
 
 
-def test_supernet_train_options_choose_the_execution(tmp_path):
+def test_supernet_train_options_choose_the_execution(tmp_path, base):
     config = config_from_dict(TINY)
-    first = run_rank_correlation(config, tmp_path / "a", **SMALL)
-    seg = run_rank_correlation(config, tmp_path / "b", standalone_from=tmp_path / "a/rankcorr.json",
+    path, first = base
+    seg = run_rank_correlation(config, tmp_path / "b", standalone_from=path,
                                supernet_train={"execution": "segmented"}, **SMALL)
     assert seg["options"]["supernet_train"] == {"execution": "segmented"}
     assert first["options"]["supernet_train"] == {}
