@@ -37,6 +37,7 @@ from pathlib import Path
 
 import torch
 from bench_common import ceilings, criteo_schema, random_data
+from step_cost import forward_cost, step_floor
 from torch import nn
 
 from ranknas.evaluator.data.schema import DataSchema
@@ -114,6 +115,10 @@ TRAINER_VARIANTS = {
     "segmented+graph+bf16+check50": {"execution": "segmented", "cuda_graph": True,
                                      "precision": "bf16", "check_every": 50},
 }
+# the same with PyTorch's LayerNorm ops instead of the fused masked-LayerNorm kernel (the A/B
+# of ranknas.supernet.fused_norm; run it in its own process, it patches the module)
+TRAINER_VARIANTS["segmented+graph+tf32+check50+torchnorm"] = \
+    TRAINER_VARIANTS["segmented+graph+tf32+check50"]
 #: Warm-up steps before timing: a segmented trainer captures each segment when a path first
 #: runs it, so it warms up until (nearly) every segment has been seen.
 WARMUP_STEPS = {"segmented": 300}
@@ -125,6 +130,10 @@ def measure_trainer(space: SearchSpace, schema: DataSchema, batch: int, steps: i
     encodings are not reused), on-device random data, Adagrad."""
     from ranknas.supernet import SupernetTrainConfig, SupernetTrainer, make_sampler
 
+    if variant.endswith("+torchnorm"):
+        import ranknas.supernet.masked_base as masked_base
+
+        masked_base._fused = lambda x: False
     data = random_data(schema, 1 << 20, device)
     trainer = SupernetTrainer(
         Supernet(space, schema, seed=0), data, make_sampler("uniform", space, 0, schema=schema),
@@ -167,71 +176,21 @@ def _sync(device: torch.device) -> None:
 
 def masked_cost(space: SearchSpace, schema: DataSchema, arch: Architecture,
                 device: torch.device) -> dict:
-    """Forward FLOPs and activation bytes per example of the masked execution (any path).
-
-    FLOPs: ``torch.utils.flop_counter`` (matmuls, attention). Bytes: every tensor an op
-    writes, counted once written and once read; all ops (eager) and without point-wise ops
-    (what a fusing compiler cannot avoid).
-    """
-    from torch.utils._python_dispatch import TorchDispatchMode
-    from torch.utils.flop_counter import FlopCounterMode
-
+    """Forward FLOPs and activation bytes per example of the masked execution (any path;
+    :func:`step_cost.forward_cost`)."""
     from ranknas.supernet.masked import encode, masked_forward
 
     b = 64
-
-    class Written(TorchDispatchMode):
-        """Bytes of the new tensors ops write: per example ([b, ...]) and per step (weights);
-        ``fused`` leaves out point-wise ops, which a compiler folds into their neighbours."""
-
-        example = fused = step = 0
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            out = func(*args, **(kwargs or {}))
-            inputs = {a.untyped_storage().data_ptr() for a in args
-                      if isinstance(a, torch.Tensor)}
-            for t in out if isinstance(out, tuple | list) else (out,):
-                if not isinstance(t, torch.Tensor) or t.untyped_storage().data_ptr() in inputs:
-                    continue  # a view moves no bytes
-                size = t.numel() * t.element_size()
-                if t.dim() and t.shape[0] == b:
-                    Written.example += size
-                    Written.fused += 0 if torch.Tag.pointwise in func.tags else size
-                else:
-                    Written.step += size
-            return out
-
     supernet = Supernet(space, schema, seed=0).to(device)
     dense, sparse, _ = make_batch(schema, b, device)
     path = encode(supernet, arch)
-    with torch.no_grad():
-        with FlopCounterMode(display=False) as counter:
-            masked_forward(supernet, dense, sparse, path)
-        with Written():
-            masked_forward(supernet, dense, sparse, path)
-    return {"fwd_flops_per_example": counter.get_total_flops() / b,
-            "fwd_activation_bytes_per_example": 2 * Written.example / b,
-            "fwd_fused_activation_bytes_per_example": 2 * Written.fused / b,
-            "fwd_weight_bytes_per_step": 2 * Written.step,
-            "dense_params": sum(p.numel() for p in supernet.dense_parameters())}
+    cost = forward_cost(lambda: masked_forward(supernet, dense, sparse, path), b)
+    return {**cost, "dense_params": sum(p.numel() for p in supernet.dense_parameters())}
 
 
 def masked_floor(cost: dict, schema: DataSchema, batch: int, ceil: dict) -> dict:
-    """The step's FLOPs/bytes floor (fwd + bwd ~ 3x forward) at the measured ceilings, with
-    the activations a fusing compiler must still write (point-wise ops folded away)."""
-    flops = 3 * cost["fwd_flops_per_example"] * batch
-    act = 3 * cost["fwd_fused_activation_bytes_per_example"] * batch
-    other = (8 * batch * schema.num_sparse * 16 * 4 + 7 * 4 * cost["dense_params"]
-             + 3 * cost["fwd_weight_bytes_per_step"])  # gathered weight columns, fwd + bwd
-    out = {"step_flops": flops, "step_bytes": act + other}
-    if ceil:
-        bw = ceil["copy_bytes_per_s"]
-        for prec, rate, scale in (("fp32", "matmul_fp32_flop_per_s", 1.0),
-                                  ("tf32", "matmul_tf32_flop_per_s", 1.0),
-                                  ("bf16", "matmul_bf16_flop_per_s", 0.5)):
-            t = max(flops / ceil[rate], (act * scale + other) / bw)
-            out[f"floor_{prec}_ms"] = t * 1e3
-    return out
+    """The masked step's FLOPs/bytes floor (:func:`step_cost.step_floor`)."""
+    return step_floor(cost, schema, batch, cost["dense_params"], ceil)
 
 
 def measure_masked(space: SearchSpace, schema: DataSchema, archs: list[Architecture],

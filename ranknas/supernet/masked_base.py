@@ -30,6 +30,7 @@ from ranknas.errors import ConfigError
 from ranknas.spaces.materialized import MaterializedNode
 from ranknas.spaces.ops import Kind
 from ranknas.supernet.elastic_base import ElasticOp, SlicedLinear, SlicedNorm
+from ranknas.supernet.fused_norm import fused_norm_fits, masked_layer_norm
 
 #: Per-architecture tensors of one path: ``(floats [Nf], ints [Ni])``.
 Path = tuple[torch.Tensor, torch.Tensor]
@@ -142,10 +143,26 @@ def masked_norm(y: torch.Tensor, norm: SlicedNorm, mask: torch.Tensor,
                 inv: torch.Tensor) -> torch.Tensor:
     """``SlicedNorm(y[..., :n], n)`` zero-padded: LayerNorm over the ``mask``-ed features of the
     last dim (``inv = 1/n``), biased variance and eps as ``F.layer_norm``."""
+    if _fused(y):
+        return masked_layer_norm(y, norm.weight, norm.bias, mask, inv)
     mean = (y * mask).sum(-1, keepdim=True) * inv
     d = (y - mean) * mask
     var = (d * d).sum(-1, keepdim=True) * inv
     return (d * torch.rsqrt(var + 1e-5) * norm.weight + norm.bias) * mask
+
+
+def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``F.layer_norm`` over the last dim of ``x [..., N]``; the fused kernel on CUDA (PyTorch's
+    runs one row per warp: slow for NASRec's N = 16 over ``B * L`` rows)."""
+    if _fused(x):
+        return masked_layer_norm(x, weight, bias)
+    return F.layer_norm(x, (x.shape[-1],), weight, bias)
+
+
+def _fused(x: torch.Tensor) -> bool:
+    # one kernel instead of ~10 elementwise ones forward and ~20 backward; a compiled
+    # (masked) program leaves the fusing to inductor
+    return fused_norm_fits(x) and not torch.compiler.is_compiling()
 
 
 def blend(on: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -27,6 +27,7 @@ from ranknas.supernet.masked_base import (
     Slots,
     Writer,
     blend,
+    layer_norm,
     masked_norm,
     register_masked,
     resize,
@@ -203,7 +204,7 @@ class MaskedDotProduct(MaskedOp):
             return ident
         z = self.ports["dense"].linear(x, dp.fc, path)
         if dp.norm is not None:
-            z = F.layer_norm(z, (self.dim,), dp.norm.weight, dp.norm.bias)
+            z = layer_norm(z, dp.norm.weight, dp.norm.bias)
         return blend(self.proj_dense.view(path), z, ident)
 
     def _pairs_on(self, device: torch.device) -> torch.Tensor:
@@ -330,8 +331,8 @@ class MaskedTransformer(_MaskedFields):
             att = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
             att = att.transpose(1, 2).reshape(b, n, e)
         att = m.attn.out_proj(att)
-        z = m.attn_norm(z + att)
-        z = m.ffn_norm(z + m.fc2(torch.relu(m.fc1(z))))
+        z = layer_norm(z + att, m.attn_norm.weight, m.attn_norm.bias)
+        z = layer_norm(z + m.fc2(torch.relu(m.fc1(z))), m.ffn_norm.weight, m.ffn_norm.bias)
         return z * self.w[0].view(path)[:, None]
 
 

@@ -1,0 +1,72 @@
+"""What a forward pass must compute and move, per example: FLOPs and activation bytes.
+
+FLOPs come from ``torch.utils.flop_counter`` (matmuls, attention). Bytes are every tensor an op
+writes, counted once written and once read; ``fused`` leaves out point-wise ops, which a
+fusing compiler (or a hand-fused kernel) folds into their neighbours. Tensors whose first dim
+is the batch count per example; the rest (gathered weight columns) per step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import FlopCounterMode
+
+from ranknas.evaluator.data.schema import DataSchema
+
+
+class _Written(TorchDispatchMode):
+    def __init__(self, batch: int) -> None:
+        super().__init__()
+        self.batch, self.example, self.fused, self.step = batch, 0, 0, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = {a.untyped_storage().data_ptr() for a in args if isinstance(a, torch.Tensor)}
+        for t in out if isinstance(out, tuple | list) else (out,):
+            if not isinstance(t, torch.Tensor) or t.untyped_storage().data_ptr() in inputs:
+                continue  # a view moves no bytes
+            size = t.numel() * t.element_size()
+            if t.dim() and t.shape[0] == self.batch:
+                self.example += size
+                self.fused += 0 if torch.Tag.pointwise in func.tags else size
+            else:
+                self.step += size
+        return out
+
+
+def forward_cost(forward: Callable[[], object], batch: int) -> dict:
+    """Per-example forward FLOPs and activation bytes of ``forward()`` on a batch of
+    ``batch`` (run twice, without autograd)."""
+    with torch.no_grad():
+        with FlopCounterMode(display=False) as counter:
+            forward()
+        written = _Written(batch)
+        with written:
+            forward()
+    return {"fwd_flops_per_example": counter.get_total_flops() / batch,
+            "fwd_activation_bytes_per_example": 2 * written.example / batch,
+            "fwd_fused_activation_bytes_per_example": 2 * written.fused / batch,
+            "fwd_weight_bytes_per_step": 2 * written.step}
+
+
+def step_floor(cost: dict, schema: DataSchema, batch: int, dense_params: int,
+               ceil: dict) -> dict:
+    """A training step's floor (fwd + bwd ~ 3x forward) at the ceilings ``ceil`` (copy
+    bandwidth, matmul rates), with the activations a fusing compiler must still write, the
+    embedding rows and Adagrad's dense state."""
+    flops = 3 * cost["fwd_flops_per_example"] * batch
+    act = 3 * cost["fwd_fused_activation_bytes_per_example"] * batch
+    other = (8 * batch * schema.num_sparse * 16 * 4 + 7 * 4 * dense_params
+             + 3 * cost["fwd_weight_bytes_per_step"])  # gathered weight columns, fwd + bwd
+    out = {"step_flops": flops, "step_bytes": act + other}
+    if ceil:
+        bw = ceil["copy_bytes_per_s"]
+        for prec, rate, scale in (("fp32", "matmul_fp32_flop_per_s", 1.0),
+                                  ("tf32", "matmul_tf32_flop_per_s", 1.0),
+                                  ("bf16", "matmul_bf16_flop_per_s", 0.5)):
+            t = max(flops / ceil[rate], (act * scale + other) / bw)
+            out[f"floor_{prec}_ms"] = t * 1e3
+    return out

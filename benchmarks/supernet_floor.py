@@ -1,0 +1,89 @@
+"""The FLOPs/bytes floor of a supernet step, per execution, over sampled paths.
+
+    python benchmarks/supernet_floor.py --paths 20 --batch 4096            # H200 ceilings
+    python benchmarks/supernet_floor.py --device cuda                      # measured ceilings
+
+For ``--paths`` uniformly sampled ``nasrec_full`` paths (Criteo-like schema), counts what one
+forward pass must compute and move per example (:mod:`step_cost`) in each execution:
+
+- ``sliced``: the path at its own widths (what the sampled subnet alone costs);
+- ``segmented``: the path's ops at the fixed widest shapes (masks, padded inputs);
+- ``masked``: every candidate op of every block at its widest (path-independent).
+
+and turns it into the step's floor at batch ``--batch`` (fwd + bwd ~ 3x forward) on the
+card's ceilings: measured with ``--device cuda``, else the H200's measured in
+``RESULTS.md`` (copy 4.24 TB/s; matmul 51 / 421 / 796 TFLOP/s fp32 / TF32 / bf16). The
+issue's 690k examples/s at B=4096 is a 5.94 ms step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+import torch
+from bench_common import ceilings, criteo_schema
+from step_cost import forward_cost, step_floor
+
+from ranknas.spaces import load_space
+from ranknas.supernet import Supernet, make_sampler
+from ranknas.supernet.masked import encode, masked_forward
+from ranknas.supernet.segmented import segmented_forward
+
+#: The H200 of RESULTS.md's standalone section (2026-11-27), for floors computed off the GPU.
+H200 = {"copy_bytes_per_s": 4.24e12, "matmul_fp32_flop_per_s": 51e12,
+        "matmul_tf32_flop_per_s": 421e12, "matmul_bf16_flop_per_s": 796e12}
+COUNT = 64  # examples per counted forward
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--space", default="nasrec_full")
+    parser.add_argument("--paths", type=int, default=20)
+    parser.add_argument("--batch", type=int, default=4096)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    space, schema = load_space(args.space), criteo_schema()
+    supernet = Supernet(space, schema, seed=0).to(device)
+    sampler = make_sampler("uniform", space, args.seed, schema=schema)
+    gen = torch.Generator(device=device).manual_seed(0)
+    dense = torch.randn(COUNT, schema.num_dense, device=device, generator=gen)
+    sparse = torch.stack([torch.randint(0, c, (COUNT,), device=device, generator=gen)
+                          for c in schema.cardinalities], dim=1)
+    ceil = ceilings(device) or H200
+    dense_params = sum(p.numel() for p in supernet.dense_parameters())
+    runs = {"sliced": lambda a: supernet(dense, sparse, a),
+            "segmented": lambda a: segmented_forward(supernet, dense, sparse, a)}
+    rows: dict[str, list[dict]] = {name: [] for name in runs}
+    archs = [sampler.sample(i) for i in range(args.paths)]
+    for arch in archs:
+        for name, run in runs.items():
+            cost = forward_cost(lambda run=run, arch=arch: run(arch), COUNT)
+            rows[name].append({**cost, **step_floor(cost, schema, args.batch, dense_params,
+                                                    ceil)})
+    path = encode(supernet, archs[0])
+    cost = forward_cost(lambda: masked_forward(supernet, dense, sparse, path), COUNT)
+    rows["masked"] = [{**cost, **step_floor(cost, schema, args.batch, dense_params, ceil)}]
+    result = {"space": args.space, "paths": args.paths, "batch": args.batch,
+              "ceilings": ceil, "measured_ceilings": ceil is not H200, "summary": {}}
+    print(f"| execution | fwd MFLOP / example | fused MB / example | floor ms TF32 | "
+          f"floor ex/s TF32 | (B={args.batch}, mean over {args.paths} paths) |")
+    print("|---|---|---|---|---|---|")
+    for name, rs in rows.items():
+        mean = {k: statistics.fmean(r[k] for r in rs) for k in rs[0]}
+        result["summary"][name] = mean
+        print(f"| {name} | {mean['fwd_flops_per_example'] / 1e6:.2f} | "
+              f"{mean['fwd_fused_activation_bytes_per_example'] / 1e6:.3f} | "
+              f"{mean['floor_tf32_ms']:.2f} | {args.batch / mean['floor_tf32_ms'] * 1e3:,.0f} | |")
+    result["rows"] = rows
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
