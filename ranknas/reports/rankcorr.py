@@ -9,6 +9,9 @@
    overrides the per-architecture budget) under ``standalone_seeds`` seeds and records the
    mean validation NE; with two or more seeds it also reports the rank agreement of the first
    two seeds (``standalone_repeat``): the noise ceiling a supernet's τ is measured against;
+   with three or more, also the first seed against the mean of the others
+   (``standalone_single``): how well one full standalone training ranks, the τ a supernet
+   score would need to replace it;
    (or reuses them from an earlier ``rankcorr.json`` made with the same space, data, training,
    seed, architecture count and budget: ``standalone_from``; seeds it lacks are trained);
    every finished training is journaled in ``OUT/standalone.jsonl``, so a killed run started
@@ -351,6 +354,10 @@ def run_rank_correlation(config: Any, out: str | Path, *, archs: int = 50,
         summary["standalone_repeat"] = rank_statistics(
             [r["standalone_nes"][0] for r in usable], [r["standalone_nes"][1] for r in usable],
             bootstrap=bootstrap, seed=seed)
+    if standalone_seeds > 2:  # one full training as the scorer, against the others' mean
+        summary["standalone_single"] = rank_statistics(
+            [sum(r["standalone_nes"][1:]) / (standalone_seeds - 1) for r in usable],
+            [r["standalone_nes"][0] for r in usable], bootstrap=bootstrap, seed=seed)
     for variant in names:
         summary[variant] = rank_statistics(standalone,
                                            [r[f"supernet_ne_{variant}"] for r in usable],

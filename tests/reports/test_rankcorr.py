@@ -129,6 +129,15 @@ def test_standalone_results_are_reused_only_when_they_match(tmp_path, base):
         assert row["standalone_nes"][0] == old["standalone_ne"]
         assert row["standalone_ne"] == pytest.approx(sum(row["standalone_nes"]) / 2)
     assert set(two["summary"]["standalone_repeat"]) == set(STATISTICS)
+    assert "standalone_single" not in two["summary"]
+    # a third: one training (seed 0) is also ranked against the mean of the others
+    three = run_rank_correlation(config, tmp_path / "e", **SMALL, standalone_seeds=3,
+                                 standalone_from=tmp_path / "d" / "rankcorr.json")
+    nes = [row["standalone_nes"] for row in three["rows"]]
+    assert [n[:2] for n in nes] == [row["standalone_nes"] for row in two["rows"]]
+    want = rank_statistics([(n[1] + n[2]) / 2 for n in nes], [n[0] for n in nes], bootstrap=0)
+    assert {k: v["value"] for k, v in three["summary"]["standalone_single"].items()} == \
+        {k: v["value"] for k, v in want.items()}
     with pytest.raises(ConfigError, match="standalone_from"):
         run_rank_correlation(config, tmp_path / "c", archs=4, standalone_examples=512,
                              standalone_from=path, progress=False)
