@@ -21,6 +21,9 @@ class _Written(TorchDispatchMode):
     def __init__(self, batch: int) -> None:
         super().__init__()
         self.batch, self.example, self.fused, self.step = batch, 0, 0, 0
+        self.label = ""  # what is running now (set by :func:`fused_bytes_by`'s hooks)
+        self.by_label: dict[str, int] = {}
+        self.by_op: dict[str, int] = {}  # fused bytes per ATen op
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
@@ -31,7 +34,11 @@ class _Written(TorchDispatchMode):
             size = t.numel() * t.element_size()
             if t.dim() and t.shape[0] == self.batch:
                 self.example += size
-                self.fused += 0 if torch.Tag.pointwise in func.tags else size
+                if torch.Tag.pointwise not in func.tags:
+                    self.fused += size
+                    self.by_label[self.label] = self.by_label.get(self.label, 0) + size
+                    op = func.overloadpacket.__name__
+                    self.by_op[op] = self.by_op.get(op, 0) + size
             else:
                 self.step += size
         return out
@@ -50,6 +57,41 @@ def forward_cost(forward: Callable[[], object], batch: int) -> dict:
             "fwd_activation_bytes_per_example": 2 * written.example / batch,
             "fwd_fused_activation_bytes_per_example": 2 * written.fused / batch,
             "fwd_weight_bytes_per_step": 2 * written.step}
+
+
+def fused_bytes_by(forward: Callable[[], object], batch: int,
+                   label: Callable[[torch.nn.Module], str | None]
+                   ) -> tuple[dict[str, float], dict[str, float]]:
+    """Fused activation bytes per example of ``forward()``, split by the module running
+    (``label(module)`` names the modules to attribute to; None: not one of them) and by ATen
+    op."""
+    from torch.nn.modules.module import (
+        register_module_forward_hook,
+        register_module_forward_pre_hook,
+    )
+
+    written = _Written(batch)
+    outer: list[str] = []
+
+    def enter(module: torch.nn.Module, args: object) -> None:
+        name = label(module)
+        if name is not None:
+            outer.append(written.label)
+            written.label = name
+
+    def leave(module: torch.nn.Module, args: object, out: object) -> None:
+        if label(module) is not None:
+            written.label = outer.pop()
+
+    hooks = [register_module_forward_pre_hook(enter), register_module_forward_hook(leave)]
+    try:
+        with torch.no_grad(), written:
+            forward()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return ({k: 2 * v / batch for k, v in written.by_label.items()},
+            {k: 2 * v / batch for k, v in written.by_op.items()})
 
 
 def step_floor(cost: dict, schema: DataSchema, batch: int, dense_params: int,

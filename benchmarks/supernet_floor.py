@@ -13,7 +13,8 @@ forward pass must compute and move per example (:mod:`step_cost`) in each execut
 and turns it into the step's floor at batch ``--batch`` (fwd + bwd ~ 3x forward) on the
 card's ceilings: measured with ``--device cuda``, else the H200's measured in
 ``RESULTS.md`` (copy 4.24 TB/s; matmul 51 / 421 / 796 TFLOP/s fp32 / TF32 / bf16). The
-issue's 690k examples/s at B=4096 is a 5.94 ms step.
+issue's 690k examples/s at B=4096 is a 5.94 ms step. It also splits the segmented
+execution's bytes by the op of the segment that writes them, and by ATen op.
 """
 
 from __future__ import annotations
@@ -25,17 +26,23 @@ from pathlib import Path
 
 import torch
 from bench_common import ceilings, criteo_schema
-from step_cost import forward_cost, step_floor
+from step_cost import forward_cost, fused_bytes_by, step_floor
 
 from ranknas.spaces import load_space
 from ranknas.supernet import Supernet, make_sampler
 from ranknas.supernet.masked import encode, masked_forward
-from ranknas.supernet.segmented import segmented_forward
+from ranknas.supernet.segmented import _Segment, segmented_forward
 
 #: The H200 of RESULTS.md's standalone section (2026-11-27), for floors computed off the GPU.
 H200 = {"copy_bytes_per_s": 4.24e12, "matmul_fp32_flop_per_s": 51e12,
         "matmul_tf32_flop_per_s": 421e12, "matmul_bf16_flop_per_s": 796e12}
 COUNT = 64  # examples per counted forward
+
+
+def _segment_op(module: torch.nn.Module) -> str | None:
+    if not isinstance(module, _Segment):
+        return None
+    return "head" if module.layer is None else module.layer.op.op_name
 
 
 def main() -> None:
@@ -66,6 +73,14 @@ def main() -> None:
             cost = forward_cost(lambda run=run, arch=arch: run(arch), COUNT)
             rows[name].append({**cost, **step_floor(cost, schema, args.batch, dense_params,
                                                     ceil)})
+    by_op: dict[str, float] = {}  # which segments write the segmented step's bytes
+    by_aten: dict[str, float] = {}  # and with which ATen ops
+    for arch in archs:
+        splits = fused_bytes_by(lambda arch=arch: segmented_forward(supernet, dense, sparse,
+                                                                    arch), COUNT, _segment_op)
+        for total, split in zip((by_op, by_aten), splits, strict=True):
+            for op, size in split.items():
+                total[op] = total.get(op, 0.0) + size / len(archs)
     path = encode(supernet, archs[0])
     cost = forward_cost(lambda: masked_forward(supernet, dense, sparse, path), COUNT)
     rows["masked"] = [{**cost, **step_floor(cost, schema, args.batch, dense_params, ceil)}]
@@ -80,6 +95,13 @@ def main() -> None:
         print(f"| {name} | {mean['fwd_flops_per_example'] / 1e6:.2f} | "
               f"{mean['fwd_fused_activation_bytes_per_example'] / 1e6:.3f} | "
               f"{mean['floor_tf32_ms']:.2f} | {args.batch / mean['floor_tf32_ms'] * 1e3:,.0f} | |")
+    result["segmented_fused_bytes_by_op"] = by_op
+    result["segmented_fused_bytes_by_aten_op"] = by_aten
+    for title, split in (("op of the segment", by_op), ("ATen op", by_aten)):
+        print(f"\n| segmented: {title} | fused MB / example | share |\n|---|---|---|")
+        total = sum(split.values())
+        for op, size in sorted(split.items(), key=lambda kv: -kv[1])[:12]:
+            print(f"| {op or '(between segments)'} | {size / 1e6:.3f} | {size / total:.0%} |")
     result["rows"] = rows
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1))
