@@ -59,7 +59,13 @@ def masked_layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
     Returns:
         ``[..., N]``: ``((x - mean) * rstd * weight + bias) * mask``, the statistics over the
         active features only.
+
+    Raises:
+        ValueError: ``mask`` without ``inv`` or the reverse.
     """
+    if (mask is None) != (inv is None):
+        raise ValueError("masked_layer_norm: pass mask and inv (1 / active features) "
+                         "together, or neither for a plain LayerNorm")
     return _norm(x, weight, bias, mask, inv)[0]
 
 

@@ -41,6 +41,14 @@ def test_equals_layer_norm_over_the_active_features() -> None:
     torch.testing.assert_close(masked_layer_norm(x, w, b), F.layer_norm(x, (20,), w, b))
 
 
+def test_mask_and_inv_come_together() -> None:
+    x, w, b, mask, inv = _inputs((2, 4), 3)
+    with pytest.raises(ValueError, match="mask and inv"):
+        masked_layer_norm(x, w, b, mask)
+    with pytest.raises(ValueError, match="mask and inv"):
+        masked_layer_norm(x, w, b, inv=inv)
+
+
 def test_inactive_features_get_no_gradient() -> None:
     x, w, b, mask, inv = _inputs((5, 16), 7)
     for t in (x, w, b):
