@@ -24,6 +24,9 @@ class ConfigError(RanknasError, ValueError):
         self.message = message
         super().__init__(f"{where}: {message}" if where else message)
 
+    def __reduce__(self) -> tuple:  # picklable: errors raised in pool workers reach the driver
+        return type(self), (self.where, self.message)
+
 
 class SpaceError(ConfigError):
     """A search-space definition is malformed (unknown op, cycle, dangling input, ...)."""
@@ -49,3 +52,6 @@ class TrainingDiverged(RanknasError):
         self.step = step
         self.reason = reason
         super().__init__(f"training diverged at step {step}: {reason}")
+
+    def __reduce__(self) -> tuple:
+        return type(self), (self.step, self.reason)
