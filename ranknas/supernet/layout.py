@@ -31,7 +31,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-import torch
+import numpy as np
 
 from ranknas.errors import InvalidArchitecture, SpaceError
 from ranknas.evaluator.data.schema import DataSchema
@@ -301,7 +301,7 @@ class SpaceLayout:
     # -- one architecture -----------------------------------------------------------------
     def port_positions(self, storage: PortStorage, sources: tuple[str, ...],
                        nodes: Mapping[str, MaterializedNode],
-                       specs: Mapping[str, TensorSpec]) -> torch.Tensor:
+                       specs: Mapping[str, TensorSpec]) -> np.ndarray:
         """Storage position of every merged position of a port fed by ``sources``.
 
         Args:
@@ -311,7 +311,8 @@ class SpaceLayout:
             specs: Output spec of every key (inputs included).
 
         Returns:
-            A CPU long tensor ``[D]`` (dense ports) or ``[N]`` (sparse ports).
+            int64 positions ``[D]`` (dense ports) or ``[N]`` (sparse ports); numpy, as an
+            encoding builds thousands of these per path (a small tensor op costs ~10x).
         """
         parts = []
         for src in sources:
@@ -320,18 +321,18 @@ class SpaceLayout:
                                                f"(known: {', '.join(storage.slots)})")
             offset, reg = storage.slots[src]
             parts.append(offset + self._positions(src, reg, storage.kind, nodes, specs))
-        return torch.cat(parts)
+        return np.concatenate(parts)
 
     def _positions(self, src: str, reg: Region, kind: Kind,
                    nodes: Mapping[str, MaterializedNode],
-                   specs: Mapping[str, TensorSpec]) -> torch.Tensor:
+                   specs: Mapping[str, TensorSpec]) -> np.ndarray:
         node = nodes.get(src)
         comp = reg.composites.get(node.op) if node is not None else None
         if comp is None:
-            return torch.arange(units(specs[src], kind, self.dim)) % reg.size
-        idx = torch.cat([comp.kids[c][0] + self._positions(c, comp.kids[c][1], comp.native,
-                                                             nodes, specs)
-                         for c in node.ports[0][1]])
+            return np.arange(units(specs[src], kind, self.dim), dtype=np.int64) % reg.size
+        idx = np.concatenate([comp.kids[c][0] + self._positions(c, comp.kids[c][1], comp.native,
+                                                                  nodes, specs)
+                              for c in node.ports[0][1]])
         if comp.scale != 1:
-            idx = (idx[:, None] * comp.scale + torch.arange(comp.scale)).reshape(-1)
+            idx = (idx[:, None] * comp.scale + np.arange(comp.scale)).reshape(-1)
         return idx

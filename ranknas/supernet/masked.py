@@ -162,6 +162,7 @@ class MaskedProgram:
             self.blocks.append((block.id, chains))
         self.head = self._port("head", self.layout.head, True)
         self._paths: OrderedDict[str, PathTensors] = OrderedDict()
+        self._scratch: Writer | None = None  # reused path buffers (CUDA paths copy them)
 
     def _port(self, name: str, storage: PortStorage, first: bool) -> _Port:
         cands = tuple(storage.slots) if first else (_PREV,)
@@ -193,11 +194,38 @@ class MaskedProgram:
         if hit is not None and hit.floats.device == device:
             self._paths.move_to_end(arch.arch_id)
             return hit
+        # on CUDA the buffers are copied (pinned) below, so one scratch writer serves every
+        # path; on the CPU the path keeps them
+        if device.type != "cuda":
+            w = Writer(self.slots)
+        elif self._scratch is None or self._scratch.floats.size != len(self.slots.floats):
+            w = self._scratch = Writer(self.slots)
+        else:
+            w = self._scratch.reset()
+        nodes = self.write(supernet, arch, w)
+        floats, ints = w.tensors()
+        if device.type == "cuda":  # pinned + async: the host does not wait for queued steps
+            path = PathTensors(arch.arch_id, floats.pin_memory().to(device, non_blocking=True),
+                               ints.pin_memory().to(device, non_blocking=True), nodes)
+        else:
+            path = PathTensors(arch.arch_id, floats, ints, nodes)
+        self._paths[arch.arch_id] = path
+        if len(self._paths) > self.cache_size:
+            self._paths.popitem(last=False)
+        return path
+
+    def write(self, supernet: Supernet, arch: Architecture,
+              w: Writer) -> tuple[tuple[str, str, int, bool], ...]:
+        """Write ``arch``'s path into ``w`` (host memory only); returns its
+        :attr:`PathTensors.nodes`.
+
+        Raises:
+            InvalidArchitecture: ``arch`` is not a buildable member of the space.
+        """
         pos = supernet.positions(arch)  # CPU only: no host-device sync while training
         graph = pos.graph
         specs = {**graph.input_specs, **{n.key: n.out for n in graph.nodes}}
         chains = dict(self.blocks)
-        w = Writer(self.slots)
         depth: dict[str, int] = {}
         nodes = []
         for node, ports in zip(graph.nodes, pos.ports, strict=True):
@@ -211,16 +239,7 @@ class MaskedProgram:
             w.flag(layer.sel, node.key == node.block)
             w.flag(layer.active, True)
         self._encode_port(w, self.head, graph.output_sources, specs, pos.head)
-        floats, ints = w.tensors()
-        if device.type == "cuda":  # pinned + async: the host does not wait for queued steps
-            path = PathTensors(arch.arch_id, floats.pin_memory().to(device, non_blocking=True),
-                               ints.pin_memory().to(device, non_blocking=True), tuple(nodes))
-        else:
-            path = PathTensors(arch.arch_id, floats, ints, tuple(nodes))
-        self._paths[arch.arch_id] = path
-        if len(self._paths) > self.cache_size:
-            self._paths.popitem(last=False)
-        return path
+        return tuple(nodes)
 
     def _encode_port(self, w: Writer, port: _Port, sources: tuple[str, ...],
                      specs: dict[str, TensorSpec], cols: object) -> None:
@@ -242,7 +261,7 @@ class MaskedProgram:
             w.prefix(port.gather, merged)  # the rest keeps the default: the zero column
         if p.cols is not None:
             w.prefix(p.cols, np.arange(cols.start, cols.stop) if isinstance(cols, slice)
-                     else cols.detach().cpu().numpy())  # padding: column 0, meets a zero
+                     else cols)  # padding: column 0, meets a zero
 
     # -- running ---------------------------------------------------------------------------
     def forward(self, supernet: Supernet, dense: torch.Tensor, sparse: torch.Tensor,

@@ -46,6 +46,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -115,8 +116,8 @@ class StoragePositions:
     """
 
     graph: MaterializedGraph
-    ports: tuple[Mapping[str, tuple[TensorSpec, torch.Tensor]], ...]
-    head: torch.Tensor
+    ports: tuple[Mapping[str, tuple[TensorSpec, np.ndarray]], ...]
+    head: np.ndarray
 
 
 def _positive(value: int, where: str) -> int:
@@ -177,21 +178,21 @@ class Supernet(nn.Module):
         self._indices = {}
         return super()._apply(fn, recurse)
 
-    def _cols(self, idx: torch.Tensor) -> Cols:
+    def _cols(self, idx: np.ndarray) -> Cols:
         """A slice when ``idx`` is contiguous, else a shared index tensor on the device."""
-        n = idx.numel()
+        n = idx.size
         first = int(idx[0])
-        if int(idx[-1]) - first == n - 1 and (n == 1 or bool((idx.diff() == 1).all())):
+        if int(idx[-1]) - first == n - 1 and (n == 1 or bool((np.diff(idx) == 1).all())):
             return slice(first, first + n)
-        key = idx.numpy().tobytes()
+        key = idx.tobytes()
         if key not in self._indices:
             if len(self._indices) >= 8 * self.plan_cache_size:
                 self._indices = {}  # cached plans keep theirs; only sharing is lost
-            self._indices[key] = idx.to(self.head_bias.device)
+            self._indices[key] = torch.from_numpy(idx).to(self.head_bias.device)
         return self._indices[key]
 
     def positions(self, arch: Architecture) -> StoragePositions:
-        """Where every port's merged input of ``arch`` lives in storage, as CPU index tensors
+        """Where every port's merged input of ``arch`` lives in storage, as int64 numpy arrays
         (not cached; :meth:`plan` caches its device form). The fixed-shape execution
         (:mod:`ranknas.supernet.masked`) encodes paths from this without touching the device.
 

@@ -15,7 +15,8 @@ from ranknas.errors import ConfigError
 from ranknas.evaluator.data.schema import DataSchema
 from ranknas.spaces import load_space
 from ranknas.supernet import Supernet
-from ranknas.supernet.masked import MaskedSupernet, encode, masked_forward
+from ranknas.supernet.masked import MaskedSupernet, encode, masked_forward, program
+from ranknas.supernet.masked_base import Writer
 from ranknas.supernet.masked_step import MaskedStep
 
 SPACES = ("dlrm", "nasrec_small", "nasrec_full")
@@ -90,6 +91,23 @@ def test_path_tensors_are_fixed_and_cached(supernets):
     assert len({(p.floats.shape, p.ints.shape) for p in paths}) == 1
     arch = supernet.space.sample(rng)
     assert encode(supernet, arch) is encode(supernet, arch)
+
+
+def test_a_reset_writer_encodes_like_a_fresh_one(supernets):
+    # CUDA encodings reuse one writer (the path is copied off it): a reset must leave no
+    # trace of the previous path
+    supernet = supernets("nasrec_full")
+    prog = program(supernet)
+    rng = random.Random(2)
+    first, second = supernet.space.sample(rng), supernet.space.sample(rng)
+    reused = Writer(prog.slots)
+    prog.write(supernet, first, reused)
+    floats, ints = reused.floats, reused.ints
+    prog.write(supernet, second, reused.reset())
+    fresh = Writer(prog.slots)
+    prog.write(supernet, second, fresh)
+    assert reused.floats is floats and reused.ints is ints  # the same buffers
+    assert (reused.floats == fresh.floats).all() and (reused.ints == fresh.ints).all()
 
 
 class _Trace(TorchDispatchMode):
