@@ -31,6 +31,7 @@ CRITEO_LIKE = DataSchema(13, (100_000,) * 26, name="criteo-like")
 _MAX_TRIES = 200
 #: Materialized graphs a space keeps (an LRU by architecture id and schema).
 MATERIALIZED_CACHE = 256
+_PLANS_CACHE = 16  # resolved decisions of the latest canonical architectures
 
 
 def width_choice_name(block: str, layer: int) -> str:
@@ -81,6 +82,7 @@ class SearchSpace:
         self._choices: dict[str, Choice] = {}
         self._materialized: OrderedDict[tuple[str, DataSchema], MaterializedGraph] = \
             OrderedDict()
+        self._plans: OrderedDict[str, dict[str, _Plan]] = OrderedDict()
         for block in graph.blocks():
             for choice in self._block_choices(block):
                 self._choices[choice.name] = choice
@@ -205,8 +207,14 @@ class SearchSpace:
             hint = f" (decisions of that block: {', '.join(close)})" if close else ""
             raise InvalidArchitecture(f"{where}.{unknown[0]}",
                                       f"unknown decision in space {self.name!r}{hint}")
-        chosen, _ = self._resolve(values)
-        return Architecture(self.name, self.version, tuple(chosen.items()))
+        chosen, plans = self._resolve(values)
+        arch = Architecture(self.name, self.version, tuple(chosen.items()))
+        # a materialize of a fresh canonical architecture (sampling checks every draw) reuses
+        # the walk; plans are read, never changed
+        self._plans[arch.arch_id] = plans
+        if len(self._plans) > _PLANS_CACHE:
+            self._plans.popitem(last=False)
+        return arch
 
     def from_json(self, obj: Any, where: str = "architecture") -> Architecture:
         """Architecture from its JSON object, checked against this space."""
@@ -287,7 +295,9 @@ class SearchSpace:
 
     def _materialize(self, arch: Architecture, schema: DataSchema) -> MaterializedGraph:
         ctx = self.context
-        _, plans = self._resolve(arch.as_dict())
+        plans = self._plans.get(arch.arch_id)
+        if plans is None:
+            _, plans = self._resolve(arch.as_dict())
         specs: dict[str, TensorSpec] = {
             "dense": TensorSpec.dense(schema.num_dense),
             "sparse": TensorSpec.sparse(schema.num_sparse, ctx.embedding_dim)}

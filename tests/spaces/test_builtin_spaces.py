@@ -78,3 +78,15 @@ def test_materialized_graphs_are_kept_per_architecture_and_schema(space, tiny_sc
     space.materialize(arch, DataSchema(1, (5,), "third"))  # a third entry evicts the first
     again = space.materialize(arch)
     assert again is not graph and again == graph
+
+
+@pytest.mark.parametrize("name", sorted(BUILTIN_SPACES))
+def test_materializing_reuses_canonicalize_walk_exactly(name):
+    # canonicalize keeps its resolved decisions for the materialize that follows; a space
+    # that never canonicalized the architecture must build the same graph
+    space, fresh = load_space(name), load_space(name)
+    rng = random.Random(7)
+    for _ in range(10):
+        arch = space.sample(rng)
+        assert arch.arch_id in space._plans
+        assert space.materialize(arch) == fresh.materialize(arch)
