@@ -6,7 +6,6 @@ import math
 import random
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from ranknas.errors import InvalidArchitecture, SpaceError
@@ -14,7 +13,6 @@ from ranknas.evaluator.data.schema import DataSchema
 from ranknas.spaces.architecture import Architecture
 from ranknas.spaces.choices import Categorical, Choice, Subset, Value
 from ranknas.spaces.graph import (
-    INPUT_KINDS,
     SHARED_PORT,
     AnyOf,
     Block,
@@ -23,8 +21,9 @@ from ranknas.spaces.graph import (
     OperatorGraph,
     WidthTie,
 )
-from ranknas.spaces.materialized import MaterializedGraph, MaterializedNode
-from ranknas.spaces.ops import OpContext, Operator, TensorSpec, get_operator, merged_spec
+from ranknas.spaces.materialized import MaterializedGraph
+from ranknas.spaces.ops import OpContext, get_operator
+from ranknas.spaces.plans import BlockPlan, shape_plans
 
 #: Criteo's shape, for spaces materialized without a dataset at hand.
 CRITEO_LIKE = DataSchema(13, (100_000,) * 26, name="criteo-like")
@@ -40,18 +39,6 @@ def width_choice_name(block: str, layer: int) -> str:
 
 def shared_choice_name(block: str) -> str:
     return f"{block}.in"
-
-
-@dataclass
-class _Plan:
-    """A block's resolved decisions (before shapes are known)."""
-
-    op: Operator
-    depth: int = 1
-    widths: list[int | WidthTie | None] = field(default_factory=list)
-    ports: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    shared: tuple[str, ...] | None = None
-    off: bool = False
 
 
 class SearchSpace:
@@ -82,7 +69,7 @@ class SearchSpace:
         self._choices: dict[str, Choice] = {}
         self._materialized: OrderedDict[tuple[str, DataSchema], MaterializedGraph] = \
             OrderedDict()
-        self._plans: OrderedDict[str, dict[str, _Plan]] = OrderedDict()
+        self._plans: OrderedDict[str, dict[str, BlockPlan]] = OrderedDict()
         for block in graph.blocks():
             for choice in self._block_choices(block):
                 self._choices[choice.name] = choice
@@ -137,7 +124,8 @@ class SearchSpace:
                                       f"{self.name!r}") from None
 
     # -- canonical form -------------------------------------------------------------------
-    def _resolve(self, values: Mapping[str, Value]) -> tuple[dict[str, Value], dict[str, _Plan]]:
+    def _resolve(self, values: Mapping[str, Value]
+                 ) -> tuple[dict[str, Value], dict[str, BlockPlan]]:
         """Walk back from the output, reading only the decisions that matter."""
         chosen: dict[str, Value] = {}
 
@@ -149,13 +137,13 @@ class SearchSpace:
             return chosen[name]
 
         needed = set(self.graph.output_sources)
-        plans: dict[str, _Plan] = {}
+        plans: dict[str, BlockPlan] = {}
         for node in reversed(self.graph.order):
             if node not in needed or not self.graph.is_block(node):
                 continue
             b = self.graph.block(node)
             op = get_operator(read(f"{node}.op") if len(b.ops) > 1 else b.ops[0])
-            plan = _Plan(op)
+            plan = BlockPlan(op)
             plans[node] = plan
             if b.optional and not read(f"{node}.on"):
                 plan.off = True
@@ -294,82 +282,10 @@ class SearchSpace:
         return graph
 
     def _materialize(self, arch: Architecture, schema: DataSchema) -> MaterializedGraph:
-        ctx = self.context
         plans = self._plans.get(arch.arch_id)
         if plans is None:
             _, plans = self._resolve(arch.as_dict())
-        specs: dict[str, TensorSpec] = {
-            "dense": TensorSpec.dense(schema.num_dense),
-            "sparse": TensorSpec.sparse(schema.num_sparse, ctx.embedding_dim)}
-        widths: dict[str, int] = {}
-        nodes: list[MaterializedNode] = []
-        for node in self.graph.order:
-            plan = plans.get(node)
-            if plan is None or plan.off:
-                continue
-            ports = self._route(node, plan, specs, plans)
-            in_specs = {p: merged_spec(plan.op.port(p).kind, [specs[s] for s in srcs],
-                                       ctx.embedding_dim) for p, srcs in ports.items()}
-            for k, width in enumerate(plan.widths):
-                if isinstance(width, WidthTie):
-                    if width.node not in widths:
-                        raise InvalidArchitecture(f"{node}.width", f"tied to {width.node!r}, "
-                                                  "which is off or not computed before it")
-                    width = widths[width.node]
-                key = node if k == plan.depth - 1 else f"{node}#{k}"
-                try:
-                    out = plan.op.output_spec(in_specs, width, ctx)
-                    cost = plan.op.cost(in_specs, width, ctx)
-                except InvalidArchitecture as err:
-                    raise InvalidArchitecture(node, f"op {plan.op.name}: {err.message}") from None
-                nodes.append(MaterializedNode(
-                    key, node, plan.op.name, width, tuple((p, ports[p]) for p in in_specs),
-                    tuple(in_specs.items()), out, cost))
-                port0 = plan.op.ports[0].name
-                ports, in_specs = {port0: (key,)}, {port0: out}
-            specs[node] = out
-            widths[node] = width if width is not None else out.width
-        sources = tuple(s for s in self.graph.output_sources if s in specs)
-        if not sources:
-            raise InvalidArchitecture("output", "every output source is switched off")
-        head_in = sum(specs[s].numel for s in sources)
-        return MaterializedGraph(self.name, arch.arch_id, schema, ctx, tuple(nodes), sources,
-                                 head_in)
-
-    @staticmethod
-    def _route(node: str, plan: _Plan, specs: Mapping[str, TensorSpec],
-               plans: Mapping[str, _Plan]) -> dict[str, tuple[str, ...]]:
-        """Port -> live sources, with shared ('*') sources routed to ports by kind."""
-        def live(sources: tuple[str, ...]) -> tuple[str, ...]:
-            return tuple(s for s in sources if s in INPUT_KINDS or not plans[s].off)
-
-        ports = {p: live(s) for p, s in plan.ports.items()}
-        if plan.shared is not None:
-            shared = live(plan.shared)
-            many = [p for p in plan.op.ports if p.many and p.name not in plan.ports]
-            routed = {p.name: [] for p in many}
-            for src in shared:
-                kind = specs[src].kind
-                target = next((p for p in many if p.kind == kind), many[0])
-                routed[target.name].append(src)
-            for p in many:  # a required port left empty takes every shared source instead
-                if not routed[p.name] and not p.optional:
-                    routed = {q.name: [] for q in many}
-                    routed[p.name] = list(shared)
-                    break
-            ports.update({p: tuple(s) for p, s in routed.items()})
-        out: dict[str, tuple[str, ...]] = {}
-        for port in plan.op.ports:
-            sources = ports.get(port.name, ())
-            if not sources:
-                if port.optional:
-                    continue
-                raise InvalidArchitecture(f"{node}.inputs", f"port {port.name!r} of op "
-                                          f"{plan.op.name!r} has no live source")
-            if not port.many and len(sources) != 1:
-                raise InvalidArchitecture(f"{node}.{port.name}", "takes exactly one source")
-            out[port.name] = sources
-        return out
+        return shape_plans(self.name, arch.arch_id, self.graph, plans, schema, self.context)
 
     # -- size -----------------------------------------------------------------------------
     def size(self) -> float:
