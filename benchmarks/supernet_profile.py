@@ -8,8 +8,9 @@
 (captures and compiles happen there) it prints the host cost of choosing a path
 (``sampler.sample``) and of encoding it for the fixed-shape executions, the mean step time,
 and a ``torch.profiler`` table of ``--profile-steps`` steps sorted by host time and by device
-time. The total self device time per step is the GPU's share; compare it with the step time
-to see which side bounds the step.
+time, the host time of each phase of a step (``ranknas.*`` profiler ranges: sample, encode,
+forward, backward, update) and the time the GPU was busy per step; compare that with the step
+time to see which side bounds the step.
 """
 
 from __future__ import annotations
@@ -30,6 +31,19 @@ from ranknas.supernet.masked import encode
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def _busy_ms(prof: profile) -> float:
+    """Time the GPU ran anything (kernels, copies; overlaps counted once), in ms: the union
+    of the device intervals, so user annotations and graph nodes are not double counted."""
+    spans = sorted((e.start_ns(), e.end_ns()) for e in prof.profiler.kineto_results.events()
+                   if e.device_type() == torch.autograd.DeviceType.CUDA
+                   and not e.is_user_annotation())
+    busy, end = 0, 0
+    for start, stop in spans:
+        busy += max(0, stop - max(start, end))
+        end = max(end, stop)
+    return busy / 1e6
 
 
 def main() -> None:
@@ -77,12 +91,15 @@ def main() -> None:
     if device.type == "cuda":
         print(table.table(sort_by="self_device_time_total", row_limit=20,
                           max_name_column_width=60))
+    print("host phases per step (ms, under the profiler):", ", ".join(
+        f"{e.key.removeprefix('ranknas.')} {e.cpu_time_total / args.profile_steps / 1e3:.2f}"
+        for e in table if e.key.startswith("ranknas.")
+        and e.device_type == torch.autograd.DeviceType.CPU))
     host = sum(e.self_cpu_time_total for e in table) / args.profile_steps / 1e3
-    gpu = sum(e.self_device_time_total for e in table
-              if e.device_type == torch.autograd.DeviceType.CUDA) / args.profile_steps / 1e3
+    gpu = _busy_ms(prof) / args.profile_steps
     print(f"B={b} {fields}: step {step_ms:.1f} ms ({b / step_ms * 1e3:,.0f} ex/s); new path: "
           f"sample {sample_ms:.2f} ms + encode {encode_ms:.2f} ms; per profiled step: host "
-          f"{host:.1f} ms, device kernels {gpu:.1f} ms")
+          f"{host:.1f} ms, GPU busy {gpu:.1f} ms")
 
 
 if __name__ == "__main__":

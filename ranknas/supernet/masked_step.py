@@ -18,11 +18,11 @@ and loss) and, with ``cuda_graph=True``, the same CUDA graph, captured after a f
 warm-up steps. A batch of another size than the first runs eagerly, outside both.
 
 ``segmented=True`` runs only the path's ops instead
-(:class:`~ranknas.supernet.segmented.SegmentedProgram`), and ``cuda_graph`` then captures each
-(block, op, layer) segment, forward and backward, on first use (at the first batch size;
-another size runs them eagerly); the loss,
-the embedding lookup and the optimizer update run eagerly around them. The dense update
-covers the parameters that got a gradient: those of the ops the path runs.
+(:class:`~ranknas.supernet.segmented_step.SegmentedStep`), and ``cuda_graph`` then captures
+each (block, op, layer) segment, forward and backward with the dense update of its
+parameters, on first use (at the first batch size; another size runs them eagerly); the
+embedding lookup and its update run eagerly around them. Only the ops the path runs (their
+parameters got a gradient) are updated.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
+from torch.profiler import record_function
 
 from ranknas.errors import ConfigError
 from ranknas.evaluator.fast_train import (
@@ -43,7 +44,7 @@ from ranknas.evaluator.fast_train import (
 from ranknas.spaces.architecture import Architecture
 from ranknas.supernet.masked import PathTensors, program
 from ranknas.supernet.masked_base import Slot
-from ranknas.supernet.segmented import segmented as segmented_program
+from ranknas.supernet.segmented_step import SegmentedStep
 from ranknas.supernet.supernet import Supernet
 
 __all__ = ["MaskedStep", "copy_adagrad_state"]
@@ -101,16 +102,18 @@ class MaskedStep:
         if cuda_graph and self.device.type != "cuda":
             raise ConfigError("masked.cuda_graph", f"needs a CUDA supernet, not {self.device}")
         self.supernet, self.program = supernet, program(supernet)
-        self.segments = (segmented_program(supernet, cuda_graph) if segmented else None)
         self.lr, self.eps, self.wd = lr, eps, weight_decay
         self.precision, self.cuda_graph = precision, cuda_graph
-        # segment graphs are captured inside the autocast region: its cache must be off
-        self.autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16,
-                                        cache_enabled=not segmented)
+        self.autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16)
                          if precision == "bf16" else nullcontext())
         self.params = supernet.dense_parameters()
         self.sums = ([torch.zeros_like(p) for p in self.params] if optimizer == "adagrad"
                      else None)
+        self._sum_of = {id(p): s for p, s in zip(self.params, self.sums or [], strict=False)}
+        # segment graphs are captured inside the autocast region: its cache must be off
+        self.segments = (SegmentedStep(supernet, self._segment_update, cuda_graph, lambda: (
+            torch.autocast(self.device.type, dtype=torch.bfloat16, cache_enabled=False)
+            if precision == "bf16" else nullcontext())) if segmented else None)
         slots = self.program.active_slots()
         owner = {id(p): slots[key] for key, m in supernet.elastic.items()
                  for p in m.parameters()}
@@ -139,16 +142,23 @@ class MaskedStep:
 
     @torch.no_grad()
     def _update(self, floats: torch.Tensor, ints: torch.Tensor) -> None:
-        params, sums, active = self.params, self.sums, self.active
-        grads = [p.grad for p in params]
-        if self.segments is not None:  # the ops the path does not run have no gradient
-            keep = [i for i, g in enumerate(grads) if g is not None]
-            params, grads, active = ([xs[i] for i in keep] for xs in (params, grads, active))
-            sums = None if sums is None else [sums[i] for i in keep]
+        grads = [p.grad for p in self.params]
         if self.wd:  # only on the ops the path runs (their "active" flag), as when sliced
             path = (floats, ints)
             grads = [g.add(p, alpha=self.wd) if s is None else g + (self.wd * s.view(path)) * p
-                     for g, p, s in zip(grads, params, active, strict=True)]
+                     for g, p, s in zip(grads, self.params, self.active, strict=True)]
+        self._descend(self.params, grads, self.sums)
+
+    @torch.no_grad()
+    def _segment_update(self, params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
+        """The update of one segment's parameters: every op it runs is active."""
+        if self.wd:
+            grads = [g.add(p, alpha=self.wd) for g, p in zip(grads, params, strict=True)]
+        self._descend(params, grads, None if self.sums is None else
+                      [self._sum_of[id(p)] for p in params])
+
+    def _descend(self, params: list[torch.Tensor], grads: list[torch.Tensor],
+                 sums: list[torch.Tensor] | None) -> None:
         if sums is None:
             torch._foreach_add_(params, grads, alpha=-self.lr)
             return
@@ -165,13 +175,26 @@ class MaskedStep:
         rows = F.embedding(ids, emb.table.weight.detach()).requires_grad_()
         for p in self.params:
             p.grad = None
-        with self.autocast:
+        with self.autocast, record_function("ranknas.forward"):
             loss = fn(dense, rows, labels, floats, ints)
-        loss.backward()
-        coalesced = self.table.coalesce(ids, rows.grad)
-        self._update(floats, ints)
-        self.table.step(*coalesced)
+        with record_function("ranknas.backward"):
+            loss.backward()
+        with record_function("ranknas.update"):
+            coalesced = self.table.coalesce(ids, rows.grad)
+            self._update(floats, ints)
+            self.table.step(*coalesced)
         return loss.detach()
+
+    def _segmented_step(self, dense: torch.Tensor, sparse: torch.Tensor, labels: torch.Tensor,
+                        path: PathTensors) -> torch.Tensor:
+        emb = self.supernet.embedding
+        ids = sparse + emb.offsets
+        rows = F.embedding(ids, emb.table.weight.detach())
+        with record_function("ranknas.forward"):  # and backward, and the dense update
+            loss, grad = self.segments(dense, rows, labels, path)
+        with record_function("ranknas.update"):
+            self.table.step(*self.table.coalesce(ids, grad))
+        return loss
 
     def __call__(self, dense: torch.Tensor, sparse: torch.Tensor, labels: torch.Tensor,
                  arch: Architecture | PathTensors) -> torch.Tensor:
@@ -184,15 +207,10 @@ class MaskedStep:
             if not isinstance(arch, Architecture):
                 raise ConfigError("masked.segmented", "a segmented step needs the "
                                   "Architecture (it runs only the path's ops)")
-            path = self.segments.encode(self.supernet, arch)
-
-            def loss(dense: torch.Tensor, rows: torch.Tensor, labels: torch.Tensor,
-                     *_: torch.Tensor) -> torch.Tensor:
-                logits = self.segments.forward_embedded(self.supernet, dense, rows, path)
-                return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
-
+            with record_function("ranknas.encode"):
+                path = self.program.encode(self.supernet, arch)
             with precision_context(self.precision):
-                return self._step(dense, sparse, labels, *path.tensors, loss)
+                return self._segmented_step(dense, sparse, labels, path)
         path = arch if isinstance(arch, PathTensors) else self.program.encode(self.supernet,
                                                                                arch)
         with precision_context(self.precision):

@@ -1,4 +1,4 @@
-"""Selected-op execution at fixed shapes: one CUDA graph per (block, op, layer) segment.
+"""Selected-op execution at fixed shapes: the path's (block, op, layer) segments, one by one.
 
 The masked execution (:mod:`ranknas.supernet.masked`) runs *every* candidate op of every block
 so that one graph fits every path; it pays 25-30x the FLOPs of an average path. The sliced
@@ -10,40 +10,37 @@ is thousands of eager launches. This module takes the middle road:
   ``[B, bound]`` slot tensor, widest weights with width masks, on the supernet's own
   parameters;
 - so one (block, op, layer) *segment* has the same kernels at the same shapes on every path
-  it appears in, and on CUDA it is captured once, lazily, forward and backward, with
-  :func:`torch.cuda.make_graphed_callables` (one private memory pool per segment: the order
-  of segments changes with the path, so their pools cannot be shared safely);
+  it appears in: :class:`~ranknas.supernet.segmented_step.SegmentedStep` captures each one
+  once, forward and backward, as CUDA graphs, and trains with them;
 - the path's per-architecture values (masks, gather indices) live in two static buffers that
   every segment reads; a step copies the path into them once;
-- between segments, a block's output is brought to its natural padded form (``resize`` /
-  ``as_kind``: a pad or a view) eagerly.
+- a segment reads the *forms* of its candidate sources: a block's output brought to its
+  natural padded size (:func:`publish`: a pad or a view).
 
 A step's FLOPs are those of the path's ops at their widest (masked) shapes, not of every
-candidate, and its host work is one graph replay per segment forward and backward, not one
-launch per ATen op. ``segmented_forward(...) == supernet(dense, sparse, arch)`` and its
-gradients (tests: random architectures of the built-in spaces). Gradients reach only the
-parameters of the ops the path runs; the others keep ``grad = None``.
+candidate. ``segmented_forward(...) == supernet(dense, sparse, arch)`` and its gradients
+(tests: random architectures of the built-in spaces). Gradients reach only the parameters of
+the ops the path runs; the others keep ``grad = None``.
 """
 
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ranknas.errors import ConfigError
 from ranknas.spaces.architecture import Architecture
 from ranknas.spaces.ops import Kind
 from ranknas.supernet.masked import _PREV, MaskedProgram, PathTensors, _Layer, _Port, program
 from ranknas.supernet.masked_base import as_kind, resize
 from ranknas.supernet.supernet import Supernet
 
-__all__ = ["SegmentedProgram", "segmented", "segmented_forward"]
+__all__ = ["HEAD", "SegmentedProgram", "publish", "segmented", "segmented_forward"]
 
 Source = tuple[str, Kind | None]  # (block key or "#prev", kind of the form read)
+HEAD = ("#head",)  # the segment key of the logit head
 
 
 class _PathBuffers:
@@ -115,48 +112,32 @@ class _Segment(nn.Module):
 
 
 class SegmentedProgram:
-    """Runs one supernet's paths segment by segment (see the module docstring).
+    """Runs one supernet's paths segment by segment, eagerly, under autograd (see the module
+    docstring); :class:`~ranknas.supernet.segmented_step.SegmentedStep` trains with the
+    same segments, captured.
 
     Args:
         supernet: The supernet (its parameters are used in place).
-        cuda_graphs: Capture every segment as CUDA graphs (CUDA only), at the batch size of
-            the first call; other sizes run the same segments eagerly.
     """
 
-    def __init__(self, supernet: Supernet, cuda_graphs: bool = False) -> None:
+    def __init__(self, supernet: Supernet) -> None:
         self.program = program(supernet)
-        self.cuda_graphs = cuda_graphs
         self.current = _PathBuffers()
         self.layers = {(block, op, k): layer for block, chains in self.program.blocks
                        for op, chain in chains.items() for k, layer in enumerate(chain)}
-        self._segments: dict[tuple, Callable[..., torch.Tensor]] = {}
+        self._segments: dict[tuple, _Segment] = {}
         self._zeros: dict[tuple, torch.Tensor] = {}
-        self.graph_batch: int | None = None  # the batch size segments are captured at
-        self._storage: int | None = None  # where the parameters lived when captured
-        self.captured = 0  # segments captured so far
 
     def encode(self, supernet: Supernet, arch: Architecture) -> PathTensors:
         """``arch``'s path tensors and the layers it runs (the masked encoding, cached)."""
         return self.program.encode(supernet, arch)
 
-    def _segment(self, key: tuple, layer: _Layer | None, forms: list[torch.Tensor],
-                 supernet: Supernet) -> Callable[..., torch.Tensor]:
-        size = forms[0].shape[0]
-        if self.graph_batch is None and torch.is_grad_enabled():
-            self.graph_batch = size
-        # graphs for the first batch size only: another (a budget's trimmed last batch) would
-        # capture every segment again, and keep its memory, for a step or two; and never
-        # without autograd, whose capture would have no backward graph
-        graphed = self.cuda_graphs and size == self.graph_batch and torch.is_grad_enabled()
-        fn = self._segments.get((key, size, graphed))
-        if fn is not None:
-            return fn
-        seg = _Segment(self.program, self.current, layer, supernet)
-        if graphed:
-            sample = tuple(f.detach().clone().requires_grad_(f.requires_grad) for f in forms)
-            seg = torch.cuda.make_graphed_callables(seg, sample, allow_unused_input=True)
-            self.captured += 1
-        self._segments[(key, size, graphed)] = seg
+    def segment(self, key: tuple, supernet: Supernet) -> _Segment:
+        """The segment of layer ``key = (block, op, k)``, or of the head (``("#head",)``)."""
+        seg = self._segments.get(key)
+        if seg is None:
+            seg = self._segments[key] = _Segment(self.program, self.current,
+                                                 self.layers.get(key), supernet)
         return seg
 
     def _zero_form(self, key: str, kind: Kind, like: torch.Tensor) -> torch.Tensor:
@@ -165,7 +146,7 @@ class SegmentedProgram:
         size = self.program.layout.bound(key, kind)
         shape = (like.shape[0], size) if kind is Kind.DENSE else (like.shape[0], size,
                                                                    self.program.dim)
-        cache = (key, kind, like.shape[0], like.device)
+        cache = (key, kind, like.shape[0], like.device, like.dtype)
         if cache not in self._zeros:
             self._zeros[cache] = torch.zeros(shape, dtype=like.dtype, device=like.device,
                                              requires_grad=True)
@@ -175,15 +156,7 @@ class SegmentedProgram:
                          path: PathTensors) -> torch.Tensor:
         """Logits ``[B]`` of ``path`` from dense ``[B, D]`` and looked-up embeddings
         ``emb [B, F, E]``."""
-        if self.cuda_graphs and dense.device.type != "cuda":
-            raise ConfigError("segmented.cuda_graph", f"needs CUDA inputs, not {dense.device}")
-        storage = supernet.head_bias.data_ptr()
-        if storage != self._storage:  # moved (.to()): graphs would read the old memory
-            self._segments.clear()
-            self._zeros.clear()
-            self.graph_batch, self._storage = None, storage
         self.current.load(path)
-        dim = self.program.dim
         outs: dict[str, torch.Tensor] = {"dense": dense, "sparse": emb}
         forms: dict[Source, torch.Tensor] = {}
 
@@ -194,32 +167,35 @@ class SegmentedProgram:
             if source not in forms:
                 out = outs.get(key)
                 forms[source] = (self._zero_form(key, kind, dense) if out is None else
-                                 resize(as_kind(out, kind, dim),
-                                        self.program.layout.bound(key, kind)))
+                                 publish(self.program, out, key, kind))
             return forms[source]
 
         prev: dict[str, torch.Tensor] = {}
         for block, op, k, is_out in path.nodes:
-            layer = self.layers[(block, op, k)]
-            seg_in = [form(s, prev.get(block)) for s in _sources(layer.ports)]
-            out = self._segment((block, op, k), layer, seg_in, supernet)(*seg_in)
+            seg = self.segment((block, op, k), supernet)
+            out = seg(*[form(s, prev.get(block)) for s in seg.sources])
             prev[block] = out
             if is_out:
                 outs[block] = out
-        seg_in = [form(s, None) for s in _sources({"head": self.program.head})]
-        return self._segment(("#head",), None, seg_in, supernet)(*seg_in)
+        head = self.segment(HEAD, supernet)
+        return head(*[form(s, None) for s in head.sources])
 
 
-_SEGMENTED: weakref.WeakKeyDictionary[Supernet, dict[bool, SegmentedProgram]] = \
-    weakref.WeakKeyDictionary()
+def publish(prog: MaskedProgram, out: torch.Tensor, key: str, kind: Kind) -> torch.Tensor:
+    """The padded form of block (or input) ``key``'s output ``out`` that ``kind`` ports
+    read: ``[B, bound]`` features or ``[B, bound, E]`` fields."""
+    return resize(as_kind(out, kind, prog.dim), prog.layout.bound(key, kind))
 
 
-def segmented(supernet: Supernet, cuda_graphs: bool = False) -> SegmentedProgram:
+_SEGMENTED: weakref.WeakKeyDictionary[Supernet, SegmentedProgram] = weakref.WeakKeyDictionary()
+
+
+def segmented(supernet: Supernet) -> SegmentedProgram:
     """The (cached) segmented program of ``supernet``."""
-    per = _SEGMENTED.setdefault(supernet, {})
-    if cuda_graphs not in per:
-        per[cuda_graphs] = SegmentedProgram(supernet, cuda_graphs)
-    return per[cuda_graphs]
+    prog = _SEGMENTED.get(supernet)
+    if prog is None:
+        prog = _SEGMENTED[supernet] = SegmentedProgram(supernet)
+    return prog
 
 
 def segmented_forward(supernet: Supernet, dense: torch.Tensor, sparse: torch.Tensor,

@@ -39,6 +39,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.profiler import record_function
 
 from ranknas.errors import ConfigError, TrainingDiverged
 from ranknas.evaluator.data.base import CTRData
@@ -209,7 +210,8 @@ class SupernetTrainer:
             try:
                 while done < budget:
                     batch = self._next_batch(budget - done)
-                    arch = self.sampler.sample(self.step)
+                    with record_function("ranknas.sample"):  # a profile's host phases
+                        arch = self.sampler.sample(self.step)
                     pending.append((self.step + 1, arch.arch_id, self._step(batch, arch)))
                     self.step += 1
                     self.examples += len(batch)

@@ -16,6 +16,7 @@ from ranknas.spaces import load_space
 from ranknas.supernet import MaskedStep, Supernet, SupernetTrainConfig
 from ranknas.supernet.masked import encode
 from ranknas.supernet.segmented import segmented, segmented_forward
+from ranknas.supernet.segmented_step import SegmentedStep
 
 SPACES = ("dlrm", "nasrec_small", "nasrec_full")
 SCHEMA = DataSchema(4, (30, 20, 10, 50, 7), "tiny")
@@ -43,6 +44,12 @@ def _grads(supernet: Supernet, fn, labels: torch.Tensor) -> dict[str, torch.Tens
     return {name: None if p.grad is None else
             (p.grad.to_dense() if p.grad.is_sparse else p.grad.clone())
             for name, p in supernet.named_parameters()}
+
+
+def segmented_forward_embedded(supernet: Supernet, dense: torch.Tensor, emb: torch.Tensor,
+                               arch) -> torch.Tensor:
+    prog = segmented(supernet)
+    return prog.forward_embedded(supernet, dense, emb, prog.encode(supernet, arch))
 
 
 def _twin(supernet: Supernet) -> Supernet:
@@ -75,24 +82,44 @@ def test_forward_and_grads_match_sliced(name):
                 assert _close(g, want[key]), f"{arch.arch_id}: grad of {key}"
 
 
-def test_a_moved_supernet_drops_its_segments():
-    """Captured graphs read the parameters' old memory after ``.to()``: segments are rebuilt
-    when the parameters' storage changes (on CUDA: see the graph test below)."""
-    supernet = Supernet(load_space("dlrm"), SCHEMA, seed=0)
-    dense, sparse, _ = _data()
-    arch = supernet.space.sample(random.Random(2))
-    with torch.no_grad():
-        want = segmented_forward(supernet, dense, sparse, arch)
-    prog = segmented(supernet)
-    before = dict(prog._segments)
-    assert segmented_forward(supernet, dense, sparse, arch) is not None
-    assert all(prog._segments[k] is v for k, v in before.items())  # kept while in place
+def test_a_moved_supernet_drops_its_runs():
+    """Captured graphs read the parameters' old memory after ``.to()``: a step's segment runs
+    and buffers are rebuilt when the parameters' storage changes (on CUDA: see the graph test
+    below)."""
+    supernet = Supernet(load_space("dlrm"), SCHEMA, seed=0).train()
+    step = SegmentedStep(supernet, update=lambda params, grads: None)
+    dense, sparse, labels = _data()
+    path = encode(supernet, supernet.space.sample(random.Random(2)))
+    emb = supernet.embedding(sparse).detach()
+    loss, grad = step(dense, emb, labels, path)
+    before = dict(step._runs)
+    assert before and step(dense, emb, labels, path)[0] == loss
+    assert all(step._runs[k] is v for k, v in before.items())  # kept while in place
     supernet.double()  # new parameter memory, as .to(device) gives
-    with torch.no_grad():
-        got = segmented_forward(supernet, dense.double(), sparse, arch)
-    assert _close(got.float(), want)
-    assert before.keys() == prog._segments.keys()
-    assert not any(prog._segments[k] is v for k, v in before.items())
+    got, got_grad = step(dense.double(), emb.double(), labels, path)
+    assert _close(got.float(), loss) and _close(got_grad.float(), grad)
+    assert before.keys() == step._runs.keys()
+    assert not any(step._runs[k] is v for k, v in before.items())
+
+
+@pytest.mark.parametrize("name", ["dlrm", "nasrec_full"])  # stacked layers; merged inputs
+def test_step_gradients_match_autograd(name):
+    """The segmented step's loss and embedding gradient are autograd's over the whole path;
+    a batch of another size (eager, own buffers) too."""
+    supernet = Supernet(load_space(name), SCHEMA, seed=0).train()
+    step = SegmentedStep(supernet, update=lambda params, grads: None)  # weights stay put
+    dense, sparse, labels = _data()
+    rng = random.Random(5)
+    for size in (B, B, B // 2):
+        arch = supernet.space.sample(rng)
+        emb = supernet.embedding(sparse[:size]).detach().requires_grad_()
+        want = F.binary_cross_entropy_with_logits(
+            segmented_forward_embedded(supernet, dense[:size], emb, arch), labels[:size])
+        (want_grad,) = torch.autograd.grad(want, emb)
+        loss, grad = step(dense[:size], emb.detach(), labels[:size],
+                          encode(supernet, arch))
+        assert _close(loss, want.detach()) and _close(grad, want_grad), arch.arch_id
+    assert step.graph_batch == B and step.captured == 0
 
 
 def test_runs_only_the_path_and_caches_encodings():
@@ -106,7 +133,7 @@ def test_runs_only_the_path_and_caches_encodings():
     assert len(path.nodes) == len(graph.nodes) < len(prog.layers)
 
 
-@pytest.mark.parametrize("name", ["nasrec_small", "nasrec_full"])
+@pytest.mark.parametrize("name", SPACES)
 def test_segmented_step_equals_masked_step(name):
     """Same math as the masked step (large eps: see test_masked), decay included; only the
     ops the path runs move."""
@@ -148,44 +175,35 @@ def test_options_are_validated():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
 def test_cuda_graphs_equal_eager_segments():
-    """Graphed segments (captured on first use, replayed on later paths) compute what the
-    eager segments compute, forward and gradients, over paths that share segments."""
-    supernet = Supernet(load_space("nasrec_full"), SCHEMA, seed=0).cuda().train()
+    """Graphed segments (captured on first use, replayed on later paths) train as the same
+    segments run eagerly, over paths that share segments; another batch size runs eagerly;
+    a moved supernet is captured again."""
+    graphed_net = Supernet(load_space("nasrec_full"), SCHEMA, seed=0).cuda().train()
+    eager_net = _twin(graphed_net)
     dense, sparse, labels = _data("cuda")
-    eager, graphed = segmented(supernet), segmented(supernet, cuda_graphs=True)
+    opts = {"lr": 0.05, "eps": 0.1, "weight_decay": 0.01, "segmented": True}
+    graphed = MaskedStep(graphed_net, cuda_graph=True, **opts)
+    eager = MaskedStep(eager_net, **opts)
+
+    def check(arch, size=B, tol=1e-4):
+        batch = (dense[:size], sparse[:size], labels[:size])
+        assert _close(graphed(*batch, arch), eager(*batch, arch), tol), arch.arch_id
+        for (key, p), q in zip(eager_net.named_parameters(), graphed_net.parameters(),
+                               strict=True):
+            assert _close(q, p, tol), f"{arch.arch_id}: {key}"
+
     rng = random.Random(11)
     for _ in range(12):
-        arch = supernet.space.sample(rng)
-
-        def run(prog, a=arch):
-            return prog.forward_embedded(supernet, dense, supernet.embedding(sparse),
-                                         prog.encode(supernet, a))
-
-        want = _grads(supernet, lambda: run(eager), labels)
-        got = _grads(supernet, lambda: run(graphed), labels)
-        with torch.no_grad():  # the fused attention kernel (CUDA only) against the sliced SDPA
-            assert _close(run(eager), supernet(dense, sparse, arch), 1e-4), arch.arch_id
-        for key, g in want.items():
-            assert (g is None) == (got[key] is None), key
-            if g is not None:
-                assert _close(got[key], g, 1e-4), f"{arch.arch_id}: grad of {key}"
-    captured = graphed.captured
-    assert captured > 0 and graphed.graph_batch == B
-    half = (dense[:B // 2], sparse[:B // 2], labels[:B // 2])  # another size runs eagerly
-    path = graphed.encode(supernet, arch)
-    with torch.no_grad():
-        got = graphed.forward_embedded(supernet, half[0], supernet.embedding(half[1]), path)
-        want = eager.forward_embedded(supernet, half[0], supernet.embedding(half[1]), path)
-    assert _close(got, want, 1e-4) and graphed.captured == captured
-    supernet.cpu().cuda()  # new parameter memory: the graphs are captured again
-
-    def moved(prog):
-        return prog.forward_embedded(supernet, dense, supernet.embedding(sparse), path)
-
-    want = _grads(supernet, lambda: moved(eager), labels)
-    got = _grads(supernet, lambda: moved(graphed), labels)
-    assert graphed.captured > captured
-    for key, g in want.items():
-        assert (g is None) == (got[key] is None), key
-        if g is not None:
-            assert _close(got[key], g, 1e-4), f"after the move: grad of {key}"
+        check(graphed_net.space.sample(rng))
+        with torch.no_grad():  # the fused attention kernel (CUDA only) against sliced SDPA
+            arch = graphed_net.space.sample(rng)
+            got = segmented_forward(graphed_net, dense, sparse, arch)
+            assert _close(got, graphed_net(dense, sparse, arch), 1e-4), arch.arch_id
+    runner = graphed.segments
+    captured = runner.captured
+    assert captured > 0 and runner.graph_batch == B
+    check(arch, B // 2)  # another size runs eagerly
+    assert runner.captured == captured
+    graphed_net.cpu().cuda()  # new parameter memory: the graphs are captured again
+    check(arch)
+    assert runner.captured > captured

@@ -1,0 +1,312 @@
+"""A segmented training step with no autograd between segments: fixed buffers join them.
+
+:class:`~ranknas.supernet.segmented.SegmentedProgram` runs a path as a chain of (block, op,
+layer) segments under autograd. Captured with ``torch.cuda.make_graphed_callables``, each
+segment copied every input into its graph's static buffers, concatenated all its candidate
+sources to gather its merged input, and autograd walked ~40 graphed nodes and ~110 gradient
+accumulations per step on the host. Here the segments meet in buffers at fixed addresses:
+
+- **forms**: per kind, one buffer holding the padded form of every source that some port
+  reads as that kind, side by side (``[B, sum of bounds + 1]`` features or ``[B, ... + 1,
+  E]`` fields; the last column stays zero). The inputs are written into it at the start of a
+  step, and a block's output segment writes (*publishes*) its output into its block's range.
+- **merged inputs** are gathered straight from a kind's buffer (the candidates of a port need
+  no concatenation), and the gradient of a merged input is added straight back into the
+  gradient buffer of that kind (same layout), at the gathered columns only;
+- a stacked layer reads the previous layer's output where that layer's graph left it, and
+  writes that layer's output gradient into the layer's own buffer.
+
+Each segment is captured once per variant (is it its block's output or not), at the batch
+size of the first step: one forward graph (gathers, op, publishing) and one backward graph
+(``torch.autograd.grad`` of the op, the input gradients into the gradient buffers, and the
+dense optimizer update of the op's parameters, which no other segment reads). The logit head
+includes the loss. A step is then: copy the inputs, replay the forward graphs in path order
+and the backward graphs in reverse, and return the loss and the gradient of the embedding
+rows (whose sparse update stays outside). Without graphs (the CPU, or another batch size) the
+same functions run eagerly, so the CPU tests check this module's data flow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+
+import torch
+import torch.nn.functional as F
+
+from ranknas.spaces.ops import Kind
+from ranknas.supernet.masked import _PREV, PathTensors, _Port
+from ranknas.supernet.masked_base import Path, as_kind, resize
+from ranknas.supernet.segmented import HEAD, Source, publish, segmented
+from ranknas.supernet.supernet import Supernet
+
+__all__ = ["SegmentedStep", "Update"]
+
+#: Applies the optimizer to ``(params, grads)`` in place (captured into a backward graph).
+Update = Callable[[list[torch.Tensor], list[torch.Tensor]], None]
+_INPUTS = ("dense", "sparse")
+_WARMUP = 2  # eager runs before a capture (Triton compiles, cuBLAS workspaces)
+
+
+class _Buffers:
+    """The forms of every source, their gradients and the labels, at one batch size."""
+
+    def __init__(self, layout: dict[Kind, int], dim: int, like: torch.Tensor) -> None:
+        size = like.shape[0]
+
+        def zeros(width: int, kind: Kind) -> torch.Tensor:
+            return like.new_zeros((size, width) if kind is Kind.DENSE else (size, width, dim))
+
+        # the last column of each kind is the zero column that padding gathers
+        self.forms = {kind: zeros(width + 1, kind) for kind, width in layout.items()}
+        self.grads = {kind: zeros(width + 1, kind) for kind, width in layout.items()}
+        self.labels = like.new_zeros(size)
+        self.one = like.new_ones(())
+
+
+class _Run:
+    """One segment variant (layer ``key``, block output or not) at one batch size: its
+    forward and backward, eager or replayed from CUDA graphs."""
+
+    def __init__(self, step: SegmentedStep, key: tuple, is_out: bool, buf: _Buffers,
+                 prev: _Run | None, graphed: bool) -> None:
+        self.step, self.key, self.is_out, self.buf, self.prev = step, key, is_out, buf, prev
+        self.head = key == HEAD
+        if self.head:
+            self.ports = {"head": step.prog.program.head}
+            self.params = [step.supernet.head_weight, step.supernet.head_bias]
+        else:
+            self.layer = step.prog.layers[key]
+            self.ports, self.params = self.layer.ports, list(self.layer.op.m.parameters())
+        self.kinds = step.kinds.get(key[0], ()) if is_out and not self.head else ()
+        self.out: torch.Tensor | None = None
+        self.grad_out: torch.Tensor | None = None  # d loss / d out, for a non-output layer
+        self.graphs: tuple[torch.cuda.CUDAGraph, torch.cuda.CUDAGraph] | None = None
+        if graphed:
+            self._capture()
+
+    def _input(self, port: _Port, path: Path) -> tuple[torch.Tensor, torch.Tensor, tuple]:
+        """(the op's input, the leaf autograd differentiates, where its gradient goes)."""
+        p, step = port.port, self.step
+        if port.gather is not None:  # gathered from the kind's buffer: no concatenation
+            index = step.port_index[id(port)].index_select(0, port.gather.view(path))
+            x = self.buf.forms[p.kind].index_select(1, index).requires_grad_()
+            return x, x, ("gather", p.kind, index)
+        if port.cands == (_PREV,):
+            leaf = self.prev.out.detach().requires_grad_()
+            where: tuple = ("prev",)
+        else:
+            kind, start, size = step.ranges[(port.cands[0], p.kind)]
+            leaf = self.buf.forms[kind].narrow(1, start, size).detach()
+            leaf.requires_grad_(port.cands[0] != "dense")
+            where = ("range", kind, start, size)
+        x = resize(as_kind(leaf, p.kind, step.dim), p.bound) * port.present.view(path)
+        return x, leaf, where
+
+    def _forward(self) -> tuple[list, list, list, list]:
+        """The segment: (leaves, where their gradients go, what to differentiate, its
+        incoming gradients)."""
+        path = self.step.prog.current.path
+        with self.step.autocast():
+            ins = {name: self._input(port, path) for name, port in self.ports.items()}
+            xs = {name: x for name, (x, _, _) in ins.items()}
+            leaves = [leaf for _, leaf, _ in ins.values()]
+            wheres = [where for _, _, where in ins.values()]
+            if self.head:
+                head = self.ports["head"].port
+                logits = F.linear(xs["head"], head.take(self.params[0], 1, path),
+                                  self.params[1]).squeeze(-1)
+                self.out = F.binary_cross_entropy_with_logits(logits.float(), self.buf.labels)
+                return leaves, wheres, [self.out], [self.buf.one]
+            out = self.out = self.layer.op.forward(xs, path)
+            if self.kinds:
+                pubs = [publish(self.step.prog.program, out.float(), self.key[0], kind)
+                        for kind in self.kinds]
+                return leaves, wheres, pubs, [self.step.grad_range(self.buf, self.key[0], kind)
+                                              for kind in self.kinds]
+        if self.grad_out is None:
+            self.grad_out = torch.zeros_like(out)
+        return leaves, wheres, [out], [self.grad_out]
+
+    def _publish(self, outputs: list[torch.Tensor]) -> None:
+        if not self.kinds:  # not a block's output: the next layer reads self.out
+            return
+        with torch.no_grad():
+            for kind, pub in zip(self.kinds, outputs, strict=True):
+                self.step.form_range(self.buf, self.key[0], kind).copy_(pub)
+
+    def _grads(self, leaves: list[torch.Tensor], outputs: list, grads_in: list) -> tuple:
+        wanted = [x for x in leaves if x.requires_grad] + self.params
+        if not wanted or not any(o.requires_grad for o in outputs):
+            return (None,) * len(wanted)
+        return torch.autograd.grad(outputs, wanted, grads_in, allow_unused=True)
+
+    def _apply(self, leaves: list[torch.Tensor], wheres: list[tuple], grads: tuple) -> None:
+        """Input gradients into the gradient buffers (or the previous layer's); the
+        optimizer on the parameters."""
+        n = 0
+        for leaf, where in zip(leaves, wheres, strict=True):
+            if not leaf.requires_grad:
+                continue
+            g, n = grads[n], n + 1
+            if g is None:
+                continue
+            if where[0] == "prev":
+                self.prev.grad_out.copy_(g)
+            elif where[0] == "gather":  # padding lands on the zero column's gradient
+                self.buf.grads[where[1]].index_add_(1, where[2], g)
+            else:
+                self.buf.grads[where[1]].narrow(1, where[2], where[3]).add_(g)
+        pairs = [(p, g) for p, g in zip(self.params, grads[n:], strict=True) if g is not None]
+        if pairs:
+            self.step.update([p for p, _ in pairs], [g for _, g in pairs])
+
+    def _capture(self) -> None:
+        torch.cuda.synchronize()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(_WARMUP):  # no side effects: no publishing, no update
+                leaves, _, outputs, grads_in = self._forward()
+                self._grads(leaves, outputs, grads_in)
+        torch.cuda.current_stream().wait_stream(side)
+        fwd, bwd = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
+        with torch.cuda.graph(fwd):
+            leaves, wheres, outputs, grads_in = self._forward()
+            self._publish(outputs)
+        with torch.cuda.graph(bwd, pool=fwd.pool()):
+            self._apply(leaves, wheres, self._grads(leaves, outputs, grads_in))
+        self.graphs = (fwd, bwd)
+        self.step.captured += 1
+
+    def forward(self) -> None:
+        if self.graphs is not None:
+            self.graphs[0].replay()
+            return
+        self._saved = self._forward()
+        self._publish(self._saved[2])
+
+    def backward(self) -> None:
+        if self.graphs is not None:
+            self.graphs[1].replay()
+            return
+        leaves, wheres, outputs, grads_in = self._saved
+        del self._saved
+        self._apply(leaves, wheres, self._grads(leaves, outputs, grads_in))
+
+
+class SegmentedStep:
+    """Forward, backward and dense update of one path, segment by segment (module
+    docstring).
+
+    Args:
+        supernet: The supernet to train (in place).
+        update: The dense optimizer, called with a segment's parameters and gradients (inside
+            its backward graph when captured).
+        cuda_graphs: Capture each segment variant on first use (CUDA only), at the batch size
+            of the first step; other sizes run eagerly.
+        autocast: A context for the forward ops (bf16 autocast, or a null context).
+    """
+
+    def __init__(self, supernet: Supernet, update: Update, cuda_graphs: bool = False,
+                 autocast: Callable[[], AbstractContextManager] | None = None) -> None:
+        self.supernet, self.update, self.cuda_graphs = supernet, update, cuda_graphs
+        self.autocast = autocast or nullcontext
+        self.prog = segmented(supernet)
+        program = self.prog.program
+        self.dim = program.dim
+        ports = [program.head] + [port for layer in self.prog.layers.values()
+                                  for port in layer.ports.values()]
+        # every (source, kind) some port reads, side by side in its kind's buffer
+        self.ranges: dict[Source, tuple[Kind, int, int]] = {}
+        self.widths: dict[Kind, int] = {}
+        self.kinds: dict[str, tuple[Kind, ...]] = {}
+        for port in ports:
+            kind = port.port.kind
+            for cand in port.cands:
+                if cand == _PREV or (cand, kind) in self.ranges:
+                    continue
+                size = program.layout.bound(cand, kind)
+                self.ranges[(cand, kind)] = (kind, self.widths.get(kind, 0), size)
+                self.widths[kind] = self.widths.get(kind, 0) + size
+                self.kinds[cand] = (*self.kinds.get(cand, ()), kind)
+        # a gather port's merged-order positions -> columns of its kind's buffer
+        self._port_index = {}
+        for port in ports:
+            if port.gather is not None:
+                kind = port.port.kind
+                cols = [torch.arange(self.ranges[(c, kind)][2]) + self.ranges[(c, kind)][1]
+                        for c in port.cands]
+                self._port_index[id(port)] = torch.cat([*cols, torch.tensor([self.widths[kind]])])
+        self.port_index: dict[int, torch.Tensor] = {}
+        self._runs: dict[tuple, _Run] = {}
+        self._buffers: dict[int, _Buffers] = {}
+        self._storage: int | None = None
+        self.graph_batch: int | None = None  # the batch size segments are captured at
+        self.captured = 0  # segment variants captured so far
+
+    def form_range(self, buf: _Buffers, key: str, kind: Kind) -> torch.Tensor:
+        """The form of source ``key`` read as ``kind``, in ``buf``."""
+        _, start, size = self.ranges[(key, kind)]
+        return buf.forms[kind].narrow(1, start, size)
+
+    def grad_range(self, buf: _Buffers, key: str, kind: Kind) -> torch.Tensor:
+        """The gradient of :meth:`form_range`."""
+        _, start, size = self.ranges[(key, kind)]
+        return buf.grads[kind].narrow(1, start, size)
+
+    def __call__(self, dense: torch.Tensor, emb: torch.Tensor, labels: torch.Tensor,
+                 path: PathTensors) -> tuple[torch.Tensor, torch.Tensor]:
+        """One step of ``path`` on dense ``[B, D]``, looked-up rows ``emb [B, F, E]`` and
+        ``labels [B]``: updates the dense parameters; returns the loss (0-dim, a new
+        tensor) and the gradient of ``emb`` (``[B, F, E]``)."""
+        storage = self.supernet.head_bias.data_ptr()
+        if storage != self._storage:  # moved (.to()): graphs would read the old memory
+            self._runs.clear()
+            self._buffers.clear()
+            self.port_index = {k: v.to(emb.device) for k, v in self._port_index.items()}
+            self.graph_batch, self._storage = None, storage
+        size = dense.shape[0]
+        if self.graph_batch is None:
+            self.graph_batch = size
+        graphed = self.cuda_graphs and size == self.graph_batch
+        buf = self._buffers.get(size)
+        if buf is None:
+            buf = self._buffers[size] = _Buffers(self.widths, self.dim, emb)
+        self.prog.current.load(path)
+        # forms need no zeroing: a step reads only what it published, or multiplies the
+        # form of a block it skips by 0 (the last step's, finite: a non-finite loss stops)
+        torch._foreach_zero_(list(buf.grads.values()))
+        buf.labels.copy_(labels)
+        emb = emb.detach().requires_grad_()
+        inputs = {"dense": dense, "sparse": emb}
+        pubs = [(publish(self.prog.program, inputs[key], key, kind), (key, kind))
+                for key in _INPUTS for kind in self.kinds.get(key, ())]
+        with torch.no_grad():
+            for pub, (key, kind) in pubs:
+                self.form_range(buf, key, kind).copy_(pub)
+        runs, prev = [], {}
+        for block, op, k, is_out in path.nodes:
+            run = self._run((block, op, k), is_out, buf, prev.get(block), graphed)
+            run.forward()
+            runs.append(run)
+            prev[block] = run
+        head = self._run(HEAD, True, buf, None, graphed)
+        head.forward()
+        loss = head.out.detach().clone()
+        head.backward()
+        for run in reversed(runs):
+            run.backward()
+        sparse = [(pub, self.grad_range(buf, *s)) for pub, s in pubs if s[0] == "sparse"]
+        if not sparse:  # no port reads the embeddings
+            return loss, torch.zeros_like(emb)
+        (grad,) = torch.autograd.grad([p for p, _ in sparse], emb, [g for _, g in sparse])
+        return loss, grad
+
+    def _run(self, key: tuple, is_out: bool, buf: _Buffers, prev: _Run | None,
+             graphed: bool) -> _Run:
+        cache = (key, is_out, buf.labels.shape[0], graphed)
+        run = self._runs.get(cache)
+        if run is None:
+            run = self._runs[cache] = _Run(self, key, is_out, buf, prev, graphed)
+        return run
