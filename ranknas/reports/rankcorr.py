@@ -15,7 +15,8 @@
    (or reuses them from an earlier ``rankcorr.json`` made with the same space, data, training,
    seed, architecture count and budget: ``standalone_from``; seeds it lacks are trained);
    every finished training is journaled in ``OUT/standalone.jsonl``, so a killed run started
-   again with the same ``OUT`` resumes (:mod:`~ranknas.reports.rankcorr_reuse`);
+   again with the same ``OUT`` resumes (:mod:`~ranknas.reports.rankcorr_reuse`; supernet
+   scores likewise, in ``OUT/supernet.jsonl``);
 3. trains a supernet (``sampler``, NASRec's ``any-path`` by default, optionally behind a
    full-path warm-up; ``supernet_replicates`` of them with independent seeds, each
    architecture's score then being the mean, see
@@ -331,7 +332,7 @@ def run_rank_correlation(config: Any, out: str | Path, *, archs: int = 50,
             supernet_examples=supernet_examples, supernet_lr=supernet_lr, modes=modes,
             score_options={"finetune_examples": finetune_examples, "finetune_lr": finetune_lr},
             finetune_continue=finetune_continue, workers=workers, out=out, say=say,
-            supernet_train=supernet_train)
+            supernet_train=supernet_train, fingerprint=fingerprint)
         trained_runs.append(trained)
         for row, by_variant in zip(rows, scores, strict=True):
             for variant in names:

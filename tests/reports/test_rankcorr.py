@@ -154,7 +154,7 @@ def test_workers_give_the_same_results_as_one_process(tmp_path):
     keys = ("arch_id", "standalone_nes", "supernet_ne_no_finetune", "supernet_ne_finetune_last")
     assert [[r[k] for k in keys] for r in two["rows"]] == \
         [[r[k] for k in keys] for r in one["rows"]]
-    assert not (tmp_path / "two/supernet.pt").exists()
+    assert not list((tmp_path / "two").glob("*.pt"))  # weights go once every score is in
     with pytest.raises(ConfigError, match="workers"):
         run_rank_correlation(config, tmp_path / "bad", workers=0, **kwargs)
 
@@ -185,6 +185,49 @@ def test_a_killed_run_resumes_its_standalone_trainings(tmp_path, monkeypatch):
     assert len(calls) == 8 - 3  # only the missing trainings ran
     assert [r["standalone_nes"] for r in resumed["rows"]] == \
         [r["standalone_nes"] for r in full["rows"]]
+
+
+def test_a_killed_run_resumes_its_supernet_scores(tmp_path, monkeypatch, base):
+    """Scores are journaled as they finish; a rerun loads the saved supernet instead of
+    training it and scores only the architectures left, with the same results."""
+    from ranknas.execution import pool
+    from ranknas.supernet import SupernetTrainer
+
+    path, full = base
+    config = config_from_dict(TINY)
+    kwargs = {**SMALL, "standalone_from": path}
+    real, calls = pool.score_task, []
+
+    def dies_after_two(*task):
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the run is killed mid-way
+        calls.append(task)
+        return real(*task)
+
+    monkeypatch.setattr(pool, "score_task", dies_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        run_rank_correlation(config, tmp_path, **kwargs)
+    assert len(list(tmp_path.glob("supernet-*.pt"))) == 1
+    calls.clear()
+    monkeypatch.setattr(pool, "score_task", lambda *t: calls.append(t) or real(*t))
+    trains = []
+    train = SupernetTrainer.train
+    monkeypatch.setattr(SupernetTrainer, "train",
+                        lambda self, *a, **k: trains.append(1) or train(self, *a, **k))
+    resumed = run_rank_correlation(config, tmp_path, **kwargs)
+    assert len(calls) == SMALL["archs"] - 2 and not trains
+    keys = ("supernet_ne_no_finetune", "supernet_ne_finetune_last")
+    assert [[r[k] for k in keys] for r in resumed["rows"]] == \
+        [[r[k] for k in keys] for r in full["rows"]]
+    (trained,), (want,) = resumed["summary"]["supernet"], full["summary"]["supernet"]
+    assert trained["loss"] == want["loss"] and trained["steps"] == want["steps"]
+    assert not list(tmp_path.glob("*.pt"))
+    calls.clear()  # everything journaled: nothing is trained or scored again
+    again = run_rank_correlation(config, tmp_path, **kwargs)
+    assert not calls and not trains and again["rows"] == resumed["rows"]
+    other = run_rank_correlation(config, tmp_path, **{**kwargs, "finetune_examples": 128})
+    assert len(calls) == SMALL["archs"] and trains  # other options: other journal entries
+    assert other["options"]["finetune_examples"] == 128
 
 
 def test_a_supernet_replicate_keeps_the_sample_and_the_standalone_nes(tmp_path, base):
