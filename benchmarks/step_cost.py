@@ -59,6 +59,21 @@ def forward_cost(forward: Callable[[], object], batch: int) -> dict:
             "fwd_weight_bytes_per_step": 2 * written.step}
 
 
+def train_step_cost(step: Callable[[], object], batch: int) -> dict:
+    """Per-example FLOPs and fused activation bytes of a whole training step ``step()``
+    (forward, backward, update; run twice under autograd), counted as :func:`forward_cost`
+    counts a forward. Backward ops that are not tagged point-wise count as unfusable, so this
+    errs high, alike for every step measured with it."""
+    with FlopCounterMode(display=False) as counter:
+        step()
+    written = _Written(batch)
+    with written:
+        step()
+    return {"step_flops_per_example": counter.get_total_flops() / batch,
+            "step_fused_bytes_per_example": 2 * written.fused / batch,
+            "step_weight_bytes": 2 * written.step}
+
+
 def fused_bytes_by(forward: Callable[[], object], batch: int,
                    label: Callable[[torch.nn.Module], str | None]
                    ) -> tuple[dict[str, float], dict[str, float]]:
@@ -103,7 +118,24 @@ def step_floor(cost: dict, schema: DataSchema, batch: int, dense_params: int,
     act = 3 * cost["fwd_fused_activation_bytes_per_example"] * batch
     other = (8 * batch * schema.num_sparse * 16 * 4 + 7 * 4 * dense_params
              + 3 * cost["fwd_weight_bytes_per_step"])  # gathered weight columns, fwd + bwd
-    out = {"step_flops": flops, "step_bytes": act + other}
+    return {"step_flops": flops, "step_bytes": act + other,
+            **_floors(flops, act, other, ceil)}
+
+
+def train_step_floor(cost: dict, schema: DataSchema, batch: int, dense_params: int,
+                     ceil: dict) -> dict:
+    """:func:`step_floor` of a :func:`train_step_cost` (the whole step counted, not 3x its
+    forward)."""
+    flops = cost["step_flops_per_example"] * batch
+    act = cost["step_fused_bytes_per_example"] * batch
+    other = 8 * batch * schema.num_sparse * 16 * 4 + 7 * 4 * dense_params
+    return {"step_flops": flops, "step_bytes": act + other + cost["step_weight_bytes"],
+            **_floors(flops, act, other + cost["step_weight_bytes"], ceil)}
+
+
+def _floors(flops: float, act: float, other: float, ceil: dict) -> dict:
+    """Floor ms per precision: matmul time or memory time, whichever is longer."""
+    out = {}
     if ceil:
         bw = ceil["copy_bytes_per_s"]
         for prec, rate, scale in (("fp32", "matmul_fp32_flop_per_s", 1.0),

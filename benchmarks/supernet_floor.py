@@ -14,7 +14,10 @@ and turns it into the step's floor at batch ``--batch`` (fwd + bwd ~ 3x forward)
 card's ceilings: measured with ``--device cuda``, else the H200's measured in
 ``RESULTS.md`` (copy 4.24 TB/s; matmul 51 / 421 / 796 TFLOP/s fp32 / TF32 / bf16). The
 issue's 690k examples/s at B=4096 is a 5.94 ms step. It also splits the segmented
-execution's bytes by the op of the segment that writes them, and by ATen op.
+execution's bytes by the op of the segment that writes them, and by ATen op, and counts two
+segmented training steps whole (forward, backward, update; same paths): autograd over the
+segments, which concatenates every port's candidates before gathering, and
+:class:`~ranknas.supernet.segmented_step.SegmentedStep`, which gathers from fixed buffers.
 """
 
 from __future__ import annotations
@@ -25,13 +28,21 @@ import statistics
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from bench_common import ceilings, criteo_schema
-from step_cost import forward_cost, fused_bytes_by, step_floor
+from step_cost import (
+    forward_cost,
+    fused_bytes_by,
+    step_floor,
+    train_step_cost,
+    train_step_floor,
+)
 
 from ranknas.spaces import load_space
 from ranknas.supernet import Supernet, make_sampler
 from ranknas.supernet.masked import encode, masked_forward
-from ranknas.supernet.segmented import _Segment, segmented_forward
+from ranknas.supernet.segmented import _Segment, segmented, segmented_forward
+from ranknas.supernet.segmented_step import SegmentedStep
 
 #: The H200 of RESULTS.md's standalone section (2026-11-27), for floors computed off the GPU.
 H200 = {"copy_bytes_per_s": 4.24e12, "matmul_fp32_flop_per_s": 51e12,
@@ -102,9 +113,42 @@ def main() -> None:
         total = sum(split.values())
         for op, size in sorted(split.items(), key=lambda kv: -kv[1])[:12]:
             print(f"| {op or '(between segments)'} | {size / 1e6:.3f} | {size / total:.0%} |")
+    result["steps"] = _whole_steps(supernet, archs, dense, sparse, args.batch, dense_params, ceil)
     result["rows"] = rows
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1))
+
+
+def _whole_steps(supernet: Supernet, archs: list, dense: torch.Tensor, sparse: torch.Tensor,
+                 batch: int, dense_params: int, ceil: dict) -> dict[str, dict]:
+    """The two segmented training steps counted whole, mean over ``archs``."""
+    labels = (torch.arange(COUNT, device=dense.device) % 2).float()
+    prog = segmented(supernet)
+    runner = SegmentedStep(supernet, update=lambda params, grads: None)  # weights stay put
+
+    def autograd_step(path):
+        emb = supernet.embedding(sparse).detach().requires_grad_()
+        logits = prog.forward_embedded(supernet, dense, emb, path)
+        F.binary_cross_entropy_with_logits(logits, labels).backward()
+
+    steps = {"autograd over segments (concatenated candidates)": autograd_step,
+             "SegmentedStep (gathers from fixed buffers)":
+                 lambda path: runner(dense, supernet.embedding(sparse).detach(), labels, path)}
+    out = {}
+    print("\n| segmented step, counted whole | MFLOP / example | fused MB / example | "
+          "floor ms TF32 | floor ex/s TF32 |\n|---|---|---|---|---|")
+    for name, step in steps.items():
+        costs = []
+        for arch in archs:
+            path = encode(supernet, arch)
+            cost = train_step_cost(lambda step=step, path=path: step(path), COUNT)
+            costs.append({**cost, **train_step_floor(cost, criteo_schema(), batch,
+                                                     dense_params, ceil)})
+        mean = out[name] = {k: statistics.fmean(c[k] for c in costs) for k in costs[0]}
+        print(f"| {name} | {mean['step_flops_per_example'] / 1e6:.1f} | "
+              f"{mean['step_fused_bytes_per_example'] / 1e6:.2f} | "
+              f"{mean['floor_tf32_ms']:.2f} | {batch / mean['floor_tf32_ms'] * 1e3:,.0f} |")
+    return out
 
 
 if __name__ == "__main__":
