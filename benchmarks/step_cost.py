@@ -44,16 +44,22 @@ class _Written(TorchDispatchMode):
         return out
 
 
+def _count(run: Callable[[], object], batch: int) -> tuple[int, _Written]:
+    """FLOPs and bytes written of ``run()`` (run twice: once per counter)."""
+    with FlopCounterMode(display=False) as counter:
+        run()
+    written = _Written(batch)
+    with written:
+        run()
+    return counter.get_total_flops(), written
+
+
 def forward_cost(forward: Callable[[], object], batch: int) -> dict:
     """Per-example forward FLOPs and activation bytes of ``forward()`` on a batch of
     ``batch`` (run twice, without autograd)."""
     with torch.no_grad():
-        with FlopCounterMode(display=False) as counter:
-            forward()
-        written = _Written(batch)
-        with written:
-            forward()
-    return {"fwd_flops_per_example": counter.get_total_flops() / batch,
+        flops, written = _count(forward, batch)
+    return {"fwd_flops_per_example": flops / batch,
             "fwd_activation_bytes_per_example": 2 * written.example / batch,
             "fwd_fused_activation_bytes_per_example": 2 * written.fused / batch,
             "fwd_weight_bytes_per_step": 2 * written.step}
@@ -64,12 +70,8 @@ def train_step_cost(step: Callable[[], object], batch: int) -> dict:
     (forward, backward, update; run twice under autograd), counted as :func:`forward_cost`
     counts a forward. Backward ops that are not tagged point-wise count as unfusable, so this
     errs high, alike for every step measured with it."""
-    with FlopCounterMode(display=False) as counter:
-        step()
-    written = _Written(batch)
-    with written:
-        step()
-    return {"step_flops_per_example": counter.get_total_flops() / batch,
+    flops, written = _count(step, batch)
+    return {"step_flops_per_example": flops / batch,
             "step_fused_bytes_per_example": 2 * written.fused / batch,
             "step_weight_bytes": 2 * written.step}
 
