@@ -38,6 +38,7 @@ from step_cost import (
     train_step_floor,
 )
 
+from ranknas.evaluator.data.schema import DataSchema
 from ranknas.spaces import load_space
 from ranknas.supernet import Supernet, make_sampler
 from ranknas.supernet.masked import encode, masked_forward
@@ -113,14 +114,16 @@ def main() -> None:
         total = sum(split.values())
         for op, size in sorted(split.items(), key=lambda kv: -kv[1])[:12]:
             print(f"| {op or '(between segments)'} | {size / 1e6:.3f} | {size / total:.0%} |")
-    result["steps"] = _whole_steps(supernet, archs, dense, sparse, args.batch, dense_params, ceil)
+    result["steps"] = _whole_steps(supernet, archs, dense, sparse, args.batch, dense_params,
+                                   ceil, schema)
     result["rows"] = rows
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1))
 
 
 def _whole_steps(supernet: Supernet, archs: list, dense: torch.Tensor, sparse: torch.Tensor,
-                 batch: int, dense_params: int, ceil: dict) -> dict[str, dict]:
+                 batch: int, dense_params: int, ceil: dict,
+                 schema: DataSchema) -> dict[str, dict]:
     """The two segmented training steps counted whole, mean over ``archs``."""
     labels = (torch.arange(COUNT, device=dense.device) % 2).float()
     prog = segmented(supernet)
@@ -142,7 +145,7 @@ def _whole_steps(supernet: Supernet, archs: list, dense: torch.Tensor, sparse: t
         for arch in archs:
             path = encode(supernet, arch)
             cost = train_step_cost(lambda step=step, path=path: step(path), COUNT)
-            costs.append({**cost, **train_step_floor(cost, criteo_schema(), batch,
+            costs.append({**cost, **train_step_floor(cost, schema, batch,
                                                      dense_params, ceil)})
         mean = out[name] = {k: statistics.fmean(c[k] for c in costs) for k in costs[0]}
         print(f"| {name} | {mean['step_flops_per_example'] / 1e6:.1f} | "

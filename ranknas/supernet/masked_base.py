@@ -30,7 +30,7 @@ from ranknas.errors import ConfigError
 from ranknas.spaces.materialized import MaterializedNode
 from ranknas.spaces.ops import Kind
 from ranknas.supernet.elastic_base import ElasticOp, SlicedLinear, SlicedNorm
-from ranknas.supernet.fused_norm import fused_norm_fits, masked_layer_norm
+from ranknas.supernet.fused_norm import EPS, fused_norm_fits, masked_layer_norm
 
 #: Per-architecture tensors of one path: ``(floats [Nf], ints [Ni])``.
 Path = tuple[torch.Tensor, torch.Tensor]
@@ -157,7 +157,7 @@ def masked_norm(y: torch.Tensor, norm: SlicedNorm, mask: torch.Tensor,
     mean = (y * mask).sum(-1, keepdim=True) * inv
     d = (y - mean) * mask
     var = (d * d).sum(-1, keepdim=True) * inv
-    return (d * torch.rsqrt(var + 1e-5) * norm.weight + norm.bias) * mask
+    return (d * torch.rsqrt(var + EPS) * norm.weight + norm.bias) * mask
 
 
 def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:

@@ -28,7 +28,7 @@ parameters got a gradient) are updated.
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -104,16 +104,16 @@ class MaskedStep:
         self.supernet, self.program = supernet, program(supernet)
         self.lr, self.eps, self.wd = lr, eps, weight_decay
         self.precision, self.cuda_graph = precision, cuda_graph
-        self.autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16)
-                         if precision == "bf16" else nullcontext())
+        self.autocast = self._autocast()
         self.params = supernet.dense_parameters()
         self.sums = ([torch.zeros_like(p) for p in self.params] if optimizer == "adagrad"
                      else None)
-        self._sum_of = {id(p): s for p, s in zip(self.params, self.sums or [], strict=False)}
+        self._sum_of = ({} if self.sums is None else
+                        {id(p): s for p, s in zip(self.params, self.sums, strict=True)})
         # segment graphs are captured inside the autocast region: its cache must be off
-        self.segments = (SegmentedStep(supernet, self._segment_update, cuda_graph, lambda: (
-            torch.autocast(self.device.type, dtype=torch.bfloat16, cache_enabled=False)
-            if precision == "bf16" else nullcontext())) if segmented else None)
+        self.segments = (SegmentedStep(supernet, self._segment_update, cuda_graph,
+                                       lambda: self._autocast(cache=False))
+                         if segmented else None)
         slots = self.program.active_slots()
         owner = {id(p): slots[key] for key, m in supernet.elastic.items()
                  for p in m.parameters()}
@@ -126,6 +126,12 @@ class MaskedStep:
         self.size: int | None = None
         self.graph: torch.cuda.CUDAGraph | None = None
         self.calls = 0
+
+    def _autocast(self, cache: bool = True) -> AbstractContextManager:
+        """bf16 autocast of the forward ops when ``precision`` is bf16, else a no-op."""
+        if self.precision != "bf16":
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, cache_enabled=cache)
 
     def state_dict(self) -> dict[str, torch.Tensor | list[torch.Tensor] | None]:
         """Optimizer state: Adagrad sums of the dense parameters and of the table."""

@@ -159,6 +159,16 @@ def test_workers_give_the_same_results_as_one_process(tmp_path):
         run_rank_correlation(config, tmp_path / "bad", workers=0, **kwargs)
 
 
+def _dies_after(n: int, real, calls: list):
+    """``real``, recording its tasks in ``calls``, until the run is killed at task ``n + 1``."""
+    def task(*args):
+        if len(calls) == n:
+            raise KeyboardInterrupt  # the run is killed mid-way
+        calls.append(args)
+        return real(*args)
+    return task
+
+
 def test_a_killed_run_resumes_its_standalone_trainings(tmp_path, monkeypatch):
     from ranknas.execution import pool
 
@@ -166,14 +176,7 @@ def test_a_killed_run_resumes_its_standalone_trainings(tmp_path, monkeypatch):
     kwargs = {**SMALL, "standalone_seeds": 2}
     full = run_rank_correlation(config, tmp_path / "full", **kwargs)
     real, calls = pool.standalone_task, []
-
-    def dies_after_three(*task):
-        if len(calls) == 3:
-            raise KeyboardInterrupt  # the run is killed mid-way
-        calls.append(task)
-        return real(*task)
-
-    monkeypatch.setattr(pool, "standalone_task", dies_after_three)
+    monkeypatch.setattr(pool, "standalone_task", _dies_after(3, real, calls))
     with pytest.raises(KeyboardInterrupt):
         run_rank_correlation(config, tmp_path / "cut", **kwargs)
     journal = (tmp_path / "cut/standalone.jsonl").read_text().splitlines()
@@ -197,14 +200,7 @@ def test_a_killed_run_resumes_its_supernet_scores(tmp_path, monkeypatch, base):
     config = config_from_dict(TINY)
     kwargs = {**SMALL, "standalone_from": path}
     real, calls = pool.score_task, []
-
-    def dies_after_two(*task):
-        if len(calls) == 2:
-            raise KeyboardInterrupt  # the run is killed mid-way
-        calls.append(task)
-        return real(*task)
-
-    monkeypatch.setattr(pool, "score_task", dies_after_two)
+    monkeypatch.setattr(pool, "score_task", _dies_after(2, real, calls))
     with pytest.raises(KeyboardInterrupt):
         run_rank_correlation(config, tmp_path, **kwargs)
     assert len(list(tmp_path.glob("supernet-*.pt"))) == 1
