@@ -11,11 +11,17 @@ and a ``torch.profiler`` table of ``--profile-steps`` steps sorted by host time 
 time, the host time of each phase of a step (``ranknas.*`` profiler ranges: sample, encode,
 forward, backward, update) and the time the GPU was busy per step; compare that with the step
 time to see which side bounds the step.
+
+``--segment-times`` (segmented execution on CUDA) instead times every segment's forward and
+backward (graph replays, or eager runs) with CUDA events and prints the GPU time per step by
+op, e.g. ``--set execution=segmented --set cuda_graph=true --set precision=tf32 --warmup 1000
+--segment-times``.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import time
 
 import torch
@@ -46,6 +52,41 @@ def _busy_ms(prof: profile) -> float:
     return busy / 1e6
 
 
+def segment_times(trainer: SupernetTrainer, steps: int) -> None:
+    """Print the GPU time per step of each op's segments (forward, backward) over ``steps``
+    steps, from CUDA events around each segment's run."""
+    from ranknas.supernet import segmented_step
+
+    events: list[tuple[str, str, torch.cuda.Event, torch.cuda.Event]] = []
+    originals = {}
+    for phase in ("forward", "backward"):
+        originals[phase] = run = getattr(segmented_step._Run, phase)
+
+        def timed(self, run=run, phase=phase) -> None:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            run(self)
+            end.record()
+            events.append((self.key[1] if len(self.key) > 1 else "head", phase, start, end))
+
+        setattr(segmented_step._Run, phase, timed)
+    try:
+        trainer.train(steps * trainer.config.batch_size)
+        torch.cuda.synchronize()
+    finally:
+        for phase, run in originals.items():
+            setattr(segmented_step._Run, phase, run)
+    ms, calls = collections.defaultdict(float), collections.Counter()
+    for op, phase, start, end in events:
+        ms[(op, phase)] += start.elapsed_time(end) / steps
+        calls[(op, phase)] += 1
+    print(f"segments: {sum(ms.values()):.2f} ms of GPU time per step")
+    print("| op | phase | ms / step | calls / step | us / call |\n|---|---|---:|---:|---:|")
+    for (op, phase), t in sorted(ms.items(), key=lambda kv: -kv[1]):
+        n = calls[(op, phase)] / steps
+        print(f"| {op} | {phase} | {t:.3f} | {n:.2f} | {t / n * 1e3:.1f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--device", default="cpu")
@@ -53,10 +94,14 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=300)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--profile-steps", type=int, default=10)
+    parser.add_argument("--segment-times", action="store_true",
+                        help="time each segment (segmented execution, CUDA) instead")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a SupernetTrainConfig field (value as YAML)")
     args = parser.parse_args()
     device, b = torch.device(args.device), args.batch_size
+    if args.segment_times and device.type != "cuda":
+        parser.error("--segment-times times CUDA events: it needs --device cuda")
     fields = {k: yaml.safe_load(v) for k, _, v in (s.partition("=") for s in args.set)}
     space, schema = load_space("nasrec_full"), criteo_schema()
     trainer = SupernetTrainer(
@@ -66,6 +111,9 @@ def main() -> None:
                             log_every=1 << 30, **{"check_every": 50, **fields}))
     trainer.train(args.warmup * b)
     _sync(device)
+    if args.segment_times:
+        segment_times(trainer, args.steps)
+        return
 
     paths = [trainer.sampler.sample(10_000 + i) for i in range(50)]  # not seen in warm-up
     start = time.perf_counter()

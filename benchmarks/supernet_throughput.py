@@ -21,7 +21,7 @@ over the same architectures, measured in the same run.
 
 ``--trainer`` times ``SupernetTrainer`` end to end (a new path every step) in the given
 variants, ``segmented`` among them (only the path's ops, one CUDA graph per segment: it warms
-up for 300 steps so that every segment is captured before timing, and reports how many were
+up for 1000 steps so that every segment is captured before timing, and reports how many were
 captured while timed). Captured graphs keep their memory for the life of the process, so on a
 GPU run one trainer variant per process.
 """
@@ -119,9 +119,14 @@ TRAINER_VARIANTS = {
 # of ranknas.supernet.fused_norm; run it in its own process, it patches the module)
 TRAINER_VARIANTS["segmented+graph+tf32+check50+torchnorm"] = \
     TRAINER_VARIANTS["segmented+graph+tf32+check50"]
+# the segmented step with every fixed width at its widest (halve0), or halved to fit a path
+# at most once or three times (the default is twice: SupernetTrainConfig.width_halvings)
+for _n in (0, 1, 3):
+    TRAINER_VARIANTS[f"segmented+graph+tf32+check50+halve{_n}"] = {
+        **TRAINER_VARIANTS["segmented+graph+tf32+check50"], "width_halvings": _n}
 #: Warm-up steps before timing: a segmented trainer captures each segment when a path first
 #: runs it, so it warms up until (nearly) every segment has been seen.
-WARMUP_STEPS = {"segmented": 300}
+WARMUP_STEPS = {"segmented": 1000}
 
 
 def measure_trainer(space: SearchSpace, schema: DataSchema, batch: int, steps: int,
@@ -269,7 +274,7 @@ def main() -> None:
     parser.add_argument("--trainer", nargs="*", default=[], choices=list(TRAINER_VARIANTS),
                         help="SupernetTrainer variants to time end to end (new path each step)")
     parser.add_argument("--warmup", type=int, default=None,
-                        help="trainer warm-up steps (default: 8; segmented: 300)")
+                        help="trainer warm-up steps (default: 8; segmented: 1000)")
     parser.add_argument("--no-sliced", action="store_true",
                         help="skip the sliced step vs subnet comparison")
     parser.add_argument("--out", default=None)

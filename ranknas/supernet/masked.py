@@ -60,6 +60,7 @@ from __future__ import annotations
 import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -84,10 +85,32 @@ from ranknas.supernet.masked_base import (
 )
 from ranknas.supernet.supernet import Supernet
 
-__all__ = ["MaskedProgram", "MaskedSupernet", "PathTensors", "encode", "masked_forward",
-           "program"]
+__all__ = ["MaskedProgram", "MaskedSupernet", "PathNode", "PathTensors", "encode",
+           "masked_forward", "program"]
 
 _PREV = "#prev"  # the source of a stacked layer's port: the previous layer of its op
+
+
+class PathNode(NamedTuple):
+    """One layer an architecture runs (what the segmented execution runs).
+
+    Attributes:
+        block: Block id.
+        op: Op name.
+        k: Layer index in the op's stack.
+        is_out: The layer's output is the block's output.
+        widths: Merged input width of each of the layer's ports (in the order of its
+            ``_Layer.ports``), in the port's units; its bound where the port is a stacked
+            layer's (``#prev``), 0 where the architecture leaves the port unconnected.
+        width: The node's chosen width (None where the op has none).
+    """
+
+    block: str
+    op: str
+    k: int
+    is_out: bool
+    widths: tuple[int, ...] = ()
+    width: int | None = None
 
 
 @dataclass(frozen=True)
@@ -98,14 +121,15 @@ class PathTensors:
         arch_id: The architecture encoded.
         floats: Selectors, flags, width masks and 1/width, key biases ``[Nf]``.
         ints: Gather indices and storage positions ``[Ni]``.
-        nodes: The layers the architecture runs, in order: ``(block, op, layer index, is
-            the block's output)`` (what the segmented execution runs).
+        nodes: The layers the architecture runs, in order.
+        head_width: The merged width of the logit head's input (features).
     """
 
     arch_id: str
     floats: torch.Tensor
     ints: torch.Tensor
-    nodes: tuple[tuple[str, str, int, bool], ...] = ()
+    nodes: tuple[PathNode, ...] = ()
+    head_width: int = 0
 
     @property
     def tensors(self) -> Path:
@@ -202,22 +226,21 @@ class MaskedProgram:
             w = self._scratch = Writer(self.slots)
         else:
             w = self._scratch.reset()
-        nodes = self.write(supernet, arch, w)
+        nodes, head = self.write(supernet, arch, w)
         floats, ints = w.tensors()
         if device.type == "cuda":  # pinned + async: the host does not wait for queued steps
-            path = PathTensors(arch.arch_id, floats.pin_memory().to(device, non_blocking=True),
-                               ints.pin_memory().to(device, non_blocking=True), nodes)
-        else:
-            path = PathTensors(arch.arch_id, floats, ints, nodes)
+            floats = floats.pin_memory().to(device, non_blocking=True)
+            ints = ints.pin_memory().to(device, non_blocking=True)
+        path = PathTensors(arch.arch_id, floats, ints, nodes, head)
         self._paths[arch.arch_id] = path
         if len(self._paths) > self.cache_size:
             self._paths.popitem(last=False)
         return path
 
     def write(self, supernet: Supernet, arch: Architecture,
-              w: Writer) -> tuple[tuple[str, str, int, bool], ...]:
+              w: Writer) -> tuple[tuple[PathNode, ...], int]:
         """Write ``arch``'s path into ``w`` (host memory only); returns its
-        :attr:`PathTensors.nodes`.
+        :attr:`PathTensors.nodes` and ``head_width``.
 
         Raises:
             InvalidArchitecture: ``arch`` is not a buildable member of the space.
@@ -230,24 +253,31 @@ class MaskedProgram:
         nodes = []
         for node, ports in zip(graph.nodes, pos.ports, strict=True):
             k = depth[node.block] = depth.get(node.block, -1) + 1
-            nodes.append((node.block, node.op, k, node.key == node.block))
             layer = chains[node.block][node.op][k]
+            widths = dict.fromkeys(layer.ports, 0)
             for name, sources in node.ports:
                 srcs = (_PREV,) if k else sources
-                self._encode_port(w, layer.ports[name], srcs, specs, ports[name][1])
+                widths[name] = self._encode_port(w, layer.ports[name], srcs, specs,
+                                                 ports[name][1])
             layer.op.encode(w, node)
             w.flag(layer.sel, node.key == node.block)
             w.flag(layer.active, True)
-        self._encode_port(w, self.head, graph.output_sources, specs, pos.head)
-        return tuple(nodes)
+            nodes.append(PathNode(node.block, node.op, k, node.key == node.block,
+                                  tuple(widths.values()), node.width))
+        head = self._encode_port(w, self.head, graph.output_sources, specs, pos.head)
+        return tuple(nodes), head
 
     def _encode_port(self, w: Writer, port: _Port, sources: tuple[str, ...],
-                     specs: dict[str, TensorSpec], cols: object) -> None:
+                     specs: dict[str, TensorSpec], cols: object) -> int:
+        """Write one port's gather index, presence and weight columns; returns its merged
+        width (port units; the bound for a stacked layer's port)."""
         p = port.port
         if port.gather is None:
             if sources != port.cands:
                 raise InvalidArchitecture(p.name, f"sources {sources} are not {port.cands}")
             w.flag(port.present, True)
+            width = p.bound if sources == (_PREV,) else units(specs[sources[0]], p.kind,
+                                                               self.dim)
         else:
             idx = []
             for src in sources:
@@ -259,9 +289,11 @@ class MaskedProgram:
             if merged.size > p.bound:
                 raise InvalidArchitecture(p.name, f"merged input {merged.size} > {p.bound}")
             w.prefix(port.gather, merged)  # the rest keeps the default: the zero column
+            width = merged.size
         if p.cols is not None:
             w.prefix(p.cols, np.arange(cols.start, cols.stop) if isinstance(cols, slice)
                      else cols)  # padding: column 0, meets a zero
+        return min(width, p.bound)
 
     # -- running ---------------------------------------------------------------------------
     def forward(self, supernet: Supernet, dense: torch.Tensor, sparse: torch.Tensor,

@@ -151,13 +151,16 @@ def as_kind(x: torch.Tensor, kind: Kind, dim: int) -> torch.Tensor:
 def masked_norm(y: torch.Tensor, norm: SlicedNorm, mask: torch.Tensor,
                 inv: torch.Tensor) -> torch.Tensor:
     """``SlicedNorm(y[..., :n], n)`` zero-padded: LayerNorm over the ``mask``-ed features of the
-    last dim (``inv = 1/n``), biased variance and eps as ``F.layer_norm``."""
+    last dim (``inv = 1/n``), biased variance and eps as ``F.layer_norm``. ``y`` may be
+    narrower than the norm (an op run at a smaller fixed width): its first features."""
+    size = y.shape[-1]
+    weight, bias, mask = norm.weight[:size], norm.bias[:size], mask[:size]
     if _fused(y):
-        return masked_layer_norm(y, norm.weight, norm.bias, mask, inv)
+        return masked_layer_norm(y, weight, bias, mask, inv)
     mean = (y * mask).sum(-1, keepdim=True) * inv
     d = (y - mean) * mask
     var = (d * d).sum(-1, keepdim=True) * inv
-    return (d * torch.rsqrt(var + EPS) * norm.weight + norm.bias) * mask
+    return (d * torch.rsqrt(var + EPS) * weight + bias) * mask
 
 
 def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -196,16 +199,19 @@ class PortIn:
     bound: int
     cols: Slot | None
 
-    def take(self, weight: torch.Tensor, dim: int, path: Path) -> torch.Tensor:
-        """``weight`` at the merged positions along ``dim`` (padding: any column, meeting a
-        zero input)."""
+    def take(self, weight: torch.Tensor, dim: int, path: Path,
+             size: int | None = None) -> torch.Tensor:
+        """``weight`` at the first ``size`` (default: ``bound``) merged positions along
+        ``dim`` (padding: any column, meeting a zero input)."""
+        size = self.bound if size is None else size
         if self.cols is None:
-            return weight.narrow(dim, 0, self.bound)
-        return weight.index_select(dim, self.cols.view(path))
+            return weight.narrow(dim, 0, size)
+        return weight.index_select(dim, self.cols.view(path)[:size])
 
     def linear(self, x: torch.Tensor, lin: SlicedLinear, path: Path) -> torch.Tensor:
-        """``lin`` at every output row over the merged input ``x [..., bound]``."""
-        return F.linear(x, self.take(lin.weight, 1, path), lin.bias)
+        """``lin`` at every output row over the merged input ``x [..., n]``: ``n`` is the
+        bound, or fewer where the segmented step cuts the zero tail of a narrow input."""
+        return F.linear(x, self.take(lin.weight, 1, path, x.shape[-1]), lin.bias)
 
 
 class MaskedOp:
@@ -213,9 +219,12 @@ class MaskedOp:
 
     Attributes:
         out_kind: Output kind; ``out_size`` its natural padded size (features or fields).
+        sizable: ``forward`` can compute the output at a fixed size below ``out_size`` that
+            still holds the node's width (its ``size`` argument).
     """
 
     op_name: ClassVar[str]
+    sizable: ClassVar[bool] = False
     out_kind: Kind
     out_size: int
 
@@ -229,7 +238,10 @@ class MaskedOp:
     def encode(self, w: Writer, node: MaterializedNode) -> None:
         """Write this op's per-architecture values for ``node`` (defaults: unused)."""
 
-    def forward(self, x: dict[str, torch.Tensor], path: Path) -> torch.Tensor:
+    def forward(self, x: dict[str, torch.Tensor], path: Path,
+                size: int | None = None) -> torch.Tensor:
+        """The output from the ports' inputs ``x``, at ``size`` (``out_size`` when None; a
+        :attr:`sizable` op only) along its width."""
         raise NotImplementedError
 
     @staticmethod

@@ -75,14 +75,15 @@ class MaskedDcnCross(MaskedOp):
 
     def forward(self, x: dict[str, torch.Tensor], path: Path) -> torch.Tensor:
         port, xin, m = self.ports["x"], x["x"], self.m
+        n = xin.shape[-1]
         projs = []
         if m.full is not None:
-            weight = port.take(port.take(m.full.weight, 0, path), 1, path)
-            projs.append(F.linear(xin, weight, port.take(m.full.bias, 0, path)))
+            weight = port.take(port.take(m.full.weight, 0, path, n), 1, path, n)
+            projs.append(F.linear(xin, weight, port.take(m.full.bias, 0, path, n)))
         if m.down is not None:
             low = port.linear(xin, m.down, path) * self.rank[0].view(path)
-            projs.append(F.linear(low, port.take(m.up.weight, 0, path),
-                                  port.take(m.up.bias, 0, path)))
+            projs.append(F.linear(low, port.take(m.up.weight, 0, path, n),
+                                  port.take(m.up.bias, 0, path, n)))
         proj = projs[0] if len(projs) == 1 else blend(self.full.view(path), *projs)
         return xin * proj + xin
 
@@ -274,7 +275,10 @@ class MaskedFM(MaskedOp):
 
 # -- sparse --------------------------------------------------------------------------------
 class _MaskedFields(MaskedOp):
-    """The field projection ``[B, Nb, E] -> [B, W_max, E]`` with a field-width mask."""
+    """The field projection ``[B, Nb, E] -> [B, W, E]`` with a field-width mask, ``W`` the
+    fixed size (``W_max`` by default, or fewer fields that still hold the width)."""
+
+    sizable = True
 
     def __init__(self, module: ElasticOp, ports: dict[str, PortIn], slots: Slots) -> None:
         super().__init__(module, ports, slots)
@@ -284,11 +288,14 @@ class _MaskedFields(MaskedOp):
     def encode(self, w: Writer, node: MaterializedNode) -> None:
         w.width(self.w, node.width)
 
-    def _project(self, y: torch.Tensor, path: Path, activation: str) -> torch.Tensor:
+    def _project(self, y: torch.Tensor, path: Path, activation: str,
+                 size: int | None) -> torch.Tensor:
+        size = size or self.out_size
         mask, inv = (s.view(path) for s in self.w)
-        proj = self.m.proj
-        z = self.ports["x"].linear(y.transpose(1, 2), proj.fc, path)  # [B, E, W]
-        z = masked_norm(z, proj.norm, mask, inv) if proj.norm is not None else z * mask
+        fc, norm, y = self.m.proj.fc, self.m.proj.norm, y.transpose(1, 2)
+        weight = self.ports["x"].take(fc.weight, 1, path, y.shape[-1])[:size]
+        z = F.linear(y, weight, None if fc.bias is None else fc.bias[:size])  # [B, E, W]
+        z = masked_norm(z, norm, mask, inv) if norm is not None else z * mask[:size]
         return activate(z, activation).transpose(1, 2)
 
 
@@ -296,8 +303,9 @@ class _MaskedFields(MaskedOp):
 class MaskedLinear3d(_MaskedFields):
     op_name = "linear-3d"
 
-    def forward(self, x: dict[str, torch.Tensor], path: Path) -> torch.Tensor:
-        return self._project(x["x"], path, self.activation)
+    def forward(self, x: dict[str, torch.Tensor], path: Path,
+                size: int | None = None) -> torch.Tensor:
+        return self._project(x["x"], path, self.activation, size)
 
 
 @register_masked
@@ -316,24 +324,26 @@ class MaskedTransformer(_MaskedFields):
         w.set(self.key_bias, torch.where(torch.arange(self.out_size) < node.width, 0.0,
                                          -math.inf))
 
-    def forward(self, x: dict[str, torch.Tensor], path: Path) -> torch.Tensor:
+    def forward(self, x: dict[str, torch.Tensor], path: Path,
+                size: int | None = None) -> torch.Tensor:
         m = self.m
-        z = self._project(x["x"], path, "identity")  # [B, L, E]
+        z = self._project(x["x"], path, "identity", size)  # [B, L, E]
         b, n, e = z.shape
         heads = m.attn.num_heads
+        key_bias = self.key_bias.view(path)[:n]
         qkv = F.linear(z, m.attn.in_proj_weight, m.attn.in_proj_bias)
         if z.is_cuda and e // heads <= FUSED_MAX_HEAD_DIM and n <= FUSED_MAX_TOKENS:
             # SDPA's math path writes [B, h, L, L] scores: ~5x slower for NASRec's heads of 2
-            att = tiny_head_attention(qkv, heads, self.key_bias.view(path))[0]
+            att = tiny_head_attention(qkv, heads, key_bias)[0]
         else:
             q, k, v = qkv.view(b, n, 3, heads, e // heads).permute(2, 0, 3, 1, 4).unbind(0)
-            bias = self.key_bias.view(path).view(1, 1, 1, n)
+            bias = key_bias.view(1, 1, 1, n)
             att = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
             att = att.transpose(1, 2).reshape(b, n, e)
         att = m.attn.out_proj(att)
         z = layer_norm(z + att, m.attn_norm.weight, m.attn_norm.bias)
         z = layer_norm(z + m.fc2(torch.relu(m.fc1(z))), m.ffn_norm.weight, m.ffn_norm.bias)
-        return z * self.w[0].view(path)[:, None]
+        return z * self.w[0].view(path)[:n, None]
 
 
 # -- merge ---------------------------------------------------------------------------------

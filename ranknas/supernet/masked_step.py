@@ -81,6 +81,8 @@ class MaskedStep:
         precision: ``fp32``, ``tf32`` (TF32 matmuls) or ``bf16`` (autocast of the forward).
         backend: ``torch.compile`` backend (``inductor``; ``eager`` / ``aot_eager`` to test).
         segmented: Run only the path's ops, segment by segment (no ``compile``).
+        width_halvings: ``segmented`` only: see
+            :class:`~ranknas.supernet.segmented_step.SegmentedStep`'s ``halvings``.
 
     Raises:
         ConfigError: an unknown optimizer or precision, ``cuda_graph`` off CUDA, or
@@ -90,7 +92,8 @@ class MaskedStep:
     def __init__(self, supernet: Supernet, *, optimizer: str = "adagrad", lr: float = 0.01,
                  sparse_lr: float | None = None, eps: float = 1e-8, weight_decay: float = 0.0,
                  compile: bool = False, cuda_graph: bool = False, precision: str = "fp32",
-                 backend: str = "inductor", segmented: bool = False) -> None:
+                 backend: str = "inductor", segmented: bool = False,
+                 width_halvings: int = 2) -> None:
         if segmented and compile:
             raise ConfigError("masked.compile", "segmented execution graphs each segment "
                               "instead; set compile: false")
@@ -112,7 +115,7 @@ class MaskedStep:
                         {id(p): s for p, s in zip(self.params, self.sums, strict=True)})
         # segment graphs are captured inside the autocast region: its cache must be off
         self.segments = (SegmentedStep(supernet, self._segment_update, cuda_graph,
-                                       lambda: self._autocast(cache=False))
+                                       lambda: self._autocast(cache=False), width_halvings)
                          if segmented else None)
         slots = self.program.active_slots()
         owner = {id(p): slots[key] for key, m in supernet.elastic.items()

@@ -171,12 +171,12 @@ class SegmentedProgram:
             return forms[source]
 
         prev: dict[str, torch.Tensor] = {}
-        for block, op, k, is_out in path.nodes:
-            seg = self.segment((block, op, k), supernet)
-            out = seg(*[form(s, prev.get(block)) for s in seg.sources])
-            prev[block] = out
-            if is_out:
-                outs[block] = out
+        for node in path.nodes:
+            seg = self.segment((node.block, node.op, node.k), supernet)
+            out = seg(*[form(s, prev.get(node.block)) for s in seg.sources])
+            prev[node.block] = out
+            if node.is_out:
+                outs[node.block] = out
         head = self.segment(HEAD, supernet)
         return head(*[form(s, None) for s in head.sources])
 

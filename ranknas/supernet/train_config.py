@@ -16,7 +16,7 @@ EXECUTIONS = ("sliced", "masked", "segmented")
 #: The fields that choose how (not what) a supernet trains: what one-shot's ``supernet_train``
 #: and rank-corr's ``--supernet-train`` may set.
 EXECUTION_OPTIONS = ("execution", "embedding_update", "check_every", "compile", "cuda_graph",
-                     "precision")
+                     "precision", "width_halvings")
 
 __all__ = ["EXECUTIONS", "EXECUTION_OPTIONS", "SupernetTrainConfig", "check_int"]
 
@@ -68,6 +68,10 @@ class SupernetTrainConfig:
         cuda_graph: ``masked`` / ``segmented`` only, CUDA only: capture the step in one CUDA
             graph (masked) or each segment's forward and backward (segmented).
         precision: ``masked`` / ``segmented`` only: ``fp32``, ``tf32`` or ``bf16``.
+        width_halvings: ``segmented`` only: how many times the fixed width of a merged
+            input, and of a linear-3d / transformer output, may halve to fit a narrower
+            path (0: always the widest). Each halving cuts a narrow path's bytes and FLOPs
+            and adds a variant of a segment to capture.
     """
 
     examples: int = 1_000_000
@@ -89,10 +93,12 @@ class SupernetTrainConfig:
     compile: bool = False
     cuda_graph: bool = False
     precision: str = "fp32"
+    width_halvings: int = 2
 
     def __post_init__(self) -> None:
         for name in ("examples", "batch_size", "log_every", "eval_batch_size", "check_every"):
             check_int(name, getattr(self, name), 1)
+        check_int("width_halvings", self.width_halvings, 0)
         check_int("seed", self.seed, 0)
         check_int("checkpoint_every", self.checkpoint_every, 1, optional=True)
         if self.optimizer not in OPTIMIZERS:

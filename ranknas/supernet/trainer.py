@@ -124,7 +124,8 @@ class SupernetTrainer:
                                      sparse_lr=config.sparse_lr, eps=config.eps,
                                      weight_decay=config.weight_decay, compile=config.compile,
                                      cuda_graph=config.cuda_graph, precision=config.precision,
-                                     segmented=config.execution == "segmented")
+                                     segmented=config.execution == "segmented",
+                                     width_halvings=config.width_halvings)
         elif config.embedding_update == "index":
             self.optimizers = []
             self._path = _Path(self.supernet, None)

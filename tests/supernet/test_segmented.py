@@ -171,6 +171,41 @@ def test_options_are_validated():
         SupernetTrainConfig(execution="slotted")
     with pytest.raises(ConfigError, match="cuda_graph"):
         SupernetTrainConfig(execution="segmented", cuda_graph=True)
+    with pytest.raises(ConfigError, match="width_halvings"):
+        SupernetTrainConfig(execution="segmented", width_halvings=-1)
+
+
+def test_fixed_widths_halve_to_fit():
+    step = SegmentedStep(Supernet(load_space("dlrm"), SCHEMA, seed=0), lambda p, g: None)
+    assert [step.fit(w, 1024) for w in (0, 100, 256, 257, 600)] == [256, 256, 256, 512, 1024]
+    assert step.fit(100, 1100) == 280  # halves rounded up to 8 columns
+    assert [step.fit(w, 20) for w in (3, 6, 11)] == [5, 10, 20]  # small bounds: no rounding
+    step.halvings = 0
+    assert step.fit(1, 1024) == 1024
+
+
+def test_narrow_inputs_and_field_ops_run_cut():
+    """Merged inputs run at a halved fixed width where they fit, and the field ops (linear-3d,
+    transformer) at fewer fields than their widest; the step equals the uncut one."""
+    nets = [Supernet(load_space("nasrec_full"), SCHEMA, seed=0).train() for _ in range(2)]
+    steps = [SegmentedStep(net, lambda p, g: None, halvings=h) for net, h in zip(nets, (0, 2),
+                                                                               strict=True)]
+    dense, sparse, labels = _data()
+    rng = random.Random(6)
+    for _ in range(6):
+        arch = nets[0].space.sample(rng)
+        (loss, grad), (want, want_grad) = [
+            step(dense, net.embedding(sparse).detach(), labels, encode(net, arch))
+            for net, step in zip(nets[::-1], steps[::-1], strict=True)]
+        assert _close(loss, want) and _close(grad, want_grad), arch.arch_id
+
+    def cut(step: SegmentedStep) -> tuple[bool, bool]:
+        runs = step._runs.values()
+        return (any(size < run.ports[name].port.bound
+                    for run in runs for name, (size, _) in run.sizes.items()),
+                any(run.out_size is not None for run in runs))
+
+    assert cut(steps[1]) == (True, True) and cut(steps[0]) == (False, False)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
@@ -188,9 +223,11 @@ def test_cuda_graphs_equal_eager_segments():
     def check(arch, size=B, tol=1e-4):
         batch = (dense[:size], sparse[:size], labels[:size])
         assert _close(graphed(*batch, arch), eager(*batch, arch), tol), arch.arch_id
+        # two *eager* twins drift apart by up to 2e-4 here (float atomics through a LayerNorm
+        # over a few near-equal fields); a graph reading a wrong buffer is off by O(1)
         for (key, p), q in zip(eager_net.named_parameters(), graphed_net.parameters(),
                                strict=True):
-            assert _close(q, p, tol), f"{arch.arch_id}: {key}"
+            assert _close(q, p, 10 * tol), f"{arch.arch_id}: {key}"
 
     rng = random.Random(11)
     for _ in range(12):
