@@ -59,8 +59,9 @@ from __future__ import annotations
 
 import weakref
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 import numpy as np
 import torch
@@ -70,7 +71,7 @@ from torch import nn
 from ranknas.errors import ConfigError, InvalidArchitecture
 from ranknas.spaces.architecture import Architecture
 from ranknas.spaces.ops import Kind, TensorSpec, get_operator
-from ranknas.supernet import masked_ops  # noqa: F401 - registers the masked ops
+from ranknas.supernet import masked_interaction, masked_ops  # noqa: F401 - register the ops
 from ranknas.supernet.layout import PortStorage, Region, module_key, units
 from ranknas.supernet.masked_base import (
     MaskedOp,
@@ -344,15 +345,23 @@ class MaskedProgram:
         return F.linear(x, weight, supernet.head_bias).squeeze(-1)
 
 
+_T = TypeVar("_T")
 _PROGRAMS: weakref.WeakKeyDictionary[Supernet, MaskedProgram] = weakref.WeakKeyDictionary()
+
+
+def per_supernet(cache: weakref.WeakKeyDictionary[Supernet, _T], supernet: Supernet,
+                 make: Callable[[Supernet], _T]) -> _T:
+    """``cache[supernet]``, made by ``make(supernet)`` on first use (dropped with the
+    supernet)."""
+    value = cache.get(supernet)
+    if value is None:
+        value = cache[supernet] = make(supernet)
+    return value
 
 
 def program(supernet: Supernet) -> MaskedProgram:
     """The (cached) fixed-shape program of ``supernet``."""
-    prog = _PROGRAMS.get(supernet)
-    if prog is None:
-        prog = _PROGRAMS[supernet] = MaskedProgram(supernet)
-    return prog
+    return per_supernet(_PROGRAMS, supernet, MaskedProgram)
 
 
 def encode(supernet: Supernet, arch: Architecture) -> PathTensors:

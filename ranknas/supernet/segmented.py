@@ -33,7 +33,15 @@ from torch import nn
 
 from ranknas.spaces.architecture import Architecture
 from ranknas.spaces.ops import Kind
-from ranknas.supernet.masked import _PREV, MaskedProgram, PathTensors, _Layer, _Port, program
+from ranknas.supernet.masked import (
+    _PREV,
+    MaskedProgram,
+    PathTensors,
+    _Layer,
+    _Port,
+    per_supernet,
+    program,
+)
 from ranknas.supernet.masked_base import as_kind, resize
 from ranknas.supernet.supernet import Supernet
 
@@ -192,10 +200,7 @@ _SEGMENTED: weakref.WeakKeyDictionary[Supernet, SegmentedProgram] = weakref.Weak
 
 def segmented(supernet: Supernet) -> SegmentedProgram:
     """The (cached) segmented program of ``supernet``."""
-    prog = _SEGMENTED.get(supernet)
-    if prog is None:
-        prog = _SEGMENTED[supernet] = SegmentedProgram(supernet)
-    return prog
+    return per_supernet(_SEGMENTED, supernet, SegmentedProgram)
 
 
 def segmented_forward(supernet: Supernet, dense: torch.Tensor, sparse: torch.Tensor,

@@ -15,16 +15,12 @@ accumulations per step on the host. Here the segments meet in buffers at fixed a
   gradient buffer of that kind (same layout), at the gathered columns only;
 - a stacked layer reads the previous layer's output where that layer's graph left it, and
   writes that layer's output gradient into the layer's own buffer;
-- **fixed widths halve to fit** (``halvings``): a merged input is gathered at its bound, or
-  at half or a quarter of it when the path's merged input fits, and the field ops
-  (linear-3d, transformer) run at 16 or 32 of their 64 fields when the chosen width fits. A
-  uniform ``nasrec_full`` path's inputs are mostly far narrower than their bounds (1-4 of up
-  to 7 sources, each 16-1024 wide), so this cuts the gathers, matmuls, attention and
-  gradient scatters of most segments (27% of their GPU time at B=4096) for ~5x as many
-  variants to capture;
-- a block publishes only its output's own width, and zeroes the gradient of that range;
-  readers never read past what was published in the same step, so no buffer is zeroed
-  whole.
+- **fixed widths halve to fit** (``halvings``): a merged input runs at its bound or at half
+  or a quarter of it, and a field op (linear-3d, transformer) at fewer fields, whichever
+  holds the path's width: most paths are far narrower than the widest (25% less GPU time
+  at B=4096, ~5x the variants to capture);
+- a block publishes only its output's width and zeroes the gradient of that range; readers
+  never read past what the same step published, so no buffer is zeroed whole.
 
 Each segment is captured once per variant (is it its block's output, its fixed widths), at
 the batch size of the first step: one forward graph (gathers, op, publishing) and one backward graph
@@ -47,7 +43,7 @@ import torch.nn.functional as F
 from ranknas.spaces.ops import Kind
 from ranknas.supernet.masked import _PREV, PathTensors, _Port
 from ranknas.supernet.masked_base import Path, as_kind, resize
-from ranknas.supernet.segmented import HEAD, Source, publish, segmented
+from ranknas.supernet.segmented import HEAD, Source, segmented
 from ranknas.supernet.supernet import Supernet
 
 __all__ = ["SegmentedStep", "Update"]
@@ -155,11 +151,8 @@ class _Run:
         whole: readers touch only what was published in the same step)."""
         if not self.kinds:  # not a block's output: the next layer reads self.out
             return
-        with torch.no_grad():
-            for kind, pub in zip(self.kinds, outputs, strict=True):
-                width = pub.shape[1]
-                self.step.form_range(self.buf, self.key[0], kind).narrow(1, 0, width).copy_(pub)
-                self.step.grad_range(self.buf, self.key[0], kind).narrow(1, 0, width).zero_()
+        for kind, pub in zip(self.kinds, outputs, strict=True):
+            self.step.write_form(self.buf, self.key[0], kind, pub)
 
     def _grads(self, leaves: list[torch.Tensor], outputs: list, grads_in: list) -> tuple:
         wanted = [x for x in leaves if x.requires_grad] + self.params
@@ -295,6 +288,14 @@ class SegmentedStep:
         # no narrow node when it fits: its backward would zero and copy the whole output
         return out if out.shape[1] <= size else out.narrow(1, 0, size)
 
+    @torch.no_grad()
+    def write_form(self, buf: _Buffers, key: str, kind: Kind, pub: torch.Tensor) -> None:
+        """Write :meth:`published` ``pub`` into its form and zero its gradient, over its own
+        width (readers read no further in the same step)."""
+        width = pub.shape[1]
+        self.form_range(buf, key, kind).narrow(1, 0, width).copy_(pub)
+        self.grad_range(buf, key, kind).narrow(1, 0, width).zero_()
+
     def fit(self, width: int, bound: int) -> int:
         """The fixed width of a merged input ``width`` wide: ``bound`` halved (rounded up to
         8 columns from 64) while it still holds ``width``, at most :attr:`halvings`
@@ -352,15 +353,14 @@ class SegmentedStep:
         buf.labels.copy_(labels)
         emb = emb.detach().requires_grad_()
         inputs = {"dense": dense, "sparse": emb}
-        pubs = [(publish(self.prog.program, inputs[key], key, kind), (key, kind))
+        pubs = [(self.published(inputs[key], key, kind), (key, kind))
                 for key in _INPUTS for kind in self.kinds.get(key, ())]
         with torch.no_grad():
             for grads in buf.grads.values():  # the zero column's: padding's sink
                 grads.narrow(1, grads.shape[1] - 1, 1).zero_()
-            for pub, (key, kind) in pubs:
-                self.form_range(buf, key, kind).copy_(pub)
-                self.grad_range(buf, key, kind).zero_()
-        written: dict[Source, int] = {}
+        for pub, source in pubs:
+            self.write_form(buf, *source, pub)
+        written: dict[Source, int] = {source: pub.shape[1] for pub, source in pubs}
         runs, prev = [], {}
         for node in path.nodes:
             key = (node.block, node.op, node.k)
@@ -382,7 +382,8 @@ class SegmentedStep:
         head.backward()
         for run in reversed(runs):
             run.backward()
-        sparse = [(pub, self.grad_range(buf, *s)) for pub, s in pubs if s[0] == "sparse"]
+        sparse = [(pub, self.grad_range(buf, *s).narrow(1, 0, pub.shape[1]))
+                  for pub, s in pubs if s[0] == "sparse"]
         if not sparse:  # no port reads the embeddings
             return loss, torch.zeros_like(emb)
         (grad,) = torch.autograd.grad([p for p, _ in sparse], emb, [g for _, g in sparse])

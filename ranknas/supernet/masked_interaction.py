@@ -1,0 +1,162 @@
+"""Fixed-shape (masked) forms of the interaction ops: dot-product and FM.
+
+See :mod:`ranknas.supernet.masked_base` for the conventions; the other ops are in
+:mod:`ranknas.supernet.masked_ops`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ranknas.spaces.materialized import MaterializedNode
+from ranknas.supernet.elastic_base import ElasticOp
+from ranknas.supernet.elastic_interaction import kept_fields
+from ranknas.supernet.masked_base import (
+    MaskedOp,
+    Path,
+    PortIn,
+    Slots,
+    Writer,
+    blend,
+    layer_norm,
+    masked_norm,
+    register_masked,
+    resize,
+)
+
+
+@register_masked
+class MaskedDotProduct(MaskedOp):
+    """Pairwise dot products of ``[dense;] fields`` over a fixed number of fields.
+
+    Fields: the compression ``field_proj`` to ``K`` (kept mask) or the merged fields themselves,
+    blended by ``K != N``; the dense projection blended by ``D != E``. Pairs of the padded
+    fields that touch a zero field are zero, and ``tril_indices`` lists the pairs of ``n`` fields
+    first, so the first ``pairs(n)`` columns are the sliced op's, in its order.
+    """
+
+    op_name = "dot-product"
+
+    def __init__(self, module: ElasticOp, ports: dict[str, PortIn], slots: Slots) -> None:
+        super().__init__(module, ports, slots)
+        spec = self.spec
+        self.none_ok, self.int_ok = None in spec.widths, spec.has_int_width
+        self.k_max = (max(kept_fields(w) for w in spec.widths if w is not None)
+                      if self.int_ok else 0)
+        nb = ports["sparse"].bound
+        self.fields = max(nb if self.none_ok else 0, self.k_max)
+        self.has_dense = "dense" in ports
+        n = self.fields + self.has_dense
+        rows, cols = torch.tril_indices(n, n, offset=-1)
+        self.pair_index = (rows * n + cols).tolist()  # into the flattened [n, n] products
+        self._pair_index: dict[torch.device, torch.Tensor] = {}
+        pairs = len(self.pair_index)
+        self.out_size = max(pairs if self.none_ok else 0, spec.width_max)
+        self.proj_fields = slots.f(1)  # K != N: compress the fields
+        self.proj_dense = slots.f(1)  # D != E
+        self.dense_on = slots.f(1, 1.0)
+        self.proj_out = slots.f(1)  # pairs != W
+        self.is_none = slots.f(1)  # width None: the pairs themselves
+        self.kept = slots.width(self.k_max) if self.int_ok else None
+        self.w = slots.width(spec.width_max) if self.int_ok else None
+
+    def encode(self, w: Writer, node: MaterializedNode) -> None:
+        n_fields = self.in_width(node, "sparse")
+        kept = n_fields if node.width is None else kept_fields(node.width)
+        dense = self.in_width(node, "dense")
+        w.flag(self.proj_fields, kept != n_fields)
+        w.flag(self.proj_dense, dense != self.dim)
+        w.flag(self.dense_on, dense > 0)
+        w.flag(self.is_none, node.width is None)
+        n = kept + (dense > 0)
+        if node.width is not None:
+            w.width(self.w, node.width)
+            w.flag(self.proj_out, n * (n - 1) // 2 != node.width)
+            if kept != n_fields:
+                w.width(self.kept, kept)
+
+    def _fields(self, y: torch.Tensor, path: Path) -> torch.Tensor:
+        """``[B, Nb, E] -> [B, fields, E]``: compressed or as merged."""
+        ident = resize(y, self.fields)
+        if not self.int_ok:
+            return ident
+        fp, mask, inv = self.m.field_proj, *(s.view(path) for s in self.kept)
+        z = self.ports["sparse"].linear(y.transpose(1, 2), fp.fc, path)  # [B, E, K]
+        z = masked_norm(z, fp.norm, mask, inv) if fp.norm is not None else z * mask
+        return blend(self.proj_fields.view(path), resize(z.transpose(1, 2), self.fields), ident)
+
+    def _dense(self, x: torch.Tensor, path: Path) -> torch.Tensor:
+        """``[B, Db] -> [B, E]``: projected or as is."""
+        ident = resize(x, self.dim)
+        dp = self.m.dense_proj
+        if dp is None:
+            return ident
+        z = self.ports["dense"].linear(x, dp.fc, path)
+        if dp.norm is not None:
+            z = layer_norm(z, dp.norm.weight, dp.norm.bias)
+        return blend(self.proj_dense.view(path), z, ident)
+
+    def _pairs_on(self, device: torch.device) -> torch.Tensor:
+        """The pair index as a tensor on ``device`` (made once: a CUDA graph capture may not
+        copy it from the host)."""
+        idx = self._pair_index.get(device)
+        if idx is None:
+            idx = self._pair_index[device] = torch.tensor(self.pair_index, device=device)
+        return idx
+
+    def forward(self, x: dict[str, torch.Tensor], path: Path) -> torch.Tensor:
+        y = self._fields(x["sparse"], path)
+        if self.has_dense:
+            on = self.dense_on.view(path)
+            d = self._dense(x["dense"], path).unsqueeze(1)
+            # without a dense input the fields start at 0, not 1
+            y = blend(on, torch.cat([d, y], 1), torch.cat([y, torch.zeros_like(d)], 1))
+        pairs = torch.bmm(y, y.transpose(1, 2)).flatten(1).index_select(
+            1, self._pairs_on(y.device))
+        if not self.int_ok:
+            return resize(pairs, self.out_size)
+        mask, inv = (s.view(path) for s in self.w)
+        op = self.m.out_proj
+        proj = F.linear(resize(pairs, op.weight.shape[1]), op.weight, op.bias)
+        out = blend(self.proj_out.view(path), proj, resize(pairs, self.width_max))
+        norm = self.m.out_norm
+        out = masked_norm(out, norm, mask, inv) if norm is not None else out * mask
+        if not self.none_ok:
+            return out
+        return blend(self.is_none.view(path), resize(pairs, self.out_size),
+                     resize(out, self.out_size))
+
+
+@register_masked
+class MaskedFM(MaskedOp):
+    """``(sum_n y)^2 - sum_n y^2`` over ``[B, Nb, E]``, projected (blend) when ``W != E``."""
+
+    op_name = "fm"
+
+    def __init__(self, module: ElasticOp, ports: dict[str, PortIn], slots: Slots) -> None:
+        super().__init__(module, ports, slots)
+        self.out_size = max(self.dim, self.spec.width_max)
+        self.proj = slots.f(1)
+        self.w = slots.width(self.out_size)
+        self.pw = slots.width(self.spec.width_max) if module.proj is not None else None
+
+    def encode(self, w: Writer, node: MaterializedNode) -> None:
+        width = self.dim if node.width is None else node.width
+        w.flag(self.proj, width != self.dim)
+        w.width(self.w, width)
+        if width != self.dim:
+            w.width(self.pw, width)
+
+    def forward(self, x: dict[str, torch.Tensor], path: Path) -> torch.Tensor:
+        y = x["x"]
+        total = y.sum(dim=1)
+        out = resize(total * total - (y * y).sum(dim=1), self.out_size)
+        mask = self.w[0].view(path)
+        p = self.m.proj
+        if p is None:
+            return out * mask
+        pmask, pinv = (s.view(path) for s in self.pw)
+        z = F.linear(out[:, :self.dim], p.fc.weight, p.fc.bias)
+        z = masked_norm(z, p.norm, pmask, pinv) if p.norm is not None else z * pmask
+        return blend(self.proj.view(path), resize(z, self.out_size), out * mask)
