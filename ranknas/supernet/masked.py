@@ -80,6 +80,7 @@ from ranknas.supernet.masked_base import (
     Slot,
     Slots,
     Writer,
+    aligned,
     as_kind,
     masked_class,
     resize,
@@ -144,7 +145,7 @@ class _Port:
     port: PortIn
     cands: tuple[str, ...]
     offsets: tuple[int, ...]  # start of each candidate in the concatenation (gather only)
-    gather: Slot | None  # index [bound] into cat(candidates, zero column)
+    gather: Slot | None  # index [aligned(bound)] into cat(candidates, zero column)
     present: Slot | None  # single source: 0/1
 
 
@@ -193,13 +194,13 @@ class MaskedProgram:
         cands = tuple(storage.slots) if first else (_PREV,)
         only: Region = next(iter(storage.slots.values()))[1]
         fixed = len(cands) == 1 and not only.composites and only.size >= storage.bound
-        port = PortIn(name, storage.kind, storage.bound,
-                      None if fixed else self.slots.i(storage.bound))
+        span = aligned(storage.bound)  # the segmented step may read up to this
+        port = PortIn(name, storage.kind, storage.bound, None if fixed else self.slots.i(span))
         if len(cands) == 1:
             return _Port(port, cands, (0,), None, self.slots.f(1))
         sizes = [self.layout.bound(c, storage.kind) for c in cands]
         offsets = tuple(sum(sizes[:i]) for i in range(len(sizes) + 1))
-        return _Port(port, cands, offsets[:-1], self.slots.i(storage.bound, offsets[-1]), None)
+        return _Port(port, cands, offsets[:-1], self.slots.i(span, offsets[-1]), None)
 
     def active_slots(self) -> dict[str, Slot]:
         """``module_key`` -> its 0/1 "the path runs it" slot (e.g. to gate weight decay)."""
@@ -330,7 +331,7 @@ class MaskedProgram:
                 parts = [form(c, p.kind) for c in port.cands]
                 parts.append(torch.zeros_like(parts[0].narrow(1, 0, 1)))
                 cats[key] = torch.cat(parts, dim=1)
-            return cats[key].index_select(1, port.gather.view(path))
+            return cats[key].index_select(1, port.gather.view(path)[:p.bound])
 
         for block, chains in self.blocks:
             outs = values[block] = []

@@ -139,6 +139,13 @@ def resize(x: torch.Tensor, n: int, dim: int = 1) -> torch.Tensor:
     return F.pad(x, pad)
 
 
+def aligned(n: int) -> int:
+    """A fixed width of ``n`` (from 64) rounded up to 8: cuBLAS runs a GEMM whose K or N is
+    not a multiple of 16 bytes with its unaligned kernels, ~3x slower (K = 2,061 on an
+    H200)."""
+    return -(-n // 8) * 8 if n >= 64 else n
+
+
 def as_kind(x: torch.Tensor, kind: Kind, dim: int) -> torch.Tensor:
     """``_as_kind`` of :mod:`ranknas.spaces.model` on a padded natural form (same layout)."""
     if kind is Kind.DENSE:
@@ -190,8 +197,9 @@ class PortIn:
         name: Port name.
         kind: Dense (features) or sparse (fields).
         bound: Fixed merged length (the widest merged input, port units).
-        cols: Per-architecture storage positions ``[bound]``; None when they are always
-            ``0..bound-1`` (one candidate source, not pass-through, not capped).
+        cols: Per-architecture storage positions ``[aligned(bound)]`` (:func:`aligned`);
+            None when they are always ``0..bound-1`` (one candidate source, not
+            pass-through, not capped).
     """
 
     name: str
@@ -201,17 +209,22 @@ class PortIn:
 
     def take(self, weight: torch.Tensor, dim: int, path: Path,
              size: int | None = None) -> torch.Tensor:
-        """``weight`` at the first ``size`` (default: ``bound``) merged positions along
-        ``dim`` (padding: any column, meeting a zero input)."""
+        """``weight`` at the first ``size`` (default: ``bound``; at most
+        ``aligned(bound)``) merged positions along ``dim`` (padding: any column, or zeros,
+        meeting a zero input)."""
         size = self.bound if size is None else size
         if self.cols is None:
-            return weight.narrow(dim, 0, size)
+            return resize(weight, size, dim)
         return weight.index_select(dim, self.cols.view(path)[:size])
 
-    def linear(self, x: torch.Tensor, lin: SlicedLinear, path: Path) -> torch.Tensor:
-        """``lin`` at every output row over the merged input ``x [..., n]``: ``n`` is the
-        bound, or fewer where the segmented step cuts the zero tail of a narrow input."""
-        return F.linear(x, self.take(lin.weight, 1, path, x.shape[-1]), lin.bias)
+    def linear(self, x: torch.Tensor, lin: SlicedLinear, path: Path,
+               rows: int | None = None) -> torch.Tensor:
+        """``lin`` at its first ``rows`` output rows (default: all) over the merged input
+        ``x [..., n]``: ``n`` is the bound, or the aligned or fewer columns the segmented
+        step runs at."""
+        weight = lin.weight if rows is None else lin.weight[:rows]
+        bias = lin.bias if rows is None or lin.bias is None else lin.bias[:rows]
+        return F.linear(x, self.take(weight, 1, path, x.shape[-1]), bias)
 
 
 class MaskedOp:
@@ -221,10 +234,13 @@ class MaskedOp:
         out_kind: Output kind; ``out_size`` its natural padded size (features or fields).
         sizable: ``forward`` can compute the output at a fixed size below ``out_size`` that
             still holds the node's width (its ``size`` argument).
+        joint: ``forward`` pads its inputs to the widest of them: a fixed width that holds
+            every input serves them all.
     """
 
     op_name: ClassVar[str]
     sizable: ClassVar[bool] = False
+    joint: ClassVar[bool] = False
     out_kind: Kind
     out_size: int
 

@@ -18,6 +18,7 @@ from ranknas.supernet.masked_base import (
     PortIn,
     Slots,
     Writer,
+    aligned,
     blend,
     layer_norm,
     masked_norm,
@@ -37,6 +38,7 @@ class MaskedDotProduct(MaskedOp):
     """
 
     op_name = "dot-product"
+    sizable = True
 
     def __init__(self, module: ElasticOp, ports: dict[str, PortIn], slots: Slots) -> None:
         super().__init__(module, ports, slots)
@@ -105,7 +107,9 @@ class MaskedDotProduct(MaskedOp):
             idx = self._pair_index[device] = torch.tensor(self.pair_index, device=device)
         return idx
 
-    def forward(self, x: dict[str, torch.Tensor], path: Path) -> torch.Tensor:
+    def forward(self, x: dict[str, torch.Tensor], path: Path,
+                size: int | None = None) -> torch.Tensor:
+        size = size or self.out_size
         y = self._fields(x["sparse"], path)
         if self.has_dense:
             on = self.dense_on.view(path)
@@ -115,17 +119,18 @@ class MaskedDotProduct(MaskedOp):
         pairs = torch.bmm(y, y.transpose(1, 2)).flatten(1).index_select(
             1, self._pairs_on(y.device))
         if not self.int_ok:
-            return resize(pairs, self.out_size)
+            return resize(pairs, size)
         mask, inv = (s.view(path) for s in self.w)
-        op = self.m.out_proj
-        proj = F.linear(resize(pairs, op.weight.shape[1]), op.weight, op.bias)
-        out = blend(self.proj_out.view(path), proj, resize(pairs, self.width_max))
+        op, rows = self.m.out_proj, min(size, self.width_max)
+        k = aligned(op.weight.shape[1])  # e.g. 1,035 pairs: cuBLAS's unaligned kernels
+        proj = F.linear(resize(pairs, k), resize(op.weight[:rows], k, 1),
+                        None if op.bias is None else op.bias[:rows])
+        out = blend(self.proj_out.view(path), proj, resize(pairs, rows))
         norm = self.m.out_norm
-        out = masked_norm(out, norm, mask, inv) if norm is not None else out * mask
+        out = masked_norm(out, norm, mask, inv) if norm is not None else out * mask[:rows]
         if not self.none_ok:
             return out
-        return blend(self.is_none.view(path), resize(pairs, self.out_size),
-                     resize(out, self.out_size))
+        return blend(self.is_none.view(path), resize(pairs, size), resize(out, size))
 
 
 @register_masked
@@ -133,6 +138,7 @@ class MaskedFM(MaskedOp):
     """``(sum_n y)^2 - sum_n y^2`` over ``[B, Nb, E]``, projected (blend) when ``W != E``."""
 
     op_name = "fm"
+    sizable = True
 
     def __init__(self, module: ElasticOp, ports: dict[str, PortIn], slots: Slots) -> None:
         super().__init__(module, ports, slots)
@@ -148,15 +154,18 @@ class MaskedFM(MaskedOp):
         if width != self.dim:
             w.width(self.pw, width)
 
-    def forward(self, x: dict[str, torch.Tensor], path: Path) -> torch.Tensor:
+    def forward(self, x: dict[str, torch.Tensor], path: Path,
+                size: int | None = None) -> torch.Tensor:
+        size = size or self.out_size
         y = x["x"]
         total = y.sum(dim=1)
-        out = resize(total * total - (y * y).sum(dim=1), self.out_size)
-        mask = self.w[0].view(path)
+        fm = total * total - (y * y).sum(dim=1)  # [B, E]
+        out = resize(fm, size) * self.w[0].view(path)[:size]
         p = self.m.proj
         if p is None:
-            return out * mask
+            return out
         pmask, pinv = (s.view(path) for s in self.pw)
-        z = F.linear(out[:, :self.dim], p.fc.weight, p.fc.bias)
-        z = masked_norm(z, p.norm, pmask, pinv) if p.norm is not None else z * pmask
-        return blend(self.proj.view(path), resize(z, self.out_size), out * mask)
+        rows = min(size, self.width_max)
+        z = F.linear(fm, p.fc.weight[:rows], None if p.fc.bias is None else p.fc.bias[:rows])
+        z = masked_norm(z, p.norm, pmask, pinv) if p.norm is not None else z * pmask[:rows]
+        return blend(self.proj.view(path), resize(z, size), out)

@@ -19,11 +19,12 @@ from ranknas.evaluator.tiny_attention import (
     tiny_head_attention,
 )
 from ranknas.spaces.materialized import MaterializedNode
-from ranknas.supernet.elastic_base import ElasticOp, activate
+from ranknas.supernet.elastic_base import ElasticOp, SlicedNorm, activate
 from ranknas.supernet.masked_base import (
     MaskedOp,
     Path,
     PortIn,
+    Slot,
     Slots,
     Writer,
     blend,
@@ -35,11 +36,20 @@ from ranknas.supernet.masked_base import (
 
 
 # -- dense ---------------------------------------------------------------------------------
+def _width_tail(y: torch.Tensor, norm: SlicedNorm | None, w: tuple[Slot, Slot],
+                path: Path) -> torch.Tensor:
+    """The width mask (``LN`` over the active features, or zeros beyond them) of ``y [B, s]``,
+    ``s`` up to the mask's size."""
+    mask, inv = (slot.view(path) for slot in w)
+    return masked_norm(y, norm, mask, inv) if norm is not None else y * mask[:y.shape[-1]]
+
+
 @register_masked
 class MaskedLinear2d(MaskedOp):
-    """``x [B, D] -> act(LN(x W^T))`` at ``W_max`` with a width mask."""
+    """``x [B, D] -> act(LN(x W^T))`` at ``W_max`` (or ``size``) with a width mask."""
 
     op_name = "linear-2d"
+    sizable = True
 
     def __init__(self, module: ElasticOp, ports: dict[str, PortIn], slots: Slots) -> None:
         super().__init__(module, ports, slots)
@@ -49,11 +59,10 @@ class MaskedLinear2d(MaskedOp):
     def encode(self, w: Writer, node: MaterializedNode) -> None:
         w.width(self.w, node.width)
 
-    def forward(self, x: dict[str, torch.Tensor], path: Path) -> torch.Tensor:
-        mask, inv = (s.view(path) for s in self.w)
-        y = self.ports["x"].linear(x["x"], self.m.fc, path)
-        y = masked_norm(y, self.m.norm, mask, inv) if self.m.norm is not None else y * mask
-        return activate(y, self.activation)
+    def forward(self, x: dict[str, torch.Tensor], path: Path,
+                size: int | None = None) -> torch.Tensor:
+        y = self.ports["x"].linear(x["x"], self.m.fc, path, size)
+        return activate(_width_tail(y, self.m.norm, self.w, path), self.activation)
 
 
 @register_masked
@@ -89,8 +98,10 @@ class MaskedDcnCross(MaskedOp):
 
 
 class _MaskedBinary(MaskedOp):
-    """``left``/``right`` zero-padded to the position-indexed ``P``; projection skipped (by a
-    0/1 blend) when the sliced op skips it (``p == w``)."""
+    """``left``/``right`` zero-padded to the wider of the two (at most the position-indexed
+    ``P``); projection skipped (by a 0/1 blend) when the sliced op skips it (``p == w``)."""
+
+    sizable = joint = True
 
     def __init__(self, module: ElasticOp, ports: dict[str, PortIn], slots: Slots) -> None:
         super().__init__(module, ports, slots)
@@ -107,33 +118,39 @@ class _MaskedBinary(MaskedOp):
         w.flag(self.skip, max(self.in_width(node, "left"), self.in_width(node, "right"))
                == node.width)
 
-    def _tail(self, y: torch.Tensor, path: Path) -> torch.Tensor:
-        mask, inv = (s.view(path) for s in self.w)
-        y = blend(self.skip.view(path), resize(y, self.out_size), F.linear(
-            y, self.m.proj.weight, self.m.proj.bias))
-        return masked_norm(y, self.m.norm, mask, inv) if self.m.norm is not None else y * mask
+    def _tail(self, y: torch.Tensor, path: Path, size: int | None) -> torch.Tensor:
+        """``y [B, m]`` projected (or not) to ``[B, size]``, then the width mask."""
+        size, p = size or self.out_size, self.m.proj
+        y = blend(self.skip.view(path), resize(y, size), F.linear(
+            y, p.weight[:size, :y.shape[-1]], None if p.bias is None else p.bias[:size]))
+        return _width_tail(y, self.m.norm, self.w, path)
 
     def _sides(self, x: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        return resize(x["left"], self.padded), resize(x["right"], self.padded)
+        # the wider input holds P: positions past it meet zeros on both sides
+        m = min(max(x["left"].shape[-1], x["right"].shape[-1]), self.padded)
+        return resize(x["left"], m), resize(x["right"], m)
 
 
 @register_masked
 class MaskedSigmoidGating(_MaskedBinary):
     op_name = "sigmoid-gating"
 
-    def forward(self, x: dict[str, torch.Tensor], path: Path) -> torch.Tensor:
+    def forward(self, x: dict[str, torch.Tensor], path: Path,
+                size: int | None = None) -> torch.Tensor:
         left, right = self._sides(x)
-        gate = torch.sigmoid(F.linear(left, self.m.gate.weight, self.m.gate.bias))
-        return self._tail(gate * right, path)
+        m, g = left.shape[-1], self.m.gate
+        gate = torch.sigmoid(F.linear(left, g.weight[:m, :m], g.bias[:m]))
+        return self._tail(gate * right, path, size)
 
 
 @register_masked
 class MaskedSum(_MaskedBinary):
     op_name = "sum"
 
-    def forward(self, x: dict[str, torch.Tensor], path: Path) -> torch.Tensor:
+    def forward(self, x: dict[str, torch.Tensor], path: Path,
+                size: int | None = None) -> torch.Tensor:
         left, right = self._sides(x)
-        return self._tail(left + right, path)
+        return self._tail(left + right, path, size)
 
 
 # -- sparse --------------------------------------------------------------------------------
@@ -231,7 +248,8 @@ class MaskedConcat3d(MaskedConcat):
 
 @register_masked
 class MaskedAdd(MaskedOp):
-    """``pad(a) + pad(b)``; an absent ``b`` arrives as zeros."""
+    """``pad(a) + pad(b)`` at the wider input (``out_size`` at the ports' bounds); an
+    absent ``b`` arrives as zeros."""
 
     op_name = "add"
 
@@ -240,7 +258,9 @@ class MaskedAdd(MaskedOp):
         self.out_size = max(p.bound for p in ports.values())
 
     def forward(self, x: dict[str, torch.Tensor], path: Path) -> torch.Tensor:
-        return sum(resize(v, self.out_size) for v in x.values())
+        # not out_size: the segmented step may run the inputs narrower, or aligned wider
+        size = max(v.shape[1] for v in x.values())
+        return sum(resize(v, size) for v in x.values())
 
 
 @register_masked

@@ -106,7 +106,7 @@ class _Segment(nn.Module):
             return resize(as_kind(src, p.kind, self.dim), p.bound) * port.present.view(path)
         parts = [vals[(c, p.kind)] for c in port.cands]
         parts.append(torch.zeros_like(parts[0].narrow(1, 0, 1)))
-        return torch.cat(parts, dim=1).index_select(1, port.gather.view(path))
+        return torch.cat(parts, dim=1).index_select(1, port.gather.view(path)[:p.bound])
 
     def forward(self, *forms: torch.Tensor) -> torch.Tensor:
         vals = dict(zip(self.sources, forms, strict=True))

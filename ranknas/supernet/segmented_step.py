@@ -42,7 +42,7 @@ import torch.nn.functional as F
 
 from ranknas.spaces.ops import Kind
 from ranknas.supernet.masked import _PREV, PathTensors, _Port
-from ranknas.supernet.masked_base import Path, as_kind, resize
+from ranknas.supernet.masked_base import Path, aligned, as_kind, resize
 from ranknas.supernet.segmented import HEAD, Source, segmented
 from ranknas.supernet.supernet import Supernet
 
@@ -252,7 +252,7 @@ class SegmentedStep:
             for cand in port.cands:
                 if cand == _PREV or (cand, kind) in self.ranges:
                     continue
-                size = program.layout.bound(cand, kind)
+                size = aligned(program.layout.bound(cand, kind))
                 self.ranges[(cand, kind)] = (kind, self.widths.get(kind, 0), size)
                 self.widths[kind] = self.widths.get(kind, 0) + size
                 self.kinds[cand] = (*self.kinds.get(cand, ()), kind)
@@ -261,7 +261,7 @@ class SegmentedStep:
         for port in ports:
             if port.gather is not None:
                 kind = port.port.kind
-                cols = [torch.arange(self.ranges[(c, kind)][2]) + self.ranges[(c, kind)][1]
+                cols = [torch.arange(program.layout.bound(c, kind)) + self.ranges[(c, kind)][1]
                         for c in port.cands]
                 self._port_index[id(port)] = torch.cat([*cols, torch.tensor([self.widths[kind]])])
         self.port_index: dict[int, torch.Tensor] = {}
@@ -297,10 +297,10 @@ class SegmentedStep:
         self.grad_range(buf, key, kind).narrow(1, 0, width).zero_()
 
     def fit(self, width: int, bound: int) -> int:
-        """The fixed width of a merged input ``width`` wide: ``bound`` halved (rounded up to
-        8 columns from 64) while it still holds ``width``, at most :attr:`halvings`
-        times."""
-        size = bound
+        """The fixed width of a merged input ``width`` wide: ``bound`` (from 64 rounded up
+        to 8 columns: :func:`~ranknas.supernet.masked_base.aligned`) halved while it still
+        holds ``width``, at most :attr:`halvings` times."""
+        size = aligned(bound)
         for _ in range(self.halvings):
             half = -(-size // 2)
             if bound >= 64:
@@ -311,9 +311,12 @@ class SegmentedStep:
         return size
 
     def _sizes(self, ports: dict[str, _Port], widths: tuple[int, ...],
-               written: dict[Source, int]) -> tuple[tuple[int, int], ...]:
+               written: dict[Source, int], joint: bool = False) -> tuple[tuple[int, int], ...]:
         """Per port: (the fixed width of its input, the columns read from its source's form:
-        never past what this step wrote there)."""
+        never past what this step wrote there). ``joint``: every port holds the widest
+        input (an op that pads its inputs to one width: fewer variants to capture)."""
+        if joint:
+            widths = (max(widths),) * len(widths)
         sizes = []
         for port, width in zip(ports.values(), widths, strict=True):
             p = port.port
@@ -365,7 +368,7 @@ class SegmentedStep:
         for node in path.nodes:
             key = (node.block, node.op, node.k)
             layer = self.prog.layers[key]
-            sizes = self._sizes(layer.ports, node.widths, written)
+            sizes = self._sizes(layer.ports, node.widths, written, layer.op.joint)
             out = (self.fit(node.width, layer.op.out_size)
                    if layer.op.sizable and node.width else None)
             run = self._run(key, node.is_out, buf, prev.get(node.block), graphed, sizes,

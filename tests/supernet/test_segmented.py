@@ -179,14 +179,16 @@ def test_fixed_widths_halve_to_fit():
     step = SegmentedStep(Supernet(load_space("dlrm"), SCHEMA, seed=0), lambda p, g: None)
     assert [step.fit(w, 1024) for w in (0, 100, 256, 257, 600)] == [256, 256, 256, 512, 1024]
     assert step.fit(100, 1100) == 280  # halves rounded up to 8 columns
+    assert step.fit(2000, 2061) == 2064  # so is the bound: cuBLAS's aligned kernels
     assert [step.fit(w, 20) for w in (3, 6, 11)] == [5, 10, 20]  # small bounds: no rounding
     step.halvings = 0
     assert step.fit(1, 1024) == 1024
 
 
-def test_narrow_inputs_and_field_ops_run_cut():
-    """Merged inputs run at a halved fixed width where they fit, and the field ops (linear-3d,
-    transformer) at fewer fields than their widest; the step equals the uncut one."""
+def test_narrow_inputs_and_outputs_run_cut():
+    """Merged inputs run at a halved fixed width where they fit (else at their bound rounded
+    up to 8), and the sizable ops at fewer fields or features than their widest; the step
+    equals the uncut one."""
     nets = [Supernet(load_space("nasrec_full"), SCHEMA, seed=0).train() for _ in range(2)]
     steps = [SegmentedStep(net, lambda p, g: None, halvings=h) for net, h in zip(nets, (0, 2),
                                                                                strict=True)]
@@ -199,13 +201,17 @@ def test_narrow_inputs_and_field_ops_run_cut():
             for net, step in zip(nets[::-1], steps[::-1], strict=True)]
         assert _close(loss, want) and _close(grad, want_grad), arch.arch_id
 
-    def cut(step: SegmentedStep) -> tuple[bool, bool]:
+    def cut(step: SegmentedStep) -> tuple[bool, set[str]]:
         runs = step._runs.values()
         return (any(size < run.ports[name].port.bound
                     for run in runs for name, (size, _) in run.sizes.items()),
-                any(run.out_size is not None for run in runs))
+                {run.key[1] for run in runs if run.out_size is not None})
 
-    assert cut(steps[1]) == (True, True) and cut(steps[0]) == (False, False)
+    assert cut(steps[0]) == (False, set())
+    assert cut(steps[1]) == (True, {"dot-product", "fm", "linear-2d", "linear-3d",
+                                    "sigmoid-gating", "sum", "transformer"})
+    assert any(size > run.ports[name].port.bound  # bound 1028 -> 1032
+               for run in steps[0]._runs.values() for name, (size, _) in run.sizes.items())
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
