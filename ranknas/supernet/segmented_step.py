@@ -16,11 +16,17 @@ accumulations per step on the host. Here the segments meet in buffers at fixed a
 - a stacked layer reads the previous layer's output where that layer's graph left it, and
   writes that layer's output gradient into the layer's own buffer;
 - **fixed widths halve to fit** (``halvings``): a merged input runs at its bound or at half
-  or a quarter of it, and a field op (linear-3d, transformer) at fewer fields, whichever
-  holds the path's width: most paths are far narrower than the widest (25% less GPU time
-  at B=4096, ~5x the variants to capture);
+  or a quarter of it, and a :attr:`~ranknas.supernet.masked_base.MaskedOp.sizable` op
+  (linear-3d, transformer, the dense ops) at fewer fields or features, whichever holds the
+  path's width: most paths are far narrower than the widest; the widths are rounded up to
+  8 columns (cuBLAS's aligned GEMMs);
 - a block publishes only its output's width and zeroes the gradient of that range; readers
-  never read past what the same step published, so no buffer is zeroed whole.
+  never read past what the same step published, so no buffer is zeroed whole;
+- a block that only concatenates (NASRec's ``dense_in`` / ``sparse_in``) runs no segment:
+  its readers gather its merged input themselves
+  (:func:`~ranknas.supernet.segmented_forms.pass_through`).
+
+The buffers' layout is in :mod:`ranknas.supernet.segmented_forms`.
 
 Each segment is captured once per variant (is it its block's output, its fixed widths), at
 the batch size of the first step: one forward graph (gathers, op, publishing) and one backward graph
@@ -44,6 +50,7 @@ from ranknas.spaces.ops import Kind
 from ranknas.supernet.masked import _PREV, PathTensors, _Port
 from ranknas.supernet.masked_base import Path, aligned, as_kind, resize
 from ranknas.supernet.segmented import HEAD, Source, segmented
+from ranknas.supernet.segmented_forms import Buffers, FormLayout
 from ranknas.supernet.supernet import Supernet
 
 __all__ = ["SegmentedStep", "Update"]
@@ -54,27 +61,11 @@ _INPUTS = ("dense", "sparse")
 _WARMUP = 2  # eager runs before a capture (Triton compiles, cuBLAS workspaces)
 
 
-class _Buffers:
-    """The forms of every source, their gradients and the labels, at one batch size."""
-
-    def __init__(self, layout: dict[Kind, int], dim: int, like: torch.Tensor) -> None:
-        size = like.shape[0]
-
-        def zeros(width: int, kind: Kind) -> torch.Tensor:
-            return like.new_zeros((size, width) if kind is Kind.DENSE else (size, width, dim))
-
-        # the last column of each kind is the zero column that padding gathers
-        self.forms = {kind: zeros(width + 1, kind) for kind, width in layout.items()}
-        self.grads = {kind: zeros(width + 1, kind) for kind, width in layout.items()}
-        self.labels = like.new_zeros(size)
-        self.one = like.new_ones(())
-
-
 class _Run:
     """One segment variant (layer ``key``, block output or not) at one batch size: its
     forward and backward, eager or replayed from CUDA graphs."""
 
-    def __init__(self, step: SegmentedStep, key: tuple, is_out: bool, buf: _Buffers,
+    def __init__(self, step: SegmentedStep, key: tuple, is_out: bool, buf: Buffers,
                  prev: _Run | None, graphed: bool, sizes: tuple[tuple[int, int], ...],
                  out_size: int | None) -> None:
         self.step, self.key, self.is_out, self.buf, self.prev = step, key, is_out, buf, prev
@@ -88,7 +79,7 @@ class _Run:
             self.ports, self.params = self.layer.ports, list(self.layer.op.m.parameters())
         # per port: (its input's width, the columns read from a source's form)
         self.sizes = dict(zip(self.ports, sizes, strict=True))
-        self.kinds = step.kinds.get(key[0], ()) if is_out and not self.head else ()
+        self.kinds = step.forms.kinds.get(key[0], ()) if is_out and not self.head else ()
         self.written: dict[Kind, int] = {}  # the width published per kind (fixed per run)
         self.cache: tuple = ()  # its key in SegmentedStep._runs
         self.out: torch.Tensor | None = None
@@ -102,15 +93,21 @@ class _Run:
         """(the op's input, the leaf autograd differentiates, where its gradient goes)."""
         p, step = port.port, self.step
         size, read = self.sizes[name]
-        if port.gather is not None:  # gathered from the kind's buffer: no concatenation
-            index = step.port_index[id(port)].index_select(0, port.gather.view(path)[:size])
+        alias = step.forms.aliases.get(port.cands[0])
+        if port.gather is not None or alias is not None:
+            # gathered from the kind's buffer (no concatenation); a pass-through concat's
+            # readers gather its merged input where it would have
+            gather = port if alias is None else alias
+            index = step.port_index[id(gather)].index_select(
+                0, gather.gather.view(path)[:size])
             x = self.buf.forms[p.kind].index_select(1, index).requires_grad_()
-            return x, x, ("gather", p.kind, index)
+            return (x if alias is None else x * port.present.view(path)), x, (
+                "gather", p.kind, index)
         if port.cands == (_PREV,):
             leaf = self.prev.out.detach().requires_grad_()
             where: tuple = ("prev",)
         else:
-            kind, start, _ = step.ranges[(port.cands[0], p.kind)]
+            kind, start, _ = step.forms.ranges[(port.cands[0], p.kind)]
             leaf = self.buf.forms[kind].narrow(1, start, read).detach()
             leaf.requires_grad_(port.cands[0] != "dense")
             where = ("range", kind, start, read)
@@ -135,12 +132,12 @@ class _Run:
             out = self.out = (self.layer.op.forward(xs, path) if self.out_size is None else
                               self.layer.op.forward(xs, path, self.out_size))
             if self.kinds:
-                pubs = [self.step.published(out.float(), self.key[0], kind)
+                pubs = [self.step.forms.published(out.float(), self.key[0], kind)
                         for kind in self.kinds]
                 self.written = {kind: pub.shape[1]
                                 for kind, pub in zip(self.kinds, pubs, strict=True)}
                 return leaves, wheres, pubs, [
-                    self.step.grad_range(self.buf, self.key[0], kind).narrow(1, 0, width)
+                    self.step.forms.grad_range(self.buf, self.key[0], kind).narrow(1, 0, width)
                     for kind, width in self.written.items()]
         if self.grad_out is None:
             self.grad_out = torch.zeros_like(out)
@@ -152,7 +149,7 @@ class _Run:
         if not self.kinds:  # not a block's output: the next layer reads self.out
             return
         for kind, pub in zip(self.kinds, outputs, strict=True):
-            self.step.write_form(self.buf, self.key[0], kind, pub)
+            self.step.forms.write_form(self.buf, self.key[0], kind, pub)
 
     def _grads(self, leaves: list[torch.Tensor], outputs: list, grads_in: list) -> tuple:
         wanted = [x for x in leaves if x.requires_grad] + self.params
@@ -225,7 +222,7 @@ class SegmentedStep:
         cuda_graphs: Capture each segment variant on first use (CUDA only), at the batch size
             of the first step; other sizes run eagerly.
         autocast: A context for the forward ops (bf16 autocast, or a null context).
-        halvings: How many times the fixed width of a merged input, and of a field op's
+        halvings: How many times the fixed width of a merged input, and of a sizable op's
             (:attr:`~ranknas.supernet.masked_base.MaskedOp.sizable`) output, may halve to
             fit the path's (0: always the widest). Each halving is one more variant of a
             segment to capture, and cuts the gathers, matmuls, attention and gradient
@@ -241,60 +238,13 @@ class SegmentedStep:
         self.prog = segmented(supernet)
         program = self.prog.program
         self.dim = program.dim
-        ports = [program.head] + [port for layer in self.prog.layers.values()
-                                  for port in layer.ports.values()]
-        # every (source, kind) some port reads, side by side in its kind's buffer
-        self.ranges: dict[Source, tuple[Kind, int, int]] = {}
-        self.widths: dict[Kind, int] = {}
-        self.kinds: dict[str, tuple[Kind, ...]] = {}
-        for port in ports:
-            kind = port.port.kind
-            for cand in port.cands:
-                if cand == _PREV or (cand, kind) in self.ranges:
-                    continue
-                size = aligned(program.layout.bound(cand, kind))
-                self.ranges[(cand, kind)] = (kind, self.widths.get(kind, 0), size)
-                self.widths[kind] = self.widths.get(kind, 0) + size
-                self.kinds[cand] = (*self.kinds.get(cand, ()), kind)
-        # a gather port's merged-order positions -> columns of its kind's buffer
-        self._port_index = {}
-        for port in ports:
-            if port.gather is not None:
-                kind = port.port.kind
-                cols = [torch.arange(program.layout.bound(c, kind)) + self.ranges[(c, kind)][1]
-                        for c in port.cands]
-                self._port_index[id(port)] = torch.cat([*cols, torch.tensor([self.widths[kind]])])
+        self.forms = FormLayout(self.prog)
         self.port_index: dict[int, torch.Tensor] = {}
         self._runs: dict[tuple, _Run] = {}
-        self._buffers: dict[int, _Buffers] = {}
+        self._buffers: dict[int, Buffers] = {}
         self._storage: int | None = None
         self.graph_batch: int | None = None  # the batch size segments are captured at
         self.captured = 0  # segment variants captured so far
-
-    def form_range(self, buf: _Buffers, key: str, kind: Kind) -> torch.Tensor:
-        """The form of source ``key`` read as ``kind``, in ``buf``."""
-        _, start, size = self.ranges[(key, kind)]
-        return buf.forms[kind].narrow(1, start, size)
-
-    def grad_range(self, buf: _Buffers, key: str, kind: Kind) -> torch.Tensor:
-        """The gradient of :meth:`form_range`."""
-        _, start, size = self.ranges[(key, kind)]
-        return buf.grads[kind].narrow(1, start, size)
-
-    def published(self, out: torch.Tensor, key: str, kind: Kind) -> torch.Tensor:
-        """Block ``key``'s output read as ``kind``, at most its form's size (not padded to
-        it: readers never read past what was written)."""
-        out, size = as_kind(out, kind, self.dim), self.ranges[(key, kind)][2]
-        # no narrow node when it fits: its backward would zero and copy the whole output
-        return out if out.shape[1] <= size else out.narrow(1, 0, size)
-
-    @torch.no_grad()
-    def write_form(self, buf: _Buffers, key: str, kind: Kind, pub: torch.Tensor) -> None:
-        """Write :meth:`published` ``pub`` into its form and zero its gradient, over its own
-        width (readers read no further in the same step)."""
-        width = pub.shape[1]
-        self.form_range(buf, key, kind).narrow(1, 0, width).copy_(pub)
-        self.grad_range(buf, key, kind).narrow(1, 0, width).zero_()
 
     def fit(self, width: int, bound: int) -> int:
         """The fixed width of a merged input ``width`` wide: ``bound`` (from 64 rounded up
@@ -324,11 +274,11 @@ class SegmentedStep:
                 sizes.append((p.bound, 0))
                 continue
             size = self.fit(width, p.bound)
-            if port.gather is not None:
+            if port.gather is not None or port.cands[0] in self.forms.aliases:
                 sizes.append((size, 0))
             else:
                 source = (port.cands[0], p.kind)
-                sizes.append((size, min(size, written.get(source, self.ranges[source][2]))))
+                sizes.append((size, min(size, written.get(source, self.forms.ranges[source][2]))))
         return tuple(sizes)
 
     def __call__(self, dense: torch.Tensor, emb: torch.Tensor, labels: torch.Tensor,
@@ -340,7 +290,7 @@ class SegmentedStep:
         if storage != self._storage:  # moved (.to()): graphs would read the old memory
             self._runs.clear()
             self._buffers.clear()
-            self.port_index = {k: v.to(emb.device) for k, v in self._port_index.items()}
+            self.port_index = {k: v.to(emb.device) for k, v in self.forms.port_index.items()}
             self.graph_batch, self._storage = None, storage
         size = dense.shape[0]
         if self.graph_batch is None:
@@ -348,7 +298,7 @@ class SegmentedStep:
         graphed = self.cuda_graphs and size == self.graph_batch
         buf = self._buffers.get(size)
         if buf is None:
-            buf = self._buffers[size] = _Buffers(self.widths, self.dim, emb)
+            buf = self._buffers[size] = Buffers(self.forms.widths, self.dim, emb)
         self.prog.current.load(path)
         # forms need no zeroing: a step reads only what it published, or multiplies the form
         # of a block it skips by 0 (the last step's, finite: a non-finite loss stops); a
@@ -356,16 +306,18 @@ class SegmentedStep:
         buf.labels.copy_(labels)
         emb = emb.detach().requires_grad_()
         inputs = {"dense": dense, "sparse": emb}
-        pubs = [(self.published(inputs[key], key, kind), (key, kind))
-                for key in _INPUTS for kind in self.kinds.get(key, ())]
+        pubs = [(self.forms.published(inputs[key], key, kind), (key, kind))
+                for key in _INPUTS for kind in self.forms.kinds.get(key, ())]
         with torch.no_grad():
             for grads in buf.grads.values():  # the zero column's: padding's sink
                 grads.narrow(1, grads.shape[1] - 1, 1).zero_()
         for pub, source in pubs:
-            self.write_form(buf, *source, pub)
+            self.forms.write_form(buf, *source, pub)
         written: dict[Source, int] = {source: pub.shape[1] for pub, source in pubs}
         runs, prev = [], {}
         for node in path.nodes:
+            if node.block in self.forms.aliases:  # its readers gather its input themselves
+                continue
             key = (node.block, node.op, node.k)
             layer = self.prog.layers[key]
             sizes = self._sizes(layer.ports, node.widths, written, layer.op.joint)
@@ -385,14 +337,14 @@ class SegmentedStep:
         head.backward()
         for run in reversed(runs):
             run.backward()
-        sparse = [(pub, self.grad_range(buf, *s).narrow(1, 0, pub.shape[1]))
+        sparse = [(pub, self.forms.grad_range(buf, *s).narrow(1, 0, pub.shape[1]))
                   for pub, s in pubs if s[0] == "sparse"]
         if not sparse:  # no port reads the embeddings
             return loss, torch.zeros_like(emb)
         (grad,) = torch.autograd.grad([p for p, _ in sparse], emb, [g for _, g in sparse])
         return loss, grad
 
-    def _run(self, key: tuple, is_out: bool, buf: _Buffers, prev: _Run | None,
+    def _run(self, key: tuple, is_out: bool, buf: Buffers, prev: _Run | None,
              graphed: bool, sizes: tuple[tuple[int, int], ...], out: int | None) -> _Run:
         # a stacked layer's graph reads its previous layer's output where that run keeps it
         cache = (key, is_out, buf.labels.shape[0], graphed, sizes, out,

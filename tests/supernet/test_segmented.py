@@ -175,6 +175,24 @@ def test_options_are_validated():
         SupernetTrainConfig(execution="segmented", width_halvings=-1)
 
 
+def test_pass_through_concats_run_no_segment():
+    """NASRec's ``dense_in`` / ``sparse_in`` concats (read whole, as their own kind) run no
+    segment: their readers gather the merged input (the step still equals autograd's and
+    the masked step: the tests above)."""
+    supernet = Supernet(load_space("nasrec_full"), SCHEMA, seed=0).train()
+    step = SegmentedStep(supernet, lambda p, g: None)
+    assert set(step.forms.aliases) == {f"b{i}.{part}_in" for i in range(2, 8)
+                                 for part in ("dense", "sparse")}
+    dense, sparse, labels = _data()
+    arch = supernet.space.sample(random.Random(2))
+    step(dense, supernet.embedding(sparse).detach(), labels, encode(supernet, arch))
+    blocks = {run.key[0] for run in step._runs.values()}
+    assert blocks and not blocks & set(step.forms.aliases)
+    assert not any(source in step.forms.aliases for source, _ in step.forms.ranges)
+    dlrm = SegmentedStep(Supernet(load_space("dlrm"), SCHEMA, seed=0), lambda p, g: None)
+    assert dlrm.forms.aliases == {}
+
+
 def test_fixed_widths_halve_to_fit():
     step = SegmentedStep(Supernet(load_space("dlrm"), SCHEMA, seed=0), lambda p, g: None)
     assert [step.fit(w, 1024) for w in (0, 100, 256, 257, 600)] == [256, 256, 256, 512, 1024]
