@@ -12,7 +12,6 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ranknas.errors import ConfigError
 from ranknas.evaluator.tiny_attention import (
     FUSED_MAX_HEAD_DIM,
     FUSED_MAX_TOKENS,
@@ -98,20 +97,28 @@ class MaskedDcnCross(MaskedOp):
 
 
 class _MaskedBinary(MaskedOp):
-    """``left``/``right`` zero-padded to the wider of the two (at most the position-indexed
-    ``P``); projection skipped (by a 0/1 blend) when the sliced op skips it (``p == w``)."""
+    """``left``/``right`` zero-padded to the wider of the two, ``m``; the gate and projection
+    weights indexed by position, wrapping modulo their ``P`` beyond it (as the sliced op:
+    positions past ``P`` reuse its weights); projection skipped (by a 0/1 blend) when the
+    sliced op skips it (``p == w``)."""
 
     sizable = joint = True
 
     def __init__(self, module: ElasticOp, ports: dict[str, PortIn], slots: Slots) -> None:
         super().__init__(module, ports, slots)
-        bounds = self.spec.in_bounds
-        if max(bounds["left"], bounds["right"]) > module.padded:
-            raise ConfigError("masked", f"op {self.op_name!r}: inputs wider than max_slot "
-                              f"({module.padded}) have no fixed-shape form")
         self.out_size, self.padded = self.spec.width_max, module.padded
         self.w = slots.width(self.out_size)
         self.skip = slots.f(1)
+        self._wrap: dict[tuple[int, torch.device], torch.Tensor] = {}
+
+    def _take(self, weight: torch.Tensor, dim: int, m: int) -> torch.Tensor:
+        """``weight``'s positions ``0..m-1`` along ``dim``, modulo ``P``."""
+        if m <= self.padded:
+            return weight.narrow(dim, 0, m)
+        key = (m, weight.device)
+        if key not in self._wrap:  # made once: a CUDA graph capture may not copy it over
+            self._wrap[key] = torch.arange(m, device=weight.device) % self.padded
+        return weight.index_select(dim, self._wrap[key])
 
     def encode(self, w: Writer, node: MaterializedNode) -> None:
         w.width(self.w, node.width)
@@ -122,12 +129,13 @@ class _MaskedBinary(MaskedOp):
         """``y [B, m]`` projected (or not) to ``[B, size]``, then the width mask."""
         size, p = size or self.out_size, self.m.proj
         y = blend(self.skip.view(path), resize(y, size), F.linear(
-            y, p.weight[:size, :y.shape[-1]], None if p.bias is None else p.bias[:size]))
+            y, self._take(p.weight[:size], 1, y.shape[-1]),
+            None if p.bias is None else p.bias[:size]))
         return _width_tail(y, self.m.norm, self.w, path)
 
     def _sides(self, x: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        # the wider input holds P: positions past it meet zeros on both sides
-        m = min(max(x["left"].shape[-1], x["right"].shape[-1]), self.padded)
+        # the wider input holds the sliced op's width: positions past it meet zeros
+        m = max(x["left"].shape[-1], x["right"].shape[-1])
         return resize(x["left"], m), resize(x["right"], m)
 
 
@@ -139,7 +147,8 @@ class MaskedSigmoidGating(_MaskedBinary):
                 size: int | None = None) -> torch.Tensor:
         left, right = self._sides(x)
         m, g = left.shape[-1], self.m.gate
-        gate = torch.sigmoid(F.linear(left, g.weight[:m, :m], g.bias[:m]))
+        gate = torch.sigmoid(F.linear(left, self._take(self._take(g.weight, 0, m), 1, m),
+                                      self._take(g.bias, 0, m)))
         return self._tail(gate * right, path, size)
 
 

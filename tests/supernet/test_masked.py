@@ -65,10 +65,23 @@ def _grads(supernet: Supernet, fn, labels: torch.Tensor) -> dict[str, torch.Tens
 
 @pytest.mark.parametrize("name", SPACES)
 def test_forward_and_grads_match_sliced(name, supernets, data):
-    supernet = supernets(name)
+    _match_sliced(supernets(name), data, N_ARCHS)
+
+
+def test_inputs_past_max_slot_wrap_as_sliced(data):
+    """sigmoid-gating and sum inputs wider than ``max_slot`` reuse its position-indexed
+    weights modulo it, as the sliced op does."""
+    supernet = Supernet(load_space("nasrec_full"), SCHEMA, seed=0, max_slot=16).train()
+    _match_sliced(supernet, data, 4)
+    assert any(layer.op._wrap for _, chains in program(supernet).blocks
+               for chain in chains.values() for layer in chain
+               if layer.op.op_name in ("sigmoid-gating", "sum"))
+
+
+def _match_sliced(supernet: Supernet, data: tuple, n_archs: int) -> None:
     dense, sparse, labels = data
     rng = random.Random(7)
-    for _ in range(N_ARCHS):
+    for _ in range(n_archs):
         arch = supernet.space.sample(rng)
         path = encode(supernet, arch)
         want = _grads(supernet, lambda a=arch: supernet(dense, sparse, a), labels)

@@ -102,11 +102,13 @@ def test_a_moved_supernet_drops_its_runs():
     assert not any(step._runs[k] is v for k, v in before.items())
 
 
-@pytest.mark.parametrize("name", ["dlrm", "nasrec_full"])  # stacked layers; merged inputs
-def test_step_gradients_match_autograd(name):
+# stacked layers; merged inputs; binary ops' inputs wider than max_slot (wrapped)
+@pytest.mark.parametrize(("name", "max_slot"), [("dlrm", 2048), ("nasrec_full", 2048),
+                                                ("nasrec_full", 16)])
+def test_step_gradients_match_autograd(name, max_slot):
     """The segmented step's loss and embedding gradient are autograd's over the whole path;
     a batch of another size (eager, own buffers) too."""
-    supernet = Supernet(load_space(name), SCHEMA, seed=0).train()
+    supernet = Supernet(load_space(name), SCHEMA, seed=0, max_slot=max_slot).train()
     step = SegmentedStep(supernet, update=lambda params, grads: None)  # weights stay put
     dense, sparse, labels = _data()
     rng = random.Random(5)
