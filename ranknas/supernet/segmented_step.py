@@ -98,11 +98,12 @@ class _Run:
             # gathered from the kind's buffer (no concatenation); a pass-through concat's
             # readers gather its merged input where it would have
             gather = port if alias is None else alias
-            index = step.port_index[id(gather)].index_select(
-                0, gather.gather.view(path)[:size])
+            cols = step.port_index[id(gather)]  # the zero column last
+            index = cols.index_select(0, gather.gather.view(path)[:size])
+            if alias is not None:  # an absent input gathers the zero column
+                index = torch.where(port.present.view(path) > 0, index, cols[-1])
             x = self.buf.forms[p.kind].index_select(1, index).requires_grad_()
-            return (x if alias is None else x * port.present.view(path)), x, (
-                "gather", p.kind, index)
+            return x, x, ("gather", p.kind, index)
         if port.cands == (_PREV,):
             leaf = self.prev.out.detach().requires_grad_()
             where: tuple = ("prev",)

@@ -5,6 +5,7 @@ forward and gradients; the segmented training step == the masked one; CUDA graph
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 import pytest
 import torch
@@ -14,7 +15,7 @@ from ranknas.errors import ConfigError
 from ranknas.evaluator.data.schema import DataSchema
 from ranknas.spaces import load_space
 from ranknas.supernet import MaskedStep, Supernet, SupernetTrainConfig
-from ranknas.supernet.masked import encode
+from ranknas.supernet.masked import encode, program
 from ranknas.supernet.segmented import segmented, segmented_forward
 from ranknas.supernet.segmented_step import SegmentedStep
 
@@ -193,6 +194,27 @@ def test_pass_through_concats_run_no_segment():
     assert not any(source in step.forms.aliases for source, _ in step.forms.ranges)
     dlrm = SegmentedStep(Supernet(load_space("dlrm"), SCHEMA, seed=0), lambda p, g: None)
     assert dlrm.forms.aliases == {}
+
+
+def test_an_absent_input_of_a_pass_through_concat_reads_zeros():
+    """A reader whose port is absent (``present`` 0) reads zeros, not the concat's input, as
+    in the masked program (NASRec's paths never do this: forced here)."""
+    supernet = Supernet(load_space("nasrec_full"), SCHEMA, seed=0).train()
+    step = SegmentedStep(supernet, lambda p, g: None)
+    dense, sparse, labels = _data()
+    path = encode(supernet, supernet.space.sample(random.Random(3)))
+    node = next(n for n in path.nodes if n.block.endswith(".sparse") and n.block != "b1.sparse")
+    (port,) = step.prog.layers[(node.block, node.op, node.k)].ports.values()
+    assert port.cands[0] in step.forms.aliases
+    floats = path.floats.clone()
+    floats[port.present.offset] = 0.0
+    absent = replace(path, arch_id=path.arch_id + "-absent", floats=floats)
+    emb = supernet.embedding(sparse).detach()
+    for p in (path, absent):
+        want = F.binary_cross_entropy_with_logits(
+            program(supernet).forward_embedded(supernet, dense, emb, p.floats, p.ints), labels)
+        assert _close(step(dense, emb, labels, p)[0], want.detach())
+    assert not _close(step(dense, emb, labels, absent)[0], step(dense, emb, labels, path)[0])
 
 
 def test_fixed_widths_halve_to_fit():
