@@ -124,6 +124,35 @@ TRAINER_VARIANTS["segmented+graph+tf32+check50+torchnorm"] = \
 for _n in (0, 1, 3):
     TRAINER_VARIANTS[f"segmented+graph+tf32+check50+halve{_n}"] = {
         **TRAINER_VARIANTS["segmented+graph+tf32+check50"], "width_halvings": _n}
+# ablations of the segmented step (each patches modules: one per process): no pass-through
+# aliases, dense ops at their widest outputs, widths not rounded up to 8 columns
+for _ablation in ("noalias", "densewide", "unaligned"):
+    TRAINER_VARIANTS[f"segmented+graph+tf32+check50+{_ablation}"] = \
+        TRAINER_VARIANTS["segmented+graph+tf32+check50"]
+
+
+def _ablate(variant: str) -> None:
+    """Patch ranknas for an ablation variant (``+torchnorm``, ``+noalias``, ...)."""
+    import ranknas.supernet.masked as masked
+    import ranknas.supernet.masked_base as masked_base
+    import ranknas.supernet.masked_interaction as interaction
+    import ranknas.supernet.masked_ops as ops
+    import ranknas.supernet.segmented_forms as forms
+    import ranknas.supernet.segmented_step as step
+
+    if variant.endswith("+torchnorm"):
+        masked_base._fused = lambda x: False
+    if variant.endswith("+noalias"):
+        forms.pass_through = lambda layers, ports: {}
+    if variant.endswith("+densewide"):
+        for cls in (ops.MaskedLinear2d, ops._MaskedBinary, interaction.MaskedDotProduct,
+                    interaction.MaskedFM):
+            cls.sizable = False
+    if variant.endswith("+unaligned"):
+        for module in (masked, interaction, forms, step):
+            module.aligned = lambda n: n
+
+
 #: Warm-up steps before timing: a segmented trainer captures each segment when a path first
 #: runs it, so it warms up until (nearly) every segment has been seen.
 WARMUP_STEPS = {"segmented": 1000}
@@ -135,10 +164,7 @@ def measure_trainer(space: SearchSpace, schema: DataSchema, batch: int, steps: i
     encodings are not reused), on-device random data, Adagrad."""
     from ranknas.supernet import SupernetTrainConfig, SupernetTrainer, make_sampler
 
-    if variant.endswith("+torchnorm"):
-        import ranknas.supernet.masked_base as masked_base
-
-        masked_base._fused = lambda x: False
+    _ablate(variant)
     data = random_data(schema, 1 << 20, device)
     trainer = SupernetTrainer(
         Supernet(space, schema, seed=0), data, make_sampler("uniform", space, 0, schema=schema),

@@ -116,7 +116,7 @@ class _MaskedBinary(MaskedOp):
         if m <= self.padded:
             return weight.narrow(dim, 0, m)
         key = (m, weight.device)
-        if key not in self._wrap:  # made once: a CUDA graph capture may not copy it over
+        if key not in self._wrap:  # made once per width and device
             self._wrap[key] = torch.arange(m, device=weight.device) % self.padded
         return weight.index_select(dim, self._wrap[key])
 
