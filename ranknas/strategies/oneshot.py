@@ -293,7 +293,8 @@ class OneShot(Strategy):
                 return
             self.stages.append({"stage": "supernet", "status": "ok",
                                 "examples": out["examples"], "steps": out["steps"],
-                                "loss": out["loss"], "seconds": time.perf_counter() - start})
+                                "loss": out["loss"], "seconds": time.perf_counter() - start,
+                                "graphs_captured": out["captured"]})
             start = time.perf_counter()
             self._sums = trainer.adagrad_sums() if self.finetune_continue else None
             if self.finetune_continue and self._sums is None:
@@ -367,7 +368,7 @@ class OneShot(Strategy):
             return None
         metrics = dict(self.series)
         for stage in self.stages:  # stage totals as one-point series
-            for key in ("examples", "steps", "seconds", "candidates"):
+            for key in ("examples", "steps", "seconds", "candidates", "graphs_captured"):
                 if key in stage:
                     metrics[f"{stage['stage']}.{key}"] = [[0, float(stage[key])]]
         return {"stages": self.stages, "retrained": self.retrained, "metrics": metrics,

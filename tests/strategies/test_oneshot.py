@@ -85,6 +85,7 @@ def test_summary_reports_every_stage_as_metric_series(run):
     strategy, proposals = run
     metrics = strategy.summary()["metrics"]
     assert metrics["supernet.examples"] == [[0, 2048.0]]
+    assert metrics["supernet.graphs_captured"] == [[0, 0.0]]  # CPU: no CUDA graphs
     assert metrics["search.candidates"][0][1] == len(strategy.candidates_scored)
     assert [p[0] for p in metrics["search.supernet_ne"]] == list(range(6))
     best = [p[1] for p in metrics["search.best_supernet_ne"]]
