@@ -139,6 +139,12 @@ def resize(x: torch.Tensor, n: int, dim: int = 1) -> torch.Tensor:
     return F.pad(x, pad)
 
 
+def first(t: torch.Tensor, n: int, dim: int = 0) -> torch.Tensor:
+    """``t``'s first ``n`` entries along ``dim``; ``t`` itself when it has no more (a slice of a
+    parameter is an autograd node whose backward zeroes and copies the whole parameter)."""
+    return t if n >= t.shape[dim] else t.narrow(dim, 0, n)
+
+
 def aligned(n: int) -> int:
     """A fixed width of ``n`` (from 64) rounded up to 8: cuBLAS runs a GEMM whose K or N is
     not a multiple of 16 bytes on its unaligned kernels (at K = 2,061 on an H200, 550 of
@@ -161,7 +167,7 @@ def masked_norm(y: torch.Tensor, norm: SlicedNorm, mask: torch.Tensor,
     last dim (``inv = 1/n``), biased variance and eps as ``F.layer_norm``. ``y`` may be
     narrower than the norm (an op run at a smaller fixed width): its first features."""
     size = y.shape[-1]
-    weight, bias, mask = norm.weight[:size], norm.bias[:size], mask[:size]
+    weight, bias, mask = first(norm.weight, size), first(norm.bias, size), mask[:size]
     if _fused(y):
         return masked_layer_norm(y, weight, bias, mask, inv)
     mean = (y * mask).sum(-1, keepdim=True) * inv
@@ -222,8 +228,8 @@ class PortIn:
         """``lin`` at its first ``rows`` output rows (default: all) over the merged input
         ``x [..., n]``: ``n`` is the bound, or the aligned or fewer columns the segmented
         step runs at."""
-        weight = lin.weight if rows is None else lin.weight[:rows]
-        bias = lin.bias if rows is None or lin.bias is None else lin.bias[:rows]
+        weight = lin.weight if rows is None else first(lin.weight, rows)
+        bias = lin.bias if rows is None or lin.bias is None else first(lin.bias, rows)
         return F.linear(x, self.take(weight, 1, path, x.shape[-1]), bias)
 
 

@@ -20,6 +20,7 @@ from ranknas.supernet.masked_base import (
     Writer,
     aligned,
     blend,
+    first,
     layer_norm,
     masked_norm,
     register_masked,
@@ -123,8 +124,8 @@ class MaskedDotProduct(MaskedOp):
         mask, inv = (s.view(path) for s in self.w)
         op, rows = self.m.out_proj, min(size, self.width_max)
         k = aligned(op.weight.shape[1])  # e.g. 1,035 pairs: cuBLAS's unaligned kernels
-        proj = F.linear(resize(pairs, k), resize(op.weight[:rows], k, 1),
-                        None if op.bias is None else op.bias[:rows])
+        proj = F.linear(resize(pairs, k), resize(first(op.weight, rows), k, 1),
+                        None if op.bias is None else first(op.bias, rows))
         out = blend(self.proj_out.view(path), proj, resize(pairs, rows))
         norm = self.m.out_norm
         out = masked_norm(out, norm, mask, inv) if norm is not None else out * mask[:rows]
@@ -166,6 +167,7 @@ class MaskedFM(MaskedOp):
             return out
         pmask, pinv = (s.view(path) for s in self.pw)
         rows = min(size, self.width_max)
-        z = F.linear(fm, p.fc.weight[:rows], None if p.fc.bias is None else p.fc.bias[:rows])
+        z = F.linear(fm, first(p.fc.weight, rows),
+                     None if p.fc.bias is None else first(p.fc.bias, rows))
         z = masked_norm(z, p.norm, pmask, pinv) if p.norm is not None else z * pmask[:rows]
         return blend(self.proj.view(path), resize(z, size), out)

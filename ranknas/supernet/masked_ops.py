@@ -27,6 +27,7 @@ from ranknas.supernet.masked_base import (
     Slots,
     Writer,
     blend,
+    first,
     layer_norm,
     masked_norm,
     register_masked,
@@ -114,7 +115,7 @@ class _MaskedBinary(MaskedOp):
     def _take(self, weight: torch.Tensor, dim: int, m: int) -> torch.Tensor:
         """``weight``'s positions ``0..m-1`` along ``dim``, modulo ``P``."""
         if m <= self.padded:
-            return weight.narrow(dim, 0, m)
+            return first(weight, m, dim)
         key = (m, weight.device)
         if key not in self._wrap:  # made once per width and device
             self._wrap[key] = torch.arange(m, device=weight.device) % self.padded
@@ -129,8 +130,8 @@ class _MaskedBinary(MaskedOp):
         """``y [B, m]`` projected (or not) to ``[B, size]``, then the width mask."""
         size, p = size or self.out_size, self.m.proj
         y = blend(self.skip.view(path), resize(y, size), F.linear(
-            y, self._take(p.weight[:size], 1, y.shape[-1]),
-            None if p.bias is None else p.bias[:size]))
+            y, self._take(first(p.weight, size), 1, y.shape[-1]),
+            None if p.bias is None else first(p.bias, size)))
         return _width_tail(y, self.m.norm, self.w, path)
 
     def _sides(self, x: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -182,8 +183,8 @@ class _MaskedFields(MaskedOp):
         size = size or self.out_size
         mask, inv = (s.view(path) for s in self.w)
         fc, norm, y = self.m.proj.fc, self.m.proj.norm, y.transpose(1, 2)
-        weight = self.ports["x"].take(fc.weight, 1, path, y.shape[-1])[:size]
-        z = F.linear(y, weight, None if fc.bias is None else fc.bias[:size])  # [B, E, W]
+        weight = self.ports["x"].take(first(fc.weight, size), 1, path, y.shape[-1])
+        z = F.linear(y, weight, None if fc.bias is None else first(fc.bias, size))  # [B, E, W]
         z = masked_norm(z, norm, mask, inv) if norm is not None else z * mask[:size]
         return activate(z, activation).transpose(1, 2)
 

@@ -10,6 +10,7 @@ from dataclasses import replace
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from ranknas.errors import ConfigError
 from ranknas.evaluator.data.schema import DataSchema
@@ -215,6 +216,34 @@ def test_an_absent_input_of_a_pass_through_concat_reads_zeros():
             program(supernet).forward_embedded(supernet, dense, emb, p.floats, p.ints), labels)
         assert _close(step(dense, emb, labels, p)[0], want.detach())
     assert not _close(step(dense, emb, labels, absent)[0], step(dense, emb, labels, path)[0])
+
+
+class _SliceBackwards(TorchDispatchMode):
+    """The input sizes of every slice's backward (it zeroes and copies the whole input)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sizes: list[tuple[int, ...]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten.slice_backward.default:
+            self.sizes.append(tuple(args[1]))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("name", SPACES)
+def test_no_parameter_is_sliced_at_its_widest(name):
+    """At the widest widths no parameter is sliced: a slice's backward would zero and copy
+    the whole parameter, every step (``masked_base.first``)."""
+    supernet = Supernet(load_space(name), SCHEMA, seed=0).train()
+    step = SegmentedStep(supernet, lambda p, g: None, halvings=0)
+    dense, sparse, labels = (t[:5] for t in _data())  # 5: no parameter has 5 rows
+    rng = random.Random(0)
+    with _SliceBackwards() as trace:
+        for _ in range(4):
+            step(dense, supernet.embedding(sparse).detach(), labels,
+                 encode(supernet, supernet.space.sample(rng)))
+    assert all(size[0] == 5 for size in trace.sizes), trace.sizes
 
 
 def test_fixed_widths_halve_to_fit():
