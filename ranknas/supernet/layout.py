@@ -147,6 +147,7 @@ class SpaceLayout:
 
     def __init__(self, space: SearchSpace, schema: DataSchema, max_slot: int) -> None:
         self.space, self.schema, self.max_slot = space, schema, max_slot
+        self._arange: dict[tuple[int, int], np.ndarray] = {}
         self.ctx = space.context
         self.dim = space.context.embedding_dim
         self._inputs = {"dense": TensorSpec.dense(schema.num_dense),
@@ -323,13 +324,23 @@ class SpaceLayout:
             parts.append(offset + self._positions(src, reg, storage.kind, nodes, specs))
         return np.concatenate(parts)
 
+    def _wrapped(self, n: int, size: int) -> np.ndarray:
+        """``arange(n) % size``, read-only and cached (a ``nasrec_full`` encoding asks for ~80
+        a path, of 15 distinct ones)."""
+        key = (n, size)
+        idx = self._arange.get(key)
+        if idx is None:
+            idx = self._arange[key] = np.arange(n, dtype=np.int64) % size
+            idx.flags.writeable = False
+        return idx
+
     def _positions(self, src: str, reg: Region, kind: Kind,
                    nodes: Mapping[str, MaterializedNode],
                    specs: Mapping[str, TensorSpec]) -> np.ndarray:
         node = nodes.get(src)
         comp = reg.composites.get(node.op) if node is not None else None
         if comp is None:
-            return np.arange(units(specs[src], kind, self.dim), dtype=np.int64) % reg.size
+            return self._wrapped(units(specs[src], kind, self.dim), reg.size)
         idx = np.concatenate([comp.kids[c][0] + self._positions(c, comp.kids[c][1], comp.native,
                                                                   nodes, specs)
                               for c in node.ports[0][1]])
