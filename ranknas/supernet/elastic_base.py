@@ -112,9 +112,18 @@ def positions(n: int, size: int, device: torch.device) -> Cols:
     return _ARANGE_CACHE[key]
 
 
+def first(t: torch.Tensor, n: int, dim: int = 0) -> torch.Tensor:
+    """``t``'s first ``n`` entries along ``dim``; ``t`` itself when it has no more (a slice of a
+    parameter is an autograd node whose backward zeroes and copies the whole parameter)."""
+    return t if n >= t.shape[dim] else t.narrow(dim, 0, n)
+
+
 def take(weight: torch.Tensor, dim: int, cols: Cols) -> torch.Tensor:
-    """``weight`` restricted to ``cols`` along ``dim``: a view for a slice, a gather otherwise."""
+    """``weight`` restricted to ``cols`` along ``dim``: a view for a slice (``weight`` itself
+    for all of it: :func:`first`), a gather otherwise."""
     if isinstance(cols, slice):
+        if cols.start == 0:
+            return first(weight, cols.stop, dim)
         return weight.narrow(dim, cols.start, cols.stop - cols.start)
     return weight.index_select(dim, cols)
 

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from ranknas.errors import ConfigError
 from ranknas.spaces.materialized import MaterializedNode
 from ranknas.spaces.ops import Kind
-from ranknas.supernet.elastic_base import ElasticOp, SlicedLinear, SlicedNorm
+from ranknas.supernet.elastic_base import ElasticOp, SlicedLinear, SlicedNorm, first
 from ranknas.supernet.fused_norm import EPS, fused_norm_fits, masked_layer_norm
 
 #: Per-architecture tensors of one path: ``(floats [Nf], ints [Ni])``.
@@ -142,12 +142,6 @@ def resize(x: torch.Tensor, n: int, dim: int = 1) -> torch.Tensor:
     return F.pad(x, pad)
 
 
-def first(t: torch.Tensor, n: int, dim: int = 0) -> torch.Tensor:
-    """``t``'s first ``n`` entries along ``dim``; ``t`` itself when it has no more (a slice of a
-    parameter is an autograd node whose backward zeroes and copies the whole parameter)."""
-    return t if n >= t.shape[dim] else t.narrow(dim, 0, n)
-
-
 def aligned(n: int) -> int:
     """A fixed width of ``n`` (from 64) rounded up to 8: cuBLAS runs a GEMM whose K or N is
     not a multiple of 16 bytes on its unaligned kernels (at K = 2,061 on an H200, 550 of
@@ -177,6 +171,15 @@ def masked_norm(y: torch.Tensor, norm: SlicedNorm, mask: torch.Tensor,
     d = (y - mean) * mask
     var = (d * d).sum(-1, keepdim=True) * inv
     return (d * torch.rsqrt(var + EPS) * weight + bias) * mask
+
+
+def width_tail(y: torch.Tensor, norm: SlicedNorm | None, w: tuple[Slot, Slot],
+               path: Path) -> torch.Tensor:
+    """A width's mask on ``y [..., s]`` (``s`` up to the mask's size): :func:`masked_norm`
+    over the active features, or zeros beyond them without a norm. ``w``: the (mask, 1/width)
+    slots of :meth:`Slots.width`."""
+    mask, inv = (slot.view(path) for slot in w)
+    return masked_norm(y, norm, mask, inv) if norm is not None else y * mask[:y.shape[-1]]
 
 
 def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:

@@ -22,9 +22,9 @@ from ranknas.supernet.masked_base import (
     blend,
     first,
     layer_norm,
-    masked_norm,
     register_masked,
     resize,
+    width_tail,
 )
 
 
@@ -84,9 +84,9 @@ class MaskedDotProduct(MaskedOp):
         ident = resize(y, self.fields)
         if not self.int_ok:
             return ident
-        fp, mask, inv = self.m.field_proj, *(s.view(path) for s in self.kept)
+        fp = self.m.field_proj
         z = self.ports["sparse"].linear(y.transpose(1, 2), fp.fc, path)  # [B, E, K]
-        z = masked_norm(z, fp.norm, mask, inv) if fp.norm is not None else z * mask
+        z = width_tail(z, fp.norm, self.kept, path)
         return blend(self.proj_fields.view(path), resize(z.transpose(1, 2), self.fields), ident)
 
     def _dense(self, x: torch.Tensor, path: Path) -> torch.Tensor:
@@ -121,14 +121,12 @@ class MaskedDotProduct(MaskedOp):
             1, self._pairs_on(y.device))
         if not self.int_ok:
             return resize(pairs, size)
-        mask, inv = (s.view(path) for s in self.w)
         op, rows = self.m.out_proj, min(size, self.width_max)
         k = aligned(op.weight.shape[1])  # e.g. 1,035 pairs: cuBLAS's unaligned kernels
         proj = F.linear(resize(pairs, k), resize(first(op.weight, rows), k, 1),
                         None if op.bias is None else first(op.bias, rows))
         out = blend(self.proj_out.view(path), proj, resize(pairs, rows))
-        norm = self.m.out_norm
-        out = masked_norm(out, norm, mask, inv) if norm is not None else out * mask[:rows]
+        out = width_tail(out, self.m.out_norm, self.w, path)
         if not self.none_ok:
             return out
         return blend(self.is_none.view(path), resize(pairs, size), resize(out, size))
@@ -165,9 +163,8 @@ class MaskedFM(MaskedOp):
         p = self.m.proj
         if p is None:
             return out
-        pmask, pinv = (s.view(path) for s in self.pw)
         rows = min(size, self.width_max)
         z = F.linear(fm, first(p.fc.weight, rows),
                      None if p.fc.bias is None else first(p.fc.bias, rows))
-        z = masked_norm(z, p.norm, pmask, pinv) if p.norm is not None else z * pmask[:rows]
+        z = width_tail(z, p.norm, self.pw, path)
         return blend(self.proj.view(path), resize(z, size), out)

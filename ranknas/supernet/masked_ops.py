@@ -18,32 +18,23 @@ from ranknas.evaluator.tiny_attention import (
     tiny_head_attention,
 )
 from ranknas.spaces.materialized import MaterializedNode
-from ranknas.supernet.elastic_base import ElasticOp, SlicedNorm, activate
+from ranknas.supernet.elastic_base import ElasticOp, activate, positions, take
 from ranknas.supernet.masked_base import (
     MaskedOp,
     Path,
     PortIn,
-    Slot,
     Slots,
     Writer,
     blend,
     first,
     layer_norm,
-    masked_norm,
     register_masked,
     resize,
+    width_tail,
 )
 
 
 # -- dense ---------------------------------------------------------------------------------
-def _width_tail(y: torch.Tensor, norm: SlicedNorm | None, w: tuple[Slot, Slot],
-                path: Path) -> torch.Tensor:
-    """The width mask (``LN`` over the active features, or zeros beyond them) of ``y [B, s]``,
-    ``s`` up to the mask's size."""
-    mask, inv = (slot.view(path) for slot in w)
-    return masked_norm(y, norm, mask, inv) if norm is not None else y * mask[:y.shape[-1]]
-
-
 @register_masked
 class MaskedLinear2d(MaskedOp):
     """``x [B, D] -> act(LN(x W^T))`` at ``W_max`` (or ``size``) with a width mask."""
@@ -62,7 +53,7 @@ class MaskedLinear2d(MaskedOp):
     def forward(self, x: dict[str, torch.Tensor], path: Path,
                 size: int | None = None) -> torch.Tensor:
         y = self.ports["x"].linear(x["x"], self.m.fc, path, size)
-        return activate(_width_tail(y, self.m.norm, self.w, path), self.activation)
+        return activate(width_tail(y, self.m.norm, self.w, path), self.activation)
 
 
 @register_masked
@@ -110,16 +101,10 @@ class _MaskedBinary(MaskedOp):
         self.out_size, self.padded = self.spec.width_max, module.padded
         self.w = slots.width(self.out_size)
         self.skip = slots.f(1)
-        self._wrap: dict[tuple[int, torch.device], torch.Tensor] = {}
 
     def _take(self, weight: torch.Tensor, dim: int, m: int) -> torch.Tensor:
         """``weight``'s positions ``0..m-1`` along ``dim``, modulo ``P``."""
-        if m <= self.padded:
-            return first(weight, m, dim)
-        key = (m, weight.device)
-        if key not in self._wrap:  # made once per width and device
-            self._wrap[key] = torch.arange(m, device=weight.device) % self.padded
-        return weight.index_select(dim, self._wrap[key])
+        return take(weight, dim, positions(m, self.padded, weight.device))
 
     def encode(self, w: Writer, node: MaterializedNode) -> None:
         w.width(self.w, node.width)
@@ -132,7 +117,7 @@ class _MaskedBinary(MaskedOp):
         y = blend(self.skip.view(path), resize(y, size), F.linear(
             y, self._take(first(p.weight, size), 1, y.shape[-1]),
             None if p.bias is None else first(p.bias, size)))
-        return _width_tail(y, self.m.norm, self.w, path)
+        return width_tail(y, self.m.norm, self.w, path)
 
     def _sides(self, x: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         # the wider input holds the sliced op's width: positions past it meet zeros
@@ -181,11 +166,10 @@ class _MaskedFields(MaskedOp):
     def _project(self, y: torch.Tensor, path: Path, activation: str,
                  size: int | None) -> torch.Tensor:
         size = size or self.out_size
-        mask, inv = (s.view(path) for s in self.w)
-        fc, norm, y = self.m.proj.fc, self.m.proj.norm, y.transpose(1, 2)
+        fc, y = self.m.proj.fc, y.transpose(1, 2)
         weight = self.ports["x"].take(first(fc.weight, size), 1, path, y.shape[-1])
         z = F.linear(y, weight, None if fc.bias is None else first(fc.bias, size))  # [B, E, W]
-        z = masked_norm(z, norm, mask, inv) if norm is not None else z * mask[:size]
+        z = width_tail(z, self.m.proj.norm, self.w, path)
         return activate(z, activation).transpose(1, 2)
 
 
@@ -290,9 +274,8 @@ class MaskedDenseToSparse(MaskedOp):
         w.width(self.w, node.width * self.dim)
 
     def forward(self, x: dict[str, torch.Tensor], path: Path) -> torch.Tensor:
-        mask, inv = (s.view(path) for s in self.w)
+        mask = self.w[0].view(path)
         xin, p = x["x"], self.m.proj
-        z = self.ports["x"].linear(xin, p.fc, path)
-        z = masked_norm(z, p.norm, mask, inv) if p.norm is not None else z * mask
+        z = width_tail(self.ports["x"].linear(xin, p.fc, path), p.norm, self.w, path)
         z = blend(self.proj.view(path), z, resize(xin, mask.shape[0]) * mask)
         return z.view(z.shape[0], self.out_size, self.dim)

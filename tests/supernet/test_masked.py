@@ -73,9 +73,10 @@ def test_inputs_past_max_slot_wrap_as_sliced(data):
     weights modulo it, as the sliced op does."""
     supernet = Supernet(load_space("nasrec_full"), SCHEMA, seed=0, max_slot=16).train()
     _match_sliced(supernet, data, 4)
-    assert any(layer.op._wrap for _, chains in program(supernet).blocks
-               for chain in chains.values() for layer in chain
-               if layer.op.op_name in ("sigmoid-gating", "sum"))
+    rng = random.Random(7)  # _match_sliced's architectures
+    graphs = [supernet.space.materialize(supernet.space.sample(rng), SCHEMA) for _ in range(4)]
+    assert any(max(spec.width for _, spec in node.in_specs) > 16 for graph in graphs
+               for node in graph.nodes if node.op in ("sigmoid-gating", "sum"))
 
 
 def _match_sliced(supernet: Supernet, data: tuple, n_archs: int) -> None:
