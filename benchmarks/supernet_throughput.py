@@ -22,8 +22,10 @@ over the same architectures, measured in the same run.
 ``--trainer`` times ``SupernetTrainer`` end to end (a new path every step) in the given
 variants, ``segmented`` among them (only the path's ops, one CUDA graph per segment: it warms
 up for 1000 steps so that every segment is captured before timing, and reports how many were
-captured while timed). Captured graphs keep their memory for the life of the process, so on a
-GPU run one trainer variant per process.
+captured while timed). Its steps are timed in ``--chunks`` chunks and the median chunk without
+a capture is reported, so one late capture or host stall does not skew the figure. Captured
+graphs keep their memory for the life of the process, so on a GPU run one trainer variant per
+process.
 """
 
 from __future__ import annotations
@@ -125,8 +127,9 @@ for _n in (0, 1, 3):
     TRAINER_VARIANTS[f"segmented+graph+tf32+check50+halve{_n}"] = {
         **TRAINER_VARIANTS["segmented+graph+tf32+check50"], "width_halvings": _n}
 # ablations of the segmented step (each patches modules: one per process): no pass-through
-# aliases, dense ops at their widest outputs, widths not rounded up to 8 columns
-for _ablation in ("noalias", "densewide", "unaligned"):
+# aliases, dense ops at their widest outputs, widths not rounded up to 8 columns, the
+# tensor-core attention kernels of attention_tensor_core.py (an experiment)
+for _ablation in ("noalias", "densewide", "unaligned", "tcattention"):
     TRAINER_VARIANTS[f"segmented+graph+tf32+check50+{_ablation}"] = \
         TRAINER_VARIANTS["segmented+graph+tf32+check50"]
 
@@ -151,6 +154,27 @@ def _ablate(variant: str) -> None:
     if variant.endswith("+unaligned"):
         for module in (masked, interaction, forms, step):
             module.aligned = lambda n: n
+    if variant.endswith("+tcattention"):
+        _tensor_core_attention()
+
+
+def _tensor_core_attention() -> None:
+    """Run ``tiny_head_attention`` on CUDA with the tensor-core kernels (TF32 under the
+    step's ``tf32`` precision, 3xTF32 otherwise)."""
+    from attention_tensor_core import tc_backward, tc_forward
+
+    from ranknas.evaluator import tiny_attention
+
+    def precision() -> str:
+        return "tf32" if torch.backends.cuda.matmul.allow_tf32 else "tf32x3"
+
+    @tiny_attention.tiny_head_attention.register_kernel("cuda")
+    def _(qkv, heads, key_bias=None):
+        return tc_forward(qkv, heads, key_bias, precision())
+
+    @tiny_attention.tiny_head_attention_backward.register_kernel("cuda")
+    def _(qkv, out, grad, lse, heads, key_bias=None):
+        return tc_backward(qkv, out, grad, lse, heads, key_bias, precision())
 
 
 #: Warm-up steps before timing: a segmented trainer captures each segment when a path first
@@ -159,7 +183,8 @@ WARMUP_STEPS = {"segmented": 1000}
 
 
 def measure_trainer(space: SearchSpace, schema: DataSchema, batch: int, steps: int,
-                    device: torch.device, variant: str, warmup: int | None = None) -> dict:
+                    device: torch.device, variant: str, warmup: int | None = None,
+                    chunks: int = 5) -> dict:
     """``SupernetTrainer`` end to end: a *new* uniformly sampled path every step (plans and
     encodings are not reused), on-device random data, Adagrad."""
     from ranknas.supernet import SupernetTrainConfig, SupernetTrainer, make_sampler
@@ -177,15 +202,23 @@ def measure_trainer(space: SearchSpace, schema: DataSchema, batch: int, steps: i
     _sync(device)
     setup = time.perf_counter() - start
     segments = trainer.masked.segments if trainer.masked is not None else None
-    captured = segments.captured if segments is not None else None
-    start = time.perf_counter()
-    trainer.train(steps * batch)
-    _sync(device)
-    seconds = (time.perf_counter() - start) / steps
-    row = {"batch": batch, "variant": variant, "ms": seconds * 1e3, "ex_s": batch / seconds,
-           "setup_s": setup, "warmup_steps": warmup}
+    count = (lambda: segments.captured) if segments is not None else (lambda: 0)
+    captured = count()
+    # timed in chunks: a capture (~0.1 s) or a host hiccup inflates one chunk, not the figure
+    chunk_ms, clean = [], []
+    for k in range(chunks):
+        n = steps // chunks + (k < steps % chunks)
+        before, start = count(), time.perf_counter()
+        trainer.train(n * batch)
+        _sync(device)
+        chunk_ms.append((time.perf_counter() - start) / n * 1e3)
+        if count() == before:
+            clean.append(chunk_ms[-1])
+    ms = statistics.median(clean or chunk_ms)
+    row = {"batch": batch, "variant": variant, "ms": ms, "ex_s": batch / ms * 1e3,
+           "ms_chunks": chunk_ms, "setup_s": setup, "warmup_steps": warmup}
     if segments is not None:  # captures inside the timed steps would inflate its time
-        row.update(captured=captured, captured_while_timed=segments.captured - captured)
+        row.update(captured=captured, captured_while_timed=count() - captured)
     if device.type == "cuda":
         row["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
     return row
@@ -301,6 +334,9 @@ def main() -> None:
                         help="SupernetTrainer variants to time end to end (new path each step)")
     parser.add_argument("--warmup", type=int, default=None,
                         help="trainer warm-up steps (default: 8; segmented: 1000)")
+    parser.add_argument("--chunks", type=int, default=5,
+                        help="trainer: time the steps in this many chunks and report the "
+                             "median chunk without a capture")
     parser.add_argument("--no-sliced", action="store_true",
                         help="skip the sliced step vs subnet comparison")
     parser.add_argument("--out", default=None)
@@ -345,16 +381,17 @@ def main() -> None:
         for b in args.batch_sizes:
             for variant in args.trainer:
                 row = measure_trainer(space, schema, b, args.steps, device, variant,
-                                      args.warmup)
+                                      args.warmup, args.chunks)
                 result["trainer"].append(row)
                 print(json.dumps(row), flush=True)
                 if args.out:
                     Path(args.out).write_text(json.dumps(result, indent=1))
-        print("| B | trainer variant | ex/s | ms/step | set-up s |")
-        print("|---|---|---|---|---|")
+        print("| B | trainer variant | ex/s | ms/step (median chunk) | chunks ms | set-up s |")
+        print("|---|---|---|---|---|---|")
         for r in result["trainer"]:
+            spread = " ".join(f"{ms:.2f}" for ms in r["ms_chunks"])
             print(f"| {r['batch']} | {r['variant']} | {r['ex_s']:,.0f} | {r['ms']:.2f} | "
-                  f"{r['setup_s']:.0f} |")
+                  f"{spread} | {r['setup_s']:.0f} |")
     rows = [] if args.no_sliced else [measure(space, schema, archs, b, args.steps, device)
                                       for b in args.batch_sizes]
     result["rows"] = rows

@@ -29,13 +29,15 @@ accumulations per step on the host. Here the segments meet in buffers at fixed a
 The buffers' layout is in :mod:`ranknas.supernet.segmented_forms`.
 
 Each segment is captured once per variant (is it its block's output, its fixed widths), at
-the batch size of the first step: one forward graph (gathers, op, publishing) and one backward graph
-(``torch.autograd.grad`` of the op, the input gradients into the gradient buffers, and the
-dense optimizer update of the op's parameters, which no other segment reads). The logit head
-includes the loss. A step is then: copy the inputs, replay the forward graphs in path order
-and the backward graphs in reverse, and return the loss and the gradient of the embedding
-rows (whose sparse update stays outside). Without graphs (the CPU, or another batch size) the
-same functions run eagerly, so the CPU tests check this module's data flow.
+the batch size of the first step: one forward graph (gathers, op, publishing) and one backward
+graph (``torch.autograd.grad`` of the op, the input gradients into the gradient buffers, and
+the dense optimizer update of the op's parameters, which no other segment reads). A layer's
+variants share one memory pool, and a variant keeps no autograd graph once captured
+(:meth:`SegmentedStep.pool`). The logit head includes the loss. A step is then: copy the
+inputs, replay the forward graphs in path order and the backward graphs in reverse, and
+return the loss and the gradient of the embedding rows (whose sparse update stays outside).
+Without graphs (the CPU, or another batch size) the same functions run eagerly, so the CPU
+tests check this module's data flow.
 """
 
 from __future__ import annotations
@@ -188,13 +190,21 @@ class _Run:
                 self._grads(leaves, outputs, grads_in)
         torch.cuda.current_stream().wait_stream(side)
         fwd, bwd = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
-        with torch.cuda.graph(fwd):
+        pool = self.step.pool(self.key)
+        with torch.cuda.graph(fwd, pool=pool):
             leaves, wheres, outputs, grads_in = self._forward()
             self._publish(outputs)
-        with torch.cuda.graph(bwd, pool=fwd.pool()):
+        with torch.cuda.graph(bwd, pool=pool):
             self._apply(leaves, wheres, self._grads(leaves, outputs, grads_in))
         self.graphs = (fwd, bwd)
         self.step.captured += 1
+        self._release()
+
+    def _release(self) -> None:
+        """Drop the output's autograd graph after the backward: it would keep the saved
+        tensors of the nodes the backward skipped alive, per variant. A published output is
+        read by nobody, so its memory goes back to the layer's pool."""
+        self.out = None if self.kinds else self.out.detach()
 
     def forward(self) -> None:
         if self.graphs is not None:
@@ -210,6 +220,7 @@ class _Run:
         leaves, wheres, outputs, grads_in = self._saved
         del self._saved
         self._apply(leaves, wheres, self._grads(leaves, outputs, grads_in))
+        self._release()
 
 
 class SegmentedStep:
@@ -246,6 +257,22 @@ class SegmentedStep:
         self._storage: int | None = None
         self.graph_batch: int | None = None  # the batch size segments are captured at
         self.captured = 0  # segment variants captured so far
+        self._pools: dict[tuple, tuple[int, int]] = {}
+
+    def pool(self, key: tuple) -> tuple[int, int]:
+        """The CUDA-graph memory pool of layer ``key``'s variants.
+
+        A path runs a layer once, so no two variants of one layer replay in the same step:
+        each variant's activations and temporaries only live between its own forward and
+        backward replays, and the variants can share memory. One pool per layer instead of
+        per variant keeps the graphs' memory near that of one variant per layer (variants
+        multiply with the widths: ~590 graphs for ~85 layers of ``nasrec_full``). Layers
+        never share: another layer's graphs replay between a layer's forward and backward.
+        """
+        handle = self._pools.get(key)
+        if handle is None:
+            handle = self._pools[key] = torch.cuda.graph_pool_handle()
+        return handle
 
     def fit(self, width: int, bound: int) -> int:
         """The fixed width of a merged input ``width`` wide: ``bound`` (from 64 rounded up
@@ -290,6 +317,7 @@ class SegmentedStep:
         storage = self.supernet.head_bias.data_ptr()
         if storage != self._storage:  # moved (.to()): graphs would read the old memory
             self._runs.clear()
+            self._pools.clear()
             self._buffers.clear()
             self.port_index = {k: v.to(emb.device) for k, v in self.forms.port_index.items()}
             self.graph_batch, self._storage = None, storage
