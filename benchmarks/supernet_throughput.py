@@ -128,8 +128,9 @@ for _n in (0, 1, 3):
         **TRAINER_VARIANTS["segmented+graph+tf32+check50"], "width_halvings": _n}
 # ablations of the segmented step (each patches modules: one per process): no pass-through
 # aliases, dense ops at their widest outputs, widths not rounded up to 8 columns, the
-# tensor-core attention kernels of attention_tensor_core.py (an experiment)
-for _ablation in ("noalias", "densewide", "unaligned", "tcattention"):
+# tensor-core attention kernels of attention_tensor_core.py (an experiment), the transformer
+# layer as one fused op (ranknas.supernet.fused_encoder, off by default until measured)
+for _ablation in ("noalias", "densewide", "unaligned", "tcattention", "fusedencoder"):
     TRAINER_VARIANTS[f"segmented+graph+tf32+check50+{_ablation}"] = \
         TRAINER_VARIANTS["segmented+graph+tf32+check50"]
 
@@ -156,6 +157,10 @@ def _ablate(variant: str) -> None:
             module.aligned = lambda n: n
     if variant.endswith("+tcattention"):
         _tensor_core_attention()
+    if variant.endswith("+fusedencoder"):
+        import ranknas.supernet.fused_encoder as fused_encoder
+
+        fused_encoder.ENABLED = True
 
 
 def _tensor_core_attention() -> None:

@@ -19,6 +19,11 @@ from ranknas.evaluator.tiny_attention import (
 )
 from ranknas.spaces.materialized import MaterializedNode
 from ranknas.supernet.elastic_base import ElasticOp, activate, positions, take
+from ranknas.supernet.fused_encoder import (
+    ENCODER_WEIGHTS,
+    fused_encoder_fits,
+    tiny_encoder_layer,
+)
 from ranknas.supernet.masked_base import (
     MaskedOp,
     Path,
@@ -205,6 +210,10 @@ class MaskedTransformer(_MaskedFields):
         b, n, e = z.shape
         heads = m.attn.num_heads
         key_bias = self.key_bias.view(path)[:n]
+        if fused_encoder_fits(z, heads):
+            weights = [m.get_parameter(name) for name in ENCODER_WEIGHTS]
+            return tiny_encoder_layer(z, key_bias, self.w[0].view(path)[:n], weights,
+                                      heads)[0]
         qkv = F.linear(z, m.attn.in_proj_weight, m.attn.in_proj_bias)
         if z.is_cuda and e // heads <= FUSED_MAX_HEAD_DIM and n <= FUSED_MAX_TOKENS:
             # SDPA's math path writes [B, h, L, L] scores: ~5x slower for NASRec's heads of 2

@@ -15,7 +15,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from ranknas.errors import ConfigError
 from ranknas.evaluator.data.schema import DataSchema
 from ranknas.spaces import load_space
-from ranknas.supernet import MaskedStep, Supernet, SupernetTrainConfig
+from ranknas.supernet import MaskedStep, Supernet, SupernetTrainConfig, fused_encoder
 from ranknas.supernet.masked import encode, program
 from ranknas.supernet.segmented import segmented, segmented_forward
 from ranknas.supernet.segmented_step import SegmentedStep
@@ -291,10 +291,12 @@ def test_narrow_inputs_and_outputs_run_cut():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
-def test_cuda_graphs_equal_eager_segments():
+@pytest.mark.parametrize("fused", [False, True])
+def test_cuda_graphs_equal_eager_segments(fused, monkeypatch):
     """Graphed segments (captured on first use, replayed on later paths) train as the same
     segments run eagerly, over paths that share segments; another batch size runs eagerly;
-    a moved supernet is captured again."""
+    a moved supernet is captured again. ``fused``: the transformer as one op (its kernels)."""
+    monkeypatch.setattr(fused_encoder, "ENABLED", fused)
     graphed_net = Supernet(load_space("nasrec_full"), SCHEMA, seed=0).cuda().train()
     eager_net = _twin(graphed_net)
     dense, sparse, labels = _data("cuda")

@@ -1,0 +1,373 @@
+"""Triton kernels for NASRec's tiny post-LN transformer encoder layer: forward and backward.
+
+The math is :func:`ranknas.supernet.fused_encoder.encoder_reference` (forward) and
+:func:`~ranknas.supernet.fused_encoder.encoder_reference_backward` (backward, recomputing the
+layer's internals from ``z``, the attention output ``att`` and its log-sum-exp ``lse``). Each
+direction is one kernel over ``z [B, L, E]`` (E <= 32, head dim <= 4, L <= 64):
+
+- a program holds one example's ``[NP, EP]`` tiles (``NP = max(16, next_pow2(L))`` tokens,
+  ``EP = max(16, next_pow2(E))`` features, padding loaded as 0) and loops over the examples
+  ``pid, pid + P, ...``; the weights are loaded once per program, as transposed ``[EP, EP]``
+  tiles, so every projection is a ``tl.dot`` (tensor cores, K >= 16);
+- attention is the tensor-core scheme of ``benchmarks/attention_tensor_core.py``: a head's 2-4
+  columns are far below ``tl.dot``'s minimum K, so each head's dot sees the other heads'
+  columns masked to zero, and the heads' outputs add up into one ``[NP, EP]`` tile;
+- the backward accumulates the 12 weight gradients in registers over the program's examples
+  and writes one partial row per program, summed on the host (as ``fused_norm``'s backward).
+
+Everything is computed in float32; ``out``, ``att`` and ``dz`` come out in ``z``'s dtype.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+try:  # only for the CUDA kernels; CPU-only installs have no Triton
+    import triton
+    import triton.language as tl
+except ImportError:
+    triton = tl = None
+
+__all__ = ["PRECISIONS", "encoder_backward", "encoder_forward", "fits"]
+
+#: ``tl.dot`` input precisions: TF32, 3xTF32 (near fp32) and plain fp32 FMA.
+PRECISIONS = ("tf32", "tf32x3", "ieee")
+MAX_FEATURES = 32
+MAX_HEAD_DIM = 4
+MAX_TOKENS = 64
+#: Default programs per SM: forward programs carry no state between examples, backward ones
+#: carry the weight-gradient accumulators (fewer programs, fewer partial rows to sum).
+_FWD_PER_SM, _BWD_PER_SM = 8, 4
+_CPU_PROGRAMS = 64  # the interpreter has no SMs
+
+
+def fits(z: torch.Tensor, heads: int) -> bool:
+    """Whether the kernels take ``z [B, L, E]`` with ``heads`` heads (CUDA, float32 / bf16,
+    E <= 32, head dim <= 4, L <= 64)."""
+    if triton is None or not z.is_cuda or z.dim() != 3 or heads <= 0:
+        return False
+    e = z.shape[-1]
+    return (z.dtype in (torch.float32, torch.bfloat16) and e <= MAX_FEATURES
+            and e % heads == 0 and e // heads <= MAX_HEAD_DIM and 0 < z.shape[1] <= MAX_TOKENS)
+
+
+if triton is not None:
+    @triton.jit
+    def _mm(a, b, PRECISION: tl.constexpr):
+        return tl.dot(a, b, input_precision=PRECISION)
+
+    @triton.jit
+    def _wt(w_ptr, E: tl.constexpr, EP: tl.constexpr):
+        """``W^T [EP in, EP out]`` of a row-major ``W [E out, E in]``, zero padded: ``x @ W^T``
+        is then one ``tl.dot``."""
+        i = tl.arange(0, EP)
+        o = tl.arange(0, EP)
+        ok = (i < E)[:, None] & (o < E)[None, :]
+        return tl.load(w_ptr + o[None, :] * E + i[:, None], mask=ok, other=0.0).to(tl.float32)
+
+    @triton.jit
+    def _vec(ptr, E: tl.constexpr, EP: tl.constexpr):
+        cols = tl.arange(0, EP)
+        return tl.load(ptr + cols, mask=cols < E, other=0.0).to(tl.float32)
+
+    @triton.jit
+    def _stats(x, cm, E: tl.constexpr):
+        """``(xhat, rstd)`` of LayerNorm rows; ``x``'s padded columns are 0 and ``cm`` (0/1
+        per column) keeps them out of the variance."""
+        mean = tl.sum(x, 1) / E
+        d = (x - mean[:, None]) * cm[None, :]
+        rstd = 1.0 / tl.sqrt(tl.sum(d * d, 1) / E + 1e-5)
+        return d * rstd[:, None], rstd
+
+    @triton.jit
+    def _norm_bwd(xhat, rstd, g, w, cm, E: tl.constexpr):
+        """``d x`` of LayerNorm from ``g = d y``; padded columns come out 0."""
+        dxhat = g * w[None, :]
+        c1 = tl.sum(dxhat * xhat, 1) / E
+        c2 = tl.sum(dxhat, 1) / E
+        return (dxhat - c2[:, None] - xhat * c1[:, None]) * rstd[:, None] * cm[None, :]
+
+    @triton.jit
+    def _store_mat(ptr, x, E: tl.constexpr, EP: tl.constexpr):
+        """Stores an ``[EP out, EP in]`` tile as row-major ``[E, E]``."""
+        o = tl.arange(0, EP)
+        i = tl.arange(0, EP)
+        tl.store(ptr + o[:, None] * E + i[None, :], x, mask=(o < E)[:, None] & (i < E)[None, :])
+
+    @triton.jit
+    def _encoder_fwd(z_ptr, kb_ptr, rm_ptr, in_w, in_b, out_w, out_b, n1_w, n1_b, f1_w, f1_b,
+                     f2_w, f2_b, n2_w, n2_b, out_ptr, att_ptr, lse_ptr, B, scale,
+                     L: tl.constexpr, H: tl.constexpr, D: tl.constexpr, NP: tl.constexpr,
+                     EP: tl.constexpr, PRECISION: tl.constexpr, UNROLL: tl.constexpr):
+        E: tl.constexpr = H * D
+        rows = tl.arange(0, NP)
+        cols = tl.arange(0, EP)
+        row_ok = rows < L
+        tile_ok = row_ok[:, None] & (cols < E)[None, :]
+        cm = (cols < E).to(tl.float32)
+        # padded keys score -inf; the padded query rows stay finite and are never stored
+        kb = tl.load(kb_ptr + rows, mask=row_ok, other=float("-inf")).to(tl.float32)
+        rm = tl.load(rm_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
+        # the score scale is folded into q's weights once per program
+        wq = _wt(in_w, E, EP) * scale
+        wk = _wt(in_w + E * E, E, EP)
+        wv = _wt(in_w + 2 * E * E, E, EP)
+        bq = _vec(in_b, E, EP) * scale
+        bk = _vec(in_b + E, E, EP)
+        bv = _vec(in_b + 2 * E, E, EP)
+        wo, bo = _wt(out_w, E, EP), _vec(out_b, E, EP)
+        w1, c1 = _wt(f1_w, E, EP), _vec(f1_b, E, EP)
+        w2, c2 = _wt(f2_w, E, EP), _vec(f2_b, E, EP)
+        g1, s1 = _vec(n1_w, E, EP), _vec(n1_b, E, EP)
+        g2, s2 = _vec(n2_w, E, EP), _vec(n2_b, E, EP)
+        # a while loop, not range(pid, B, P): the interpreter cannot range over a tensor
+        ex = tl.program_id(0).to(tl.int64)
+        while ex < B:
+            offs = ex * L * E + rows[:, None] * E + cols[None, :]
+            z = tl.load(z_ptr + offs, mask=tile_ok, other=0.0).to(tl.float32)
+            q = _mm(z, wq, PRECISION) + bq[None, :]
+            k = _mm(z, wk, PRECISION) + bk[None, :]
+            v = _mm(z, wv, PRECISION) + bv[None, :]
+            kt = tl.trans(k)
+            att = tl.zeros((NP, EP), tl.float32)
+            # a runtime head loop (UNROLL = 1) holds one [NP, NP] score tile at a time
+            for h in tl.range(H, loop_unroll_factor=UNROLL):
+                head = (cols // D) == h  # padded columns match no head
+                s = _mm(tl.where(head[None, :], q, 0.0), kt, PRECISION) + kb[None, :]
+                m = tl.max(s, 1)
+                p = tl.exp(s - m[:, None])
+                total = tl.sum(p, 1)
+                pv = _mm(p, tl.where(head[None, :], v, 0.0), PRECISION)
+                att += pv * (1.0 / total)[:, None]  # normalise [NP, EP], not [NP, NP]
+                tl.store(lse_ptr + (ex * H + h) * L + rows, m + tl.log(total), mask=row_ok)
+            tl.store(att_ptr + offs, att.to(att_ptr.dtype.element_ty), mask=tile_ok)
+            # project att as stored (rounded to z's dtype), as the backward recomputes it
+            att = att.to(att_ptr.dtype.element_ty).to(tl.float32)
+            xhat1, _ = _stats(z + _mm(att, wo, PRECISION) + bo[None, :], cm, E)
+            y1 = xhat1 * g1[None, :] + s1[None, :]
+            hidden = tl.maximum(_mm(y1, w1, PRECISION) + c1[None, :], 0.0)
+            xhat2, _ = _stats(y1 + _mm(hidden, w2, PRECISION) + c2[None, :], cm, E)
+            out = (xhat2 * g2[None, :] + s2[None, :]) * rm[:, None]
+            tl.store(out_ptr + offs, out.to(out_ptr.dtype.element_ty), mask=tile_ok)
+            ex += tl.num_programs(0)
+
+    @triton.jit
+    def _encoder_bwd(grad_ptr, z_ptr, att_ptr, lse_ptr, kb_ptr, rm_ptr, in_w, in_b, out_w,
+                     out_b, n1_w, n1_b, f1_w, f1_b, f2_w, f2_b, n2_w, dz_ptr, part_ptr, B,
+                     scale, L: tl.constexpr, H: tl.constexpr, D: tl.constexpr,
+                     NP: tl.constexpr, EP: tl.constexpr, PRECISION: tl.constexpr,
+                     UNROLL: tl.constexpr):
+        E: tl.constexpr = H * D
+        EE: tl.constexpr = E * E
+        pid = tl.program_id(0)
+        rows = tl.arange(0, NP)
+        cols = tl.arange(0, EP)
+        row_ok = rows < L
+        tile_ok = row_ok[:, None] & (cols < E)[None, :]
+        cm = (cols < E).to(tl.float32)
+        kb = tl.load(kb_ptr + rows, mask=row_ok, other=float("-inf")).to(tl.float32)
+        rm = tl.load(rm_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
+        wq = _wt(in_w, E, EP) * scale  # scaled as in forward: q below is the scaled q
+        wk = _wt(in_w + EE, E, EP)
+        wv = _wt(in_w + 2 * EE, E, EP)
+        bq = _vec(in_b, E, EP) * scale
+        bk = _vec(in_b + E, E, EP)
+        bv = _vec(in_b + 2 * E, E, EP)
+        wo, bo = _wt(out_w, E, EP), _vec(out_b, E, EP)
+        w1, c1 = _wt(f1_w, E, EP), _vec(f1_b, E, EP)
+        w2, c2 = _wt(f2_w, E, EP), _vec(f2_b, E, EP)
+        g1, s1 = _vec(n1_w, E, EP), _vec(n1_b, E, EP)
+        g2 = _vec(n2_w, E, EP)
+        # weight-gradient accumulators, [out, in] like the weights
+        d_wq = tl.zeros((EP, EP), tl.float32)
+        d_wk = tl.zeros((EP, EP), tl.float32)
+        d_wv = tl.zeros((EP, EP), tl.float32)
+        d_wo = tl.zeros((EP, EP), tl.float32)
+        d_w1 = tl.zeros((EP, EP), tl.float32)
+        d_w2 = tl.zeros((EP, EP), tl.float32)
+        d_bq = tl.zeros((EP,), tl.float32)
+        d_bk = tl.zeros((EP,), tl.float32)
+        d_bv = tl.zeros((EP,), tl.float32)
+        d_bo = tl.zeros((EP,), tl.float32)
+        d_g1 = tl.zeros((EP,), tl.float32)
+        d_s1 = tl.zeros((EP,), tl.float32)
+        d_c1 = tl.zeros((EP,), tl.float32)
+        d_c2 = tl.zeros((EP,), tl.float32)
+        d_g2 = tl.zeros((EP,), tl.float32)
+        d_s2 = tl.zeros((EP,), tl.float32)
+        ex = pid.to(tl.int64)
+        while ex < B:
+            offs = ex * L * E + rows[:, None] * E + cols[None, :]
+            z = tl.load(z_ptr + offs, mask=tile_ok, other=0.0).to(tl.float32)
+            att = tl.load(att_ptr + offs, mask=tile_ok, other=0.0).to(tl.float32)
+            # masked and padded rows get zero gradient, so they add nothing to the sums below
+            dy2 = tl.load(grad_ptr + offs, mask=tile_ok, other=0.0).to(tl.float32) * rm[:, None]
+            # recompute the layer from z and att (the attention's inputs only further down)
+            xhat1, rstd1 = _stats(z + _mm(att, wo, PRECISION) + bo[None, :], cm, E)
+            y1 = xhat1 * g1[None, :] + s1[None, :]
+            pre = _mm(y1, w1, PRECISION) + c1[None, :]
+            hidden = tl.maximum(pre, 0.0)
+            xhat2, rstd2 = _stats(y1 + _mm(hidden, w2, PRECISION) + c2[None, :], cm, E)
+            # second LayerNorm, FFN, first LayerNorm, out-projection
+            dv2 = _norm_bwd(xhat2, rstd2, dy2, g2, cm, E)
+            d_g2 += tl.sum(dy2 * xhat2, 0)
+            d_s2 += tl.sum(dy2, 0)
+            d_w2 += _mm(tl.trans(dv2), hidden, PRECISION)
+            d_c2 += tl.sum(dv2, 0)
+            dpre = tl.where(pre > 0, _mm(dv2, tl.trans(w2), PRECISION), 0.0)
+            d_w1 += _mm(tl.trans(dpre), y1, PRECISION)
+            d_c1 += tl.sum(dpre, 0)
+            dy1 = dv2 + _mm(dpre, tl.trans(w1), PRECISION)
+            du = _norm_bwd(xhat1, rstd1, dy1, g1, cm, E)
+            d_g1 += tl.sum(dy1 * xhat1, 0)
+            d_s1 += tl.sum(dy1, 0)
+            d_wo += _mm(tl.trans(du), att, PRECISION)
+            d_bo += tl.sum(du, 0)
+            datt = _mm(du, tl.trans(wo), PRECISION)
+            # attention backward, probabilities recomputed from lse
+            q = _mm(z, wq, PRECISION) + bq[None, :]
+            k = _mm(z, wk, PRECISION) + bk[None, :]
+            v = _mm(z, wv, PRECISION) + bv[None, :]
+            kt = tl.trans(k)
+            vt = tl.trans(v)
+            dq = tl.zeros((NP, EP), tl.float32)
+            dk = tl.zeros((NP, EP), tl.float32)
+            dv = tl.zeros((NP, EP), tl.float32)
+            for h in tl.range(H, loop_unroll_factor=UNROLL):
+                head = (cols // D) == h
+                qh = tl.where(head[None, :], q, 0.0)
+                doh = tl.where(head[None, :], datt, 0.0)
+                # padded query rows read lse = +inf: p = 0 even where the score is -inf
+                lse = tl.load(lse_ptr + (ex * H + h) * L + rows, mask=row_ok,
+                              other=float("inf"))
+                p = tl.exp(_mm(qh, kt, PRECISION) + kb[None, :] - lse[:, None])
+                dv += _mm(tl.trans(p), doh, PRECISION)
+                # doh is head-masked, so dp and delta only see head h's columns
+                delta = tl.sum(doh * att, 1)
+                ds = p * (_mm(doh, vt, PRECISION) - delta[:, None])
+                dq += _mm(ds, tl.where(head[None, :], k, 0.0), PRECISION)
+                dk += _mm(tl.trans(ds), qh, PRECISION)
+            # dq is d/d(scaled q): through the scaled wq it gives dz directly, and the true
+            # in-projection gradients are its sums times scale (applied once, at the end)
+            d_wq += _mm(tl.trans(dq), z, PRECISION)
+            d_wk += _mm(tl.trans(dk), z, PRECISION)
+            d_wv += _mm(tl.trans(dv), z, PRECISION)
+            d_bq += tl.sum(dq, 0)
+            d_bk += tl.sum(dk, 0)
+            d_bv += tl.sum(dv, 0)
+            dz = (du + _mm(dq, tl.trans(wq), PRECISION) + _mm(dk, tl.trans(wk), PRECISION)
+                  + _mm(dv, tl.trans(wv), PRECISION))
+            tl.store(dz_ptr + offs, dz.to(dz_ptr.dtype.element_ty), mask=tile_ok)
+            ex += tl.num_programs(0)
+        # one partial row per program, in ENCODER_WEIGHTS order, flattened
+        col_ok = cols < E
+        row = part_ptr + pid.to(tl.int64) * (6 * EE + 10 * E)
+        _store_mat(row, d_wq * scale, E, EP)
+        _store_mat(row + EE, d_wk, E, EP)
+        _store_mat(row + 2 * EE, d_wv, E, EP)
+        row += 3 * EE
+        tl.store(row + cols, d_bq * scale, mask=col_ok)
+        tl.store(row + E + cols, d_bk, mask=col_ok)
+        tl.store(row + 2 * E + cols, d_bv, mask=col_ok)
+        row += 3 * E
+        _store_mat(row, d_wo, E, EP)
+        row += EE
+        tl.store(row + cols, d_bo, mask=col_ok)
+        tl.store(row + E + cols, d_g1, mask=col_ok)
+        tl.store(row + 2 * E + cols, d_s1, mask=col_ok)
+        row += 3 * E
+        _store_mat(row, d_w1, E, EP)
+        tl.store(row + EE + cols, d_c1, mask=col_ok)
+        row += EE + E
+        _store_mat(row, d_w2, E, EP)
+        tl.store(row + EE + cols, d_c2, mask=col_ok)
+        tl.store(row + EE + E + cols, d_g2, mask=col_ok)
+        tl.store(row + EE + 2 * E + cols, d_s2, mask=col_ok)
+
+
+def _launch(z: torch.Tensor, heads: int, precision: str, programs: int | None,
+            per_sm: int, num_warps: int, unroll: int) -> tuple[int, dict]:
+    """``(programs, launch keywords)`` shared by both kernels."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    b, n, e = z.shape
+    d = e // heads
+    if programs is None:
+        programs = (per_sm * torch.cuda.get_device_properties(z.device).multi_processor_count
+                    if z.is_cuda else _CPU_PROGRAMS)
+    programs = max(1, min(b, programs))
+    return programs, {"B": b, "scale": 1 / math.sqrt(d), "L": n, "H": heads, "D": d,
+                      "NP": max(16, triton.next_power_of_2(n)),
+                      "EP": max(16, triton.next_power_of_2(e)), "PRECISION": precision,
+                      "UNROLL": unroll, "num_warps": num_warps}
+
+
+def _masks(key_bias: torch.Tensor, row_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return key_bias.to(torch.float32).contiguous(), row_mask.to(torch.float32).contiguous()
+
+
+def encoder_forward(z: torch.Tensor, key_bias: torch.Tensor, row_mask: torch.Tensor,
+                    weights: list[torch.Tensor], heads: int, precision: str = "tf32", *,
+                    programs: int | None = None, num_warps: int = 4, unroll: int = 1
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The encoder layer over ``z [B, L, E]``, as ``encoder_reference``.
+
+    Args:
+        z: Tokens ``[B, L, E]``, float32 or bfloat16 (see :func:`fits`).
+        key_bias: ``[L]`` added to every query's scores (0, or -inf for a padded token).
+        row_mask: ``[L]`` 0/1 multiplied into the output rows.
+        weights: The 12 parameters in ``ENCODER_WEIGHTS`` order.
+        heads: Attention heads.
+        precision: ``tl.dot``'s input precision, one of :data:`PRECISIONS`.
+        programs: Programs launched (each loops over examples); default 8 per SM.
+        num_warps: Warps per program.
+        unroll: Unroll factor of the loop over heads (1: a runtime loop, fewest registers).
+
+    Returns:
+        ``(out [B, L, E], att [B, L, E], lse [B*heads, L])``: ``out`` and ``att`` in ``z``'s
+        dtype, ``lse`` float32.
+    """
+    z = z.contiguous()
+    b, n, _ = z.shape
+    grid, meta = _launch(z, heads, precision, programs, _FWD_PER_SM, num_warps, unroll)
+    out, att = torch.empty_like(z), torch.empty_like(z)
+    lse = torch.empty(b * heads, n, dtype=torch.float32, device=z.device)
+    _encoder_fwd[(grid,)](z, *_masks(key_bias, row_mask),
+                          *(w.contiguous() for w in weights), out, att, lse, **meta)
+    return out, att, lse
+
+
+def encoder_backward(grad: torch.Tensor, z: torch.Tensor, key_bias: torch.Tensor,
+                     row_mask: torch.Tensor, weights: list[torch.Tensor], heads: int,
+                     att: torch.Tensor, lse: torch.Tensor, precision: str = "tf32", *,
+                     programs: int | None = None, num_warps: int = 4, unroll: int = 1
+                     ) -> list[torch.Tensor]:
+    """Gradients of :func:`encoder_forward`, as ``encoder_reference_backward``.
+
+    Args:
+        grad: ``d loss / d out [B, L, E]``.
+        z, key_bias, row_mask, weights, heads: As given to :func:`encoder_forward`.
+        att: ``[B, L, E]`` and lse: ``[B*heads, L]`` from :func:`encoder_forward`.
+        precision, num_warps, unroll: As for :func:`encoder_forward`.
+        programs: Programs launched; each accumulates the weight gradients of its examples
+            into one partial row. Default 4 per SM.
+
+    Returns:
+        ``[dz [B, L, E], d in_proj_weight, d in_proj_bias, ..., d ffn_norm.bias]``: ``dz`` in
+        ``z``'s dtype, each weight gradient shaped and typed like its weight.
+    """
+    z = z.contiguous()
+    grid, meta = _launch(z, heads, precision, programs, _BWD_PER_SM, num_warps, unroll)
+    e = z.shape[-1]
+    dz = torch.empty_like(z)
+    part = torch.empty(grid, 6 * e * e + 10 * e, dtype=torch.float32, device=z.device)
+    # ffn_norm.bias is not needed: LayerNorm's input gradient does not depend on it
+    _encoder_bwd[(grid,)](grad.contiguous(), z, att.contiguous(), lse.contiguous(),
+                          *_masks(key_bias, row_mask),
+                          *(w.contiguous() for w in weights[:11]), dz, part, **meta)
+    sums = part.sum(0).split([w.numel() for w in weights])
+    # copies, not views of one buffer: a custom op's outputs may not alias each other
+    return [dz, *(s.view_as(w).to(w.dtype, copy=True)
+                  for s, w in zip(sums, weights, strict=True))]
