@@ -97,6 +97,22 @@ if triton is not None:
         tl.store(ptr + o[:, None] * E + i[None, :], x, mask=(o < E)[:, None] & (i < E)[None, :])
 
     @triton.jit
+    def _in_proj(in_w, in_b, scale, E: tl.constexpr, EP: tl.constexpr):
+        """``(wq, wk, wv, bq, bk, bv)``: the in-projection's transposed tiles and biases, the
+        score scale folded into q's (once per program, not into every score tile)."""
+        wq = _wt(in_w, E, EP) * scale
+        wk = _wt(in_w + E * E, E, EP)
+        wv = _wt(in_w + 2 * E * E, E, EP)
+        bq = _vec(in_b, E, EP) * scale
+        return wq, wk, wv, bq, _vec(in_b + E, E, EP), _vec(in_b + 2 * E, E, EP)
+
+    @triton.jit
+    def _token_masks(kb_ptr, rm_ptr, rows, row_ok):
+        """``(key bias, row mask)`` per token; padded tokens score -inf and are masked out."""
+        kb = tl.load(kb_ptr + rows, mask=row_ok, other=float("-inf")).to(tl.float32)
+        return kb, tl.load(rm_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
+
+    @triton.jit
     def _encoder_fwd(z_ptr, kb_ptr, rm_ptr, in_w, in_b, out_w, out_b, n1_w, n1_b, f1_w, f1_b,
                      f2_w, f2_b, n2_w, n2_b, out_ptr, att_ptr, lse_ptr, B, scale,
                      L: tl.constexpr, H: tl.constexpr, D: tl.constexpr, NP: tl.constexpr,
@@ -107,16 +123,9 @@ if triton is not None:
         row_ok = rows < L
         tile_ok = row_ok[:, None] & (cols < E)[None, :]
         cm = (cols < E).to(tl.float32)
-        # padded keys score -inf; the padded query rows stay finite and are never stored
-        kb = tl.load(kb_ptr + rows, mask=row_ok, other=float("-inf")).to(tl.float32)
-        rm = tl.load(rm_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
-        # the score scale is folded into q's weights once per program
-        wq = _wt(in_w, E, EP) * scale
-        wk = _wt(in_w + E * E, E, EP)
-        wv = _wt(in_w + 2 * E * E, E, EP)
-        bq = _vec(in_b, E, EP) * scale
-        bk = _vec(in_b + E, E, EP)
-        bv = _vec(in_b + 2 * E, E, EP)
+        # padded keys score -inf; padded query rows stay finite and are never stored
+        kb, rm = _token_masks(kb_ptr, rm_ptr, rows, row_ok)
+        wq, wk, wv, bq, bk, bv = _in_proj(in_w, in_b, scale, E, EP)
         wo, bo = _wt(out_w, E, EP), _vec(out_b, E, EP)
         w1, c1 = _wt(f1_w, E, EP), _vec(f1_b, E, EP)
         w2, c2 = _wt(f2_w, E, EP), _vec(f2_b, E, EP)
@@ -167,14 +176,8 @@ if triton is not None:
         row_ok = rows < L
         tile_ok = row_ok[:, None] & (cols < E)[None, :]
         cm = (cols < E).to(tl.float32)
-        kb = tl.load(kb_ptr + rows, mask=row_ok, other=float("-inf")).to(tl.float32)
-        rm = tl.load(rm_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
-        wq = _wt(in_w, E, EP) * scale  # scaled as in forward: q below is the scaled q
-        wk = _wt(in_w + EE, E, EP)
-        wv = _wt(in_w + 2 * EE, E, EP)
-        bq = _vec(in_b, E, EP) * scale
-        bk = _vec(in_b + E, E, EP)
-        bv = _vec(in_b + 2 * E, E, EP)
+        kb, rm = _token_masks(kb_ptr, rm_ptr, rows, row_ok)
+        wq, wk, wv, bq, bk, bv = _in_proj(in_w, in_b, scale, E, EP)  # q below is the scaled q
         wo, bo = _wt(out_w, E, EP), _vec(out_b, E, EP)
         w1, c1 = _wt(f1_w, E, EP), _vec(f1_b, E, EP)
         w2, c2 = _wt(f2_w, E, EP), _vec(f2_b, E, EP)
