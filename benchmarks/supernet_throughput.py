@@ -23,7 +23,10 @@ over the same architectures, measured in the same run.
 variants, ``segmented`` among them (only the path's ops, one CUDA graph per segment: it warms
 up for 1000 steps so that every segment is captured before timing, and reports how many were
 captured while timed). Its steps are timed in ``--chunks`` chunks and the median chunk without
-a capture is reported, so one late capture or host stall does not skew the figure. Captured
+a capture is reported, so one late capture or host stall does not skew the figure.
+``--subnets K`` puts the issue's step ratio beside each trainer row: K sampled architectures as
+standalone models (own and widest widths) with the same GPU tricks (CUDA graph, TF32, fused
+attention, index embedding update), the mean step of each against the trainer's. Captured
 graphs keep their memory for the life of the process, so on a GPU run one trainer variant per
 process.
 """
@@ -327,6 +330,36 @@ def measure(space: SearchSpace, schema: DataSchema, archs: list[Architecture], b
             "paths": len(archs)}
 
 
+def measure_subnets(space: SearchSpace, schema: DataSchema, archs: list[Architecture],
+                    batch: int, steps: int, device: torch.device) -> dict:
+    """Step time of ``archs`` as standalone models, at their own and at their widest widths,
+    trained by ``ranknas.evaluator.training.train`` with what the segmented trainer uses on a
+    GPU (CUDA graph, TF32, fused attention, index embedding update; none of them on a CPU):
+    the subnet-alone side of the issue's step ratio for the trainer rows."""
+    from dataclasses import replace
+
+    from ranknas.evaluator.training import TrainConfig, train
+
+    gpu = device.type == "cuda"
+    data = random_data(schema, 1 << 20 if gpu else 1 << 14, device)
+    cfg = TrainConfig(steps=2, batch_size=batch, lr=0.01, device=str(device), check_every=50,
+                      embedding_update="index", cuda_graph=gpu, fused_attention=gpu,
+                      precision="tf32" if gpu else "fp32")
+    times: dict[str, list[float]] = {"own": [], "widest": []}
+    for arch in archs:
+        for kind, target in (("own", arch), ("widest", widest(space, arch))):
+            # `steps` steps of warm-up (capture), then `steps` timed: progress reports (after
+            # a device sync) at both ends
+            marks: list[float] = []
+            train(build_model(space, target, schema), data,
+                  replace(cfg, steps=2 * steps, log_every=steps),
+                  progress=lambda p, marks=marks: marks.append(p["seconds"]))
+            times[kind].append((marks[-1] - marks[0]) / steps)
+    # the mean, as the trainer's time per step is a mean over its paths
+    own, wide = statistics.fmean(times["own"]), statistics.fmean(times["widest"])
+    return {"subnet_own_ms": own * 1e3, "subnet_widest_ms": wide * 1e3, "subnets": len(archs)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--device", default="cpu")
@@ -342,6 +375,9 @@ def main() -> None:
     parser.add_argument("--chunks", type=int, default=5,
                         help="trainer: time the steps in this many chunks and report the "
                              "median chunk without a capture")
+    parser.add_argument("--subnets", type=int, default=0,
+                        help="trainer rows: also time this many of the paths as standalone "
+                             "models (own and widest widths) and report the step ratios")
     parser.add_argument("--no-sliced", action="store_true",
                         help="skip the sliced step vs subnet comparison")
     parser.add_argument("--out", default=None)
@@ -383,20 +419,30 @@ def main() -> None:
                   f"{r['live_ex_s']:,.0f} | {r['encode_ms']:.2f} | {fl} | {r['setup_s']:.0f} |")
     if args.trainer:
         result["trainer"] = []
+        subnets: dict[int, dict] = {}
         for b in args.batch_sizes:
             for variant in args.trainer:
                 row = measure_trainer(space, schema, b, args.steps, device, variant,
                                       args.warmup, args.chunks)
+                if args.subnets:
+                    sub = subnets.get(b) or subnets.setdefault(b, measure_subnets(
+                        space, schema, archs[:args.subnets], b, args.steps, device))
+                    row.update(sub, ratio_vs_own=row["ms"] / sub["subnet_own_ms"],
+                               ratio_vs_widest=row["ms"] / sub["subnet_widest_ms"])
                 result["trainer"].append(row)
                 print(json.dumps(row), flush=True)
                 if args.out:
                     Path(args.out).write_text(json.dumps(result, indent=1))
-        print("| B | trainer variant | ex/s | ms/step (median chunk) | chunks ms | set-up s |")
-        print("|---|---|---|---|---|---|")
+        print("| B | trainer variant | ex/s | ms/step (median chunk) | chunks ms | set-up s "
+              "| subnet own / widest ms | step / own | step / widest |")
+        print("|---|---|---|---|---|---|---|---|---|")
         for r in result["trainer"]:
             spread = " ".join(f"{ms:.2f}" for ms in r["ms_chunks"])
+            ratios = (f"{r['subnet_own_ms']:.2f} / {r['subnet_widest_ms']:.2f} | "
+                      f"{r['ratio_vs_own']:.2f} | {r['ratio_vs_widest']:.2f}"
+                      if "subnet_own_ms" in r else " | | ")
             print(f"| {r['batch']} | {r['variant']} | {r['ex_s']:,.0f} | {r['ms']:.2f} | "
-                  f"{spread} | {r['setup_s']:.0f} |")
+                  f"{spread} | {r['setup_s']:.0f} | {ratios} |")
     rows = [] if args.no_sliced else [measure(space, schema, archs, b, args.steps, device)
                                       for b in args.batch_sizes]
     result["rows"] = rows
