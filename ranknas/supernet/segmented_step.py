@@ -68,7 +68,7 @@ class _Run:
     forward and backward, eager or replayed from CUDA graphs."""
 
     def __init__(self, step: SegmentedStep, key: tuple, is_out: bool, buf: Buffers,
-                 prev: _Run | None, graphed: bool, sizes: tuple[tuple[int, int], ...],
+                 prev: _Run | None, graphed: bool, sizes: tuple[tuple[int, int, bool], ...],
                  out_size: int | None) -> None:
         self.step, self.key, self.is_out, self.buf, self.prev = step, key, is_out, buf, prev
         self.out_size = out_size  # the op's fixed output size, if not its widest
@@ -79,7 +79,7 @@ class _Run:
         else:
             self.layer = step.prog.layers[key]
             self.ports, self.params = self.layer.ports, list(self.layer.op.m.parameters())
-        # per port: (its input's width, the columns read from a source's form)
+        # per port: (its input's width, the columns read from a source's form, connected)
         self.sizes = dict(zip(self.ports, sizes, strict=True))
         self.kinds = step.forms.kinds.get(key[0], ()) if is_out and not self.head else ()
         self.written: dict[Kind, int] = {}  # the width published per kind (fixed per run)
@@ -94,16 +94,18 @@ class _Run:
                path: Path) -> tuple[torch.Tensor, torch.Tensor, tuple]:
         """(the op's input, the leaf autograd differentiates, where its gradient goes)."""
         p, step = port.port, self.step
-        size, read = self.sizes[name]
+        size, read, present = self.sizes[name]
         alias = step.forms.aliases.get(port.cands[0])
+        if not present:  # unconnected: the op reads zeros, and no gradient goes back
+            form = self.buf.forms[p.kind]
+            x = form.new_zeros(form.shape[0], size, *form.shape[2:])
+            return x, x, ("none",)
         if port.gather is not None or alias is not None:
             # gathered from the kind's buffer (no concatenation); a pass-through concat's
             # readers gather its merged input where it would have
             gather = port if alias is None else alias
             cols = step.port_index[id(gather)]  # the zero column last
             index = cols.index_select(0, gather.gather.view(path)[:size])
-            if alias is not None:  # an absent input gathers the zero column
-                index = torch.where(port.present.view(path) > 0, index, cols[-1])
             x = self.buf.forms[p.kind].index_select(1, index).requires_grad_()
             return x, x, ("gather", p.kind, index)
         if port.cands == (_PREV,):
@@ -111,11 +113,14 @@ class _Run:
             where: tuple = ("prev",)
         else:
             kind, start, _ = step.forms.ranges[(port.cands[0], p.kind)]
-            leaf = self.buf.forms[kind].narrow(1, start, read).detach()
+            # .data, not .detach(): a view with a version counter of its own, or the source's
+            # range, saved for this op's backward, would count as modified when a later block
+            # of the step publishes into another range of the same buffer (nothing writes
+            # this range again before the backward: a block publishes once, before readers)
+            leaf = self.buf.forms[kind].narrow(1, start, read).data
             leaf.requires_grad_(port.cands[0] != "dense")
             where = ("range", kind, start, read)
-        x = resize(as_kind(leaf, p.kind, step.dim), size) * port.present.view(path)
-        return x, leaf, where
+        return resize(as_kind(leaf, p.kind, step.dim), size), leaf, where
 
     def _forward(self) -> tuple[list, list, list, list]:
         """The segment: (leaves, where their gradients go, what to differentiate, its
@@ -289,24 +294,34 @@ class SegmentedStep:
         return size
 
     def _sizes(self, ports: dict[str, _Port], widths: tuple[int, ...],
-               written: dict[Source, int], joint: bool = False) -> tuple[tuple[int, int], ...]:
+               written: dict[Source, int], joint: bool = False
+               ) -> tuple[tuple[int, int, bool], ...]:
         """Per port: (the fixed width of its input, the columns read from its source's form:
-        never past what this step wrote there). ``joint``: every port holds the widest
-        input (an op that pads its inputs to one width: fewer variants to capture)."""
+        never past what this step wrote there, whether it is connected). ``joint``: every port
+        holds the widest input (an op that pads its inputs to one width: fewer variants to
+        capture).
+
+        A port with one source is connected or not per variant, so its input needs no 0/1
+        multiply (one pass forward and one backward); a gathered port reads the zero column
+        where it is absent."""
+        present = [width > 0 for width in widths]
         if joint:
             widths = (max(widths),) * len(widths)
         sizes = []
-        for port, width in zip(ports.values(), widths, strict=True):
+        for port, width, on in zip(ports.values(), widths, present, strict=True):
             p = port.port
-            if port.cands == (_PREV,):
-                sizes.append((p.bound, 0))
+            if port.cands == (_PREV,):  # a stacked layer's previous layer: always there
+                sizes.append((p.bound, 0, True))
                 continue
             size = self.fit(width, p.bound)
-            if port.gather is not None or port.cands[0] in self.forms.aliases:
-                sizes.append((size, 0))
+            if port.gather is not None:  # the gathered index holds the absence
+                sizes.append((size, 0, True))
+            elif port.cands[0] in self.forms.aliases:
+                sizes.append((size, 0, on))
             else:
                 source = (port.cands[0], p.kind)
-                sizes.append((size, min(size, written.get(source, self.forms.ranges[source][2]))))
+                read = min(size, written.get(source, self.forms.ranges[source][2]))
+                sizes.append((size, read, on))
         return tuple(sizes)
 
     def __call__(self, dense: torch.Tensor, emb: torch.Tensor, labels: torch.Tensor,
@@ -374,7 +389,7 @@ class SegmentedStep:
         return loss, grad
 
     def _run(self, key: tuple, is_out: bool, buf: Buffers, prev: _Run | None,
-             graphed: bool, sizes: tuple[tuple[int, int], ...], out: int | None) -> _Run:
+             graphed: bool, sizes: tuple[tuple[int, int, bool], ...], out: int | None) -> _Run:
         # a stacked layer's graph reads its previous layer's output where that run keeps it
         cache = (key, is_out, buf.labels.shape[0], graphed, sizes, out,
                  None if prev is None else prev.cache)

@@ -203,8 +203,8 @@ def test_pass_through_concats_run_no_segment():
 
 
 def test_an_absent_input_of_a_pass_through_concat_reads_zeros():
-    """A reader whose port is absent (``present`` 0) reads zeros, not the concat's input, as
-    in the masked program (NASRec's paths never do this: forced here)."""
+    """A reader whose port is absent (width 0, ``present`` 0) reads zeros, not the concat's
+    input, as in the masked program (NASRec's paths never do this: forced here)."""
     supernet = Supernet(load_space("nasrec_full"), SCHEMA, seed=0).train()
     step = SegmentedStep(supernet, lambda p, g: None)
     dense, sparse, labels = _data()
@@ -213,8 +213,9 @@ def test_an_absent_input_of_a_pass_through_concat_reads_zeros():
     (port,) = step.prog.layers[(node.block, node.op, node.k)].ports.values()
     assert port.cands[0] in step.forms.aliases
     floats = path.floats.clone()
-    floats[port.present.offset] = 0.0
-    absent = replace(path, arch_id=path.arch_id + "-absent", floats=floats)
+    floats[port.present.offset] = 0.0  # as the masked program reads it; the step: the width
+    nodes = tuple(n._replace(widths=(0,)) if n == node else n for n in path.nodes)
+    absent = replace(path, arch_id=path.arch_id + "-absent", floats=floats, nodes=nodes)
     emb = supernet.embedding(sparse).detach()
     for p in (path, absent):
         want = F.binary_cross_entropy_with_logits(
@@ -280,14 +281,14 @@ def test_narrow_inputs_and_outputs_run_cut():
     def cut(step: SegmentedStep) -> tuple[bool, set[str]]:
         runs = step._runs.values()
         return (any(size < run.ports[name].port.bound
-                    for run in runs for name, (size, _) in run.sizes.items()),
+                    for run in runs for name, (size, _, _) in run.sizes.items()),
                 {run.key[1] for run in runs if run.out_size is not None})
 
     assert cut(steps[0]) == (False, set())
     assert cut(steps[1]) == (True, {"dot-product", "fm", "linear-2d", "linear-3d",
                                     "sigmoid-gating", "sum", "transformer"})
     assert any(size > run.ports[name].port.bound  # bound 1028 -> 1032
-               for run in steps[0]._runs.values() for name, (size, _) in run.sizes.items())
+               for run in steps[0]._runs.values() for name, (size, _, _) in run.sizes.items())
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
