@@ -1,5 +1,6 @@
 """What the benchmarks share: Criteo-like schemas and data made on the device, the device's
-measured ceilings (copy bandwidth, matmul rates) and a description of the machine."""
+measured ceilings (copy bandwidth, matmul rates), a description of the machine, an
+architecture at its widest widths and a device sync."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import torch
 
 from ranknas.evaluator.data.base import CTRData
 from ranknas.evaluator.data.schema import Batch, DataSchema
+from ranknas.spaces import Architecture, SearchSpace
+from ranknas.spaces.choices import Categorical
 
 #: Criteo Kaggle (Display Advertising Challenge) rows per sparse field C1..C26.
 CRITEO_CARDINALITIES = (
@@ -113,3 +116,16 @@ def environment(device: torch.device) -> dict:
     return env
 
 
+def widest(space: SearchSpace, arch: Architecture) -> Architecture:
+    """``arch`` with every active width decision at its largest option."""
+    values = arch.as_dict()
+    for name in values:
+        choice = space.choice(name)
+        if ".width" in name and isinstance(choice, Categorical):
+            values[name] = max(choice.options)
+    return space.canonicalize(values)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()

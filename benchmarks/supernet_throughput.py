@@ -41,24 +41,19 @@ import time
 from pathlib import Path
 
 import torch
-from bench_common import ceilings, criteo_schema, random_data
+from bench_common import ceilings, criteo_schema, sync, widest
 from step_cost import forward_cost, step_floor
 from torch import nn
+from trainer_throughput import (
+    TRAINER_VARIANTS,
+    measure_subnets,
+    measure_trainer,
+    print_trainer_rows,
+)
 
 from ranknas.evaluator.data.schema import DataSchema
 from ranknas.spaces import Architecture, SearchSpace, build_model, load_space
-from ranknas.spaces.choices import Categorical
 from ranknas.supernet import Supernet
-
-
-def widest(space: SearchSpace, arch: Architecture) -> Architecture:
-    """``arch`` with every active width decision at its largest option."""
-    values = arch.as_dict()
-    for name in values:
-        choice = space.choice(name)
-        if ".width" in name and isinstance(choice, Categorical):
-            values[name] = max(choice.options)
-    return space.canonicalize(values)
 
 
 def optimizers(dense: list[nn.Parameter], sparse: list[nn.Parameter]) -> list:
@@ -105,133 +100,6 @@ MASKED_VARIANTS = {
 }
 
 
-TRAINER_VARIANTS = {
-    "sliced": {},
-    "sliced+index": {"embedding_update": "index"},
-    "sliced+index+check50": {"embedding_update": "index", "check_every": 50},
-    "masked+compile+graph+tf32+check50": {"execution": "masked", "compile": True,
-                                          "cuda_graph": True, "precision": "tf32",
-                                          "check_every": 50},
-    "segmented+check50": {"execution": "segmented", "check_every": 50},
-    "segmented+graph+check50": {"execution": "segmented", "cuda_graph": True,
-                                "check_every": 50},
-    "segmented+graph+tf32+check50": {"execution": "segmented", "cuda_graph": True,
-                                     "precision": "tf32", "check_every": 50},
-    "segmented+graph+bf16+check50": {"execution": "segmented", "cuda_graph": True,
-                                     "precision": "bf16", "check_every": 50},
-}
-# the same with PyTorch's LayerNorm ops instead of the fused masked-LayerNorm kernel (the A/B
-# of ranknas.supernet.fused_norm; run it in its own process, it patches the module)
-TRAINER_VARIANTS["segmented+graph+tf32+check50+torchnorm"] = \
-    TRAINER_VARIANTS["segmented+graph+tf32+check50"]
-# the segmented step with every fixed width at its widest (halve0), or halved to fit a path
-# at most once or three times (the default is twice: SupernetTrainConfig.width_halvings)
-for _n in (0, 1, 3):
-    TRAINER_VARIANTS[f"segmented+graph+tf32+check50+halve{_n}"] = {
-        **TRAINER_VARIANTS["segmented+graph+tf32+check50"], "width_halvings": _n}
-# ablations of the segmented step (each patches modules: one per process): no pass-through
-# aliases, dense ops at their widest outputs, widths not rounded up to 8 columns, the
-# tensor-core attention kernels of attention_tensor_core.py (an experiment), the transformer
-# layer as one fused op (ranknas.supernet.fused_encoder, off by default until measured)
-for _ablation in ("noalias", "densewide", "unaligned", "tcattention", "fusedencoder"):
-    TRAINER_VARIANTS[f"segmented+graph+tf32+check50+{_ablation}"] = \
-        TRAINER_VARIANTS["segmented+graph+tf32+check50"]
-
-
-def _ablate(variant: str) -> None:
-    """Patch ranknas for an ablation variant (``+torchnorm``, ``+noalias``, ...)."""
-    import ranknas.supernet.masked as masked
-    import ranknas.supernet.masked_base as masked_base
-    import ranknas.supernet.masked_interaction as interaction
-    import ranknas.supernet.masked_ops as ops
-    import ranknas.supernet.segmented_forms as forms
-    import ranknas.supernet.segmented_step as step
-
-    if variant.endswith("+torchnorm"):
-        masked_base._fused = lambda x: False
-    if variant.endswith("+noalias"):
-        forms.pass_through = lambda layers, ports: {}
-    if variant.endswith("+densewide"):
-        for cls in (ops.MaskedLinear2d, ops._MaskedBinary, interaction.MaskedDotProduct,
-                    interaction.MaskedFM):
-            cls.sizable = False
-    if variant.endswith("+unaligned"):
-        for module in (masked, interaction, forms, step):
-            module.aligned = lambda n: n
-    if variant.endswith("+tcattention"):
-        _tensor_core_attention()
-    if variant.endswith("+fusedencoder"):
-        import ranknas.supernet.fused_encoder as fused_encoder
-
-        fused_encoder.ENABLED = True
-
-
-def _tensor_core_attention() -> None:
-    """Run ``tiny_head_attention`` on CUDA with the tensor-core kernels (TF32 under the
-    step's ``tf32`` precision, 3xTF32 otherwise)."""
-    from attention_tensor_core import tc_backward, tc_forward
-
-    from ranknas.evaluator import tiny_attention
-
-    def precision() -> str:
-        return "tf32" if torch.backends.cuda.matmul.allow_tf32 else "tf32x3"
-
-    @tiny_attention.tiny_head_attention.register_kernel("cuda")
-    def _(qkv, heads, key_bias=None):
-        return tc_forward(qkv, heads, key_bias, precision())
-
-    @tiny_attention.tiny_head_attention_backward.register_kernel("cuda")
-    def _(qkv, out, grad, lse, heads, key_bias=None):
-        return tc_backward(qkv, out, grad, lse, heads, key_bias, precision())
-
-
-#: Warm-up steps before timing: a segmented trainer captures each segment when a path first
-#: runs it, so it warms up until (nearly) every segment has been seen.
-WARMUP_STEPS = {"segmented": 1000}
-
-
-def measure_trainer(space: SearchSpace, schema: DataSchema, batch: int, steps: int,
-                    device: torch.device, variant: str, warmup: int | None = None,
-                    chunks: int = 5) -> dict:
-    """``SupernetTrainer`` end to end: a *new* uniformly sampled path every step (plans and
-    encodings are not reused), on-device random data, Adagrad."""
-    from ranknas.supernet import SupernetTrainConfig, SupernetTrainer, make_sampler
-
-    _ablate(variant)
-    data = random_data(schema, 1 << 20, device)
-    trainer = SupernetTrainer(
-        Supernet(space, schema, seed=0), data, make_sampler("uniform", space, 0, schema=schema),
-        SupernetTrainConfig(examples=1 << 40, batch_size=batch, lr=0.01, device=str(device),
-                            log_every=10_000, **TRAINER_VARIANTS[variant]))
-    if warmup is None:
-        warmup = WARMUP_STEPS.get(variant.split("+")[0], 8)
-    start = time.perf_counter()
-    trainer.train(warmup * batch)  # compile, capture, allocator warm-up
-    _sync(device)
-    setup = time.perf_counter() - start
-    segments = trainer.masked.segments if trainer.masked is not None else None
-    count = (lambda: segments.captured) if segments is not None else (lambda: 0)
-    captured = count()
-    # timed in chunks: a capture (~0.1 s) or a host hiccup inflates one chunk, not the figure
-    chunk_ms, clean = [], []
-    for k in range(chunks):
-        n = steps // chunks + (k < steps % chunks)
-        before, start = count(), time.perf_counter()
-        trainer.train(n * batch)
-        _sync(device)
-        chunk_ms.append((time.perf_counter() - start) / n * 1e3)
-        if count() == before:
-            clean.append(chunk_ms[-1])
-    ms = statistics.median(clean or chunk_ms)
-    row = {"batch": batch, "variant": variant, "ms": ms, "ex_s": batch / ms * 1e3,
-           "ms_chunks": chunk_ms, "setup_s": setup, "warmup_steps": warmup}
-    if segments is not None:  # captures inside the timed steps would inflate its time
-        row.update(captured=captured, captured_while_timed=count() - captured)
-    if device.type == "cuda":
-        row["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
-    return row
-
-
 def make_batch(schema: DataSchema, batch: int, device: torch.device) -> tuple:
     gen = torch.Generator(device=device).manual_seed(0)
     dense = torch.randn(batch, schema.num_dense, device=device, generator=gen)
@@ -239,11 +107,6 @@ def make_batch(schema: DataSchema, batch: int, device: torch.device) -> tuple:
                           for c in schema.cardinalities], dim=1)
     labels = torch.randint(0, 2, (batch,), device=device, generator=gen).float()
     return dense, sparse, labels
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def masked_cost(space: SearchSpace, schema: DataSchema, arch: Architecture,
@@ -279,12 +142,12 @@ def measure_masked(space: SearchSpace, schema: DataSchema, archs: list[Architect
     start = time.perf_counter()
     for i in range(6):  # compile, CUDA-graph warm-up and capture
         step(dense, sparse, labels, paths[i % len(paths)])
-    _sync(device)
+    sync(device)
     setup = time.perf_counter() - start
     start = time.perf_counter()
     for i in range(steps):
         step(dense, sparse, labels, paths[i % len(paths)])
-    _sync(device)
+    sync(device)
     cached = (time.perf_counter() - start) / steps
     start = time.perf_counter()
     for arch in fresh[:steps]:
@@ -295,7 +158,7 @@ def measure_masked(space: SearchSpace, schema: DataSchema, archs: list[Architect
     for arch in extra:
         step(dense, sparse, labels, arch)
     loss = float(step(dense, sparse, labels, paths[0]))
-    _sync(device)
+    sync(device)
     live = (time.perf_counter() - start) / (len(extra) + 1)
     return {"batch": batch, "variant": variant, "setup_s": setup, "ms": cached * 1e3,
             "ex_s": batch / cached, "encode_ms": encode_s * 1e3, "live_ms": live * 1e3,
@@ -328,36 +191,6 @@ def measure(space: SearchSpace, schema: DataSchema, archs: list[Architecture], b
             "subnet_own_ms": own * 1e3, "subnet_widest_ms": wide * 1e3,
             "ratio_vs_own": t_super / own, "ratio_vs_widest": t_super / wide,
             "paths": len(archs)}
-
-
-def measure_subnets(space: SearchSpace, schema: DataSchema, archs: list[Architecture],
-                    batch: int, steps: int, device: torch.device) -> dict:
-    """Step time of ``archs`` as standalone models, at their own and at their widest widths,
-    trained by ``ranknas.evaluator.training.train`` with what the segmented trainer uses on a
-    GPU (CUDA graph, TF32, fused attention, index embedding update; none of them on a CPU):
-    the subnet-alone side of the issue's step ratio for the trainer rows."""
-    from dataclasses import replace
-
-    from ranknas.evaluator.training import TrainConfig, train
-
-    gpu = device.type == "cuda"
-    data = random_data(schema, 1 << 20 if gpu else 1 << 14, device)
-    cfg = TrainConfig(steps=2, batch_size=batch, lr=0.01, device=str(device), check_every=50,
-                      embedding_update="index", cuda_graph=gpu, fused_attention=gpu,
-                      precision="tf32" if gpu else "fp32")
-    times: dict[str, list[float]] = {"own": [], "widest": []}
-    for arch in archs:
-        for kind, target in (("own", arch), ("widest", widest(space, arch))):
-            # `steps` steps of warm-up (capture), then `steps` timed: progress reports (after
-            # a device sync) at both ends
-            marks: list[float] = []
-            train(build_model(space, target, schema), data,
-                  replace(cfg, steps=2 * steps, log_every=steps),
-                  progress=lambda p, marks=marks: marks.append(p["seconds"]))
-            times[kind].append((marks[-1] - marks[0]) / steps)
-    # the mean, as the trainer's time per step is a mean over its paths
-    own, wide = statistics.fmean(times["own"]), statistics.fmean(times["widest"])
-    return {"subnet_own_ms": own * 1e3, "subnet_widest_ms": wide * 1e3, "subnets": len(archs)}
 
 
 def main() -> None:
@@ -433,16 +266,7 @@ def main() -> None:
                 print(json.dumps(row), flush=True)
                 if args.out:
                     Path(args.out).write_text(json.dumps(result, indent=1))
-        print("| B | trainer variant | ex/s | ms/step (median chunk) | chunks ms | set-up s "
-              "| subnet own / widest ms | step / own | step / widest |")
-        print("|---|---|---|---|---|---|---|---|---|")
-        for r in result["trainer"]:
-            spread = " ".join(f"{ms:.2f}" for ms in r["ms_chunks"])
-            ratios = (f"{r['subnet_own_ms']:.2f} / {r['subnet_widest_ms']:.2f} | "
-                      f"{r['ratio_vs_own']:.2f} | {r['ratio_vs_widest']:.2f}"
-                      if "subnet_own_ms" in r else " | | ")
-            print(f"| {r['batch']} | {r['variant']} | {r['ex_s']:,.0f} | {r['ms']:.2f} | "
-                  f"{spread} | {r['setup_s']:.0f} | {ratios} |")
+        print_trainer_rows(result["trainer"])
     rows = [] if args.no_sliced else [measure(space, schema, archs, b, args.steps, device)
                                       for b in args.batch_sizes]
     result["rows"] = rows
