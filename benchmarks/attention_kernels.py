@@ -29,6 +29,7 @@ if not torch.cuda.is_available():  # must precede the first import of triton
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from attention_tensor_core import PRECISIONS, tc_backward, tc_forward
+from bench_common import kernel_device, kernel_time_us  # imports ranknas, so triton
 
 from ranknas.evaluator.tiny_attention import (
     _attention_reference,
@@ -107,21 +108,6 @@ def check(device: str) -> bool:
     return ok
 
 
-def _time_us(fn: Callable[[], object]) -> tuple[float, float]:
-    """(CUDA-graph replay, eager) microseconds per call: the graph time is the kernel's (inputs
-    may stay in L2), the eager one flushes L2 and adds the host's launch overhead where that
-    dominates."""
-    import triton.testing
-
-    eager = triton.testing.do_bench(fn, warmup=50, rep=300, return_mode="median") * 1e3
-    try:  # (captures on a side stream itself)
-        graph = triton.testing.do_bench_cudagraph(fn, rep=100, return_mode="median") * 1e3
-    except Exception as exc:  # timing is best effort; eager still stands
-        print(f"(cuda graph timing failed: {exc!r})", file=sys.stderr)
-        graph = float("nan")
-    return graph, eager
-
-
 def _kernels(qkv: torch.Tensor, bias: torch.Tensor | None, grad: torch.Tensor,
              out: torch.Tensor, lse: torch.Tensor, heads: int, sweep: bool
              ) -> dict[str, tuple[Callable, Callable, float]]:
@@ -168,7 +154,7 @@ def bench(dtype: torch.dtype, sweep: bool) -> bool:
                 bwd_tol = TF32_BACKWARD_TOLERANCE if tol == 2e-3 else tol
                 good = max(errs[:2]) <= tol and errs[2] <= bwd_tol
                 ok &= good
-                (fg, fe), (bg, be) = _time_us(fwd), _time_us(bwd)
+                (fg, fe), (bg, be) = kernel_time_us(fwd), kernel_time_us(bwd)
                 print(f"| {n} | {masked} | {name} | {fg:.1f} ({fe:.1f}) | {bg:.1f} ({be:.1f}) "
                       f"| {errs[0]:.1e} | {errs[1]:.1e} | {errs[2]:.1e} "
                       f"| {'ok' if good else 'FAIL'} |", flush=True)
@@ -184,9 +170,7 @@ def main() -> None:
                         help="also time TF32 at num_warps 1-8 x head-loop unroll 1, 2, heads")
     parser.add_argument("--no-check", action="store_true")
     args = parser.parse_args()
-    # the interpreter runs on CPU tensors only, even on a CUDA machine
-    interpret = os.environ.get("TRITON_INTERPRET") == "1"
-    device = "cuda" if torch.cuda.is_available() and not interpret else "cpu"
+    device = kernel_device()
     ok = True if args.no_check else check(device)
     if args.bench:
         if device != "cuda":

@@ -8,6 +8,8 @@ import datetime
 import math
 import os
 import platform
+import sys
+from collections.abc import Callable
 
 import torch
 
@@ -129,3 +131,25 @@ def widest(space: SearchSpace, arch: Architecture) -> Architecture:
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
+
+
+def kernel_device() -> str:
+    """Where a kernel check runs: ``cuda``, or ``cpu`` without CUDA or under Triton's
+    interpreter (which runs on CPU tensors only, even on a CUDA machine)."""
+    interpret = os.environ.get("TRITON_INTERPRET") == "1"
+    return "cuda" if torch.cuda.is_available() and not interpret else "cpu"
+
+
+def kernel_time_us(fn: Callable[[], object]) -> tuple[float, float]:
+    """(CUDA-graph replay, eager) median microseconds per call of ``fn``: the graph time is
+    the kernels' (inputs may stay in L2), the eager one flushes L2 and adds the host's launch
+    overhead where that dominates."""
+    import triton.testing
+
+    eager = triton.testing.do_bench(fn, warmup=50, rep=300, return_mode="median") * 1e3
+    try:  # (captures on a side stream itself)
+        graph = triton.testing.do_bench_cudagraph(fn, rep=100, return_mode="median") * 1e3
+    except Exception as exc:  # timing is best effort; eager still stands
+        print(f"(cuda graph timing failed: {exc!r})", file=sys.stderr)
+        graph = float("nan")
+    return graph, eager

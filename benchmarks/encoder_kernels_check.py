@@ -31,6 +31,7 @@ if not torch.cuda.is_available():  # must precede the first import of triton
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import torch.nn.functional as F
+from bench_common import kernel_device, kernel_time_us  # imports ranknas, so triton
 
 from ranknas.evaluator.tiny_attention import tiny_head_attention
 from ranknas.supernet.encoder_kernels import PRECISIONS, encoder_backward, encoder_forward
@@ -157,19 +158,6 @@ def check(device: str) -> bool:
     return ok
 
 
-def _time_us(fn: Callable[[], object]) -> tuple[float, float]:
-    """(CUDA-graph replay, eager do_bench) median microseconds per call."""
-    import triton.testing
-
-    eager = triton.testing.do_bench(fn, warmup=50, rep=300, return_mode="median") * 1e3
-    try:  # (captures on a side stream itself)
-        graph = triton.testing.do_bench_cudagraph(fn, rep=100, return_mode="median") * 1e3
-    except Exception as exc:  # timing is best effort; eager still stands
-        print(f"(cuda graph timing failed: {exc!r})", file=sys.stderr)
-        graph = float("nan")
-    return graph, eager
-
-
 def _unfused(z: torch.Tensor, key_bias: torch.Tensor, row_mask: torch.Tensor,
              weights: list[torch.Tensor], heads: int) -> torch.Tensor:
     """The layer as the masked transformer runs it without the fused op: cuBLAS projections,
@@ -228,7 +216,7 @@ def bench(sweep: bool, b: int = 4096) -> bool:
         for tf32 in (False, True):
             torch.backends.cuda.matmul.allow_tf32 = tf32
             fwd, step = _torch_steps(z, key_bias, row_mask, weights, grad, heads)
-            (fg, fe), (sg, se) = _time_us(fwd), _time_us(step)
+            (fg, fe), (sg, se) = kernel_time_us(fwd), kernel_time_us(step)
             print(f"| {n} | unfused ops {'tf32' if tf32 else 'fp32'} | {fg:.1f} ({fe:.1f}) "
                   f"| {sg:.1f} ({se:.1f}) | | | | |", flush=True)
         torch.backends.cuda.matmul.allow_tf32 = False
@@ -248,7 +236,7 @@ def bench(sweep: bool, b: int = 4096) -> bool:
             got = [out, att, lse, *step()]
             errs, good = _compare(got, ref, z, weights, TOLERANCE[precision])
             ok &= good
-            (fg, fe), (sg, se) = _time_us(fwd), _time_us(step)
+            (fg, fe), (sg, se) = kernel_time_us(fwd), kernel_time_us(step)
             label = f"fused {precision}" + "".join(f" {k}={v}" for k, v in kw.items())
             print(f"| {n} | {label} | {fg:.1f} ({fe:.1f}) | {sg:.1f} ({se:.1f}) "
                   f"| {max(errs[:3]):.1e} | {errs[3]:.1e} | {max(errs[4:]):.1e} "
@@ -265,9 +253,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4096, help="B of the benchmark")
     parser.add_argument("--no-check", action="store_true", help="skip the small-shape check")
     args = parser.parse_args()
-    # the interpreter runs on CPU tensors only, even on a CUDA machine
-    interpret = os.environ.get("TRITON_INTERPRET") == "1"
-    device = "cuda" if torch.cuda.is_available() and not interpret else "cpu"
+    device = kernel_device()
     ok = True if args.no_check else check(device)
     if args.bench:
         if device != "cuda":
