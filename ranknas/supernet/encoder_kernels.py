@@ -113,16 +113,35 @@ if triton is not None:
         return kb, tl.load(rm_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
 
     @triton.jit
+    def _tiles(L: tl.constexpr, E: tl.constexpr, NP: tl.constexpr, EP: tl.constexpr):
+        """``(rows, cols, row_ok, tile_ok, cm)`` of an ``[NP, EP]`` token tile: the live
+        tokens and features, and ``cm`` the features as 0/1 floats."""
+        rows = tl.arange(0, NP)
+        cols = tl.arange(0, EP)
+        row_ok = rows < L
+        tile_ok = row_ok[:, None] & (cols < E)[None, :]
+        return rows, cols, row_ok, tile_ok, (cols < E).to(tl.float32)
+
+    @triton.jit
+    def _after_attention(z, att, wo, bo, g1, s1, w1, c1, w2, c2, cm, E: tl.constexpr,
+                         PRECISION: tl.constexpr):
+        """The layer from the attention's output on: ``(xhat1, rstd1, y1, pre, hidden, xhat2,
+        rstd2)``; the output is ``xhat2 * g2 + s2``. One function, so that the backward
+        recomputes exactly what the forward computed."""
+        xhat1, rstd1 = _stats(z + _mm(att, wo, PRECISION) + bo[None, :], cm, E)
+        y1 = xhat1 * g1[None, :] + s1[None, :]
+        pre = _mm(y1, w1, PRECISION) + c1[None, :]
+        hidden = tl.maximum(pre, 0.0)
+        xhat2, rstd2 = _stats(y1 + _mm(hidden, w2, PRECISION) + c2[None, :], cm, E)
+        return xhat1, rstd1, y1, pre, hidden, xhat2, rstd2
+
+    @triton.jit
     def _encoder_fwd(z_ptr, kb_ptr, rm_ptr, in_w, in_b, out_w, out_b, n1_w, n1_b, f1_w, f1_b,
                      f2_w, f2_b, n2_w, n2_b, out_ptr, att_ptr, lse_ptr, B, scale,
                      L: tl.constexpr, H: tl.constexpr, D: tl.constexpr, NP: tl.constexpr,
                      EP: tl.constexpr, PRECISION: tl.constexpr, UNROLL: tl.constexpr):
         E: tl.constexpr = H * D
-        rows = tl.arange(0, NP)
-        cols = tl.arange(0, EP)
-        row_ok = rows < L
-        tile_ok = row_ok[:, None] & (cols < E)[None, :]
-        cm = (cols < E).to(tl.float32)
+        rows, cols, row_ok, tile_ok, cm = _tiles(L, E, NP, EP)
         # padded keys score -inf; padded query rows stay finite and are never stored
         kb, rm = _token_masks(kb_ptr, rm_ptr, rows, row_ok)
         wq, wk, wv, bq, bk, bv = _in_proj(in_w, in_b, scale, E, EP)
@@ -154,10 +173,8 @@ if triton is not None:
             tl.store(att_ptr + offs, att.to(att_ptr.dtype.element_ty), mask=tile_ok)
             # project att as stored (rounded to z's dtype), as the backward recomputes it
             att = att.to(att_ptr.dtype.element_ty).to(tl.float32)
-            xhat1, _ = _stats(z + _mm(att, wo, PRECISION) + bo[None, :], cm, E)
-            y1 = xhat1 * g1[None, :] + s1[None, :]
-            hidden = tl.maximum(_mm(y1, w1, PRECISION) + c1[None, :], 0.0)
-            xhat2, _ = _stats(y1 + _mm(hidden, w2, PRECISION) + c2[None, :], cm, E)
+            _, _, _, _, _, xhat2, _ = _after_attention(z, att, wo, bo, g1, s1, w1, c1, w2, c2,
+                                                       cm, E, PRECISION)
             out = (xhat2 * g2[None, :] + s2[None, :]) * rm[:, None]
             tl.store(out_ptr + offs, out.to(out_ptr.dtype.element_ty), mask=tile_ok)
             ex += tl.num_programs(0)
@@ -171,11 +188,7 @@ if triton is not None:
         E: tl.constexpr = H * D
         EE: tl.constexpr = E * E
         pid = tl.program_id(0)
-        rows = tl.arange(0, NP)
-        cols = tl.arange(0, EP)
-        row_ok = rows < L
-        tile_ok = row_ok[:, None] & (cols < E)[None, :]
-        cm = (cols < E).to(tl.float32)
+        rows, cols, row_ok, tile_ok, cm = _tiles(L, E, NP, EP)
         kb, rm = _token_masks(kb_ptr, rm_ptr, rows, row_ok)
         wq, wk, wv, bq, bk, bv = _in_proj(in_w, in_b, scale, E, EP)  # q below is the scaled q
         wo, bo = _wt(out_w, E, EP), _vec(out_b, E, EP)
@@ -208,11 +221,8 @@ if triton is not None:
             # masked and padded rows get zero gradient, so they add nothing to the sums below
             dy2 = tl.load(grad_ptr + offs, mask=tile_ok, other=0.0).to(tl.float32) * rm[:, None]
             # recompute the layer from z and att (the attention's inputs only further down)
-            xhat1, rstd1 = _stats(z + _mm(att, wo, PRECISION) + bo[None, :], cm, E)
-            y1 = xhat1 * g1[None, :] + s1[None, :]
-            pre = _mm(y1, w1, PRECISION) + c1[None, :]
-            hidden = tl.maximum(pre, 0.0)
-            xhat2, rstd2 = _stats(y1 + _mm(hidden, w2, PRECISION) + c2[None, :], cm, E)
+            xhat1, rstd1, y1, pre, hidden, xhat2, rstd2 = _after_attention(
+                z, att, wo, bo, g1, s1, w1, c1, w2, c2, cm, E, PRECISION)
             # second LayerNorm, FFN, first LayerNorm, out-projection
             dv2 = _norm_bwd(xhat2, rstd2, dy2, g2, cm, E)
             d_g2 += tl.sum(dy2 * xhat2, 0)
