@@ -42,8 +42,10 @@ from ranknas.supernet.fused_encoder import (
 )
 from ranknas.supernet.masked_base import layer_norm
 
-#: max relative error allowed, by (z dtype, precision)
-TOLERANCE = {"ieee": 1e-4, "tf32x3": 1e-4, "tf32": 1e-2}
+#: max relative error allowed, by (z dtype, precision). TF32 rounding of a 16-wide layer is
+#: amplified by two LayerNorm backwards: the PyTorch ops under TF32 reach dz errors of 2e-1
+#: at B=4096 (benchmarks/RESULTS.md), so TF32 is held to that order, not to float32's.
+TOLERANCE = {"ieee": 1e-4, "tf32x3": 1e-4, "tf32": 3e-1}
 BF16_TOLERANCE = 3e-2
 NAMES = ("out", "att", "lse", "dz", *(w.replace("attn.", "") for w in ENCODER_WEIGHTS))
 
@@ -216,9 +218,14 @@ def bench(sweep: bool, b: int = 4096) -> bool:
         for tf32 in (False, True):
             torch.backends.cuda.matmul.allow_tf32 = tf32
             fwd, step = _torch_steps(z, key_bias, row_mask, weights, grad, heads)
+            # the same errors as the fused rows', out only (no att / lse), for a like baseline
+            dz, *dweights = step()
+            errs = (_error(fwd(), ref[0]), _error(dz, ref[3]),
+                    max(_error(g, r) for g, r in zip(dweights, ref[4:], strict=True)))
             (fg, fe), (sg, se) = kernel_time_us(fwd), kernel_time_us(step)
             print(f"| {n} | unfused ops {'tf32' if tf32 else 'fp32'} | {fg:.1f} ({fe:.1f}) "
-                  f"| {sg:.1f} ({se:.1f}) | | | | |", flush=True)
+                  f"| {sg:.1f} ({se:.1f}) | " + " | ".join(f"{x:.1e}" for x in errs) + " | |",
+                  flush=True)
         torch.backends.cuda.matmul.allow_tf32 = False
         variants = [(p, {}) for p in PRECISIONS]
         if sweep:

@@ -43,9 +43,11 @@ for _n in (0, 1, 3):
         **TRAINER_VARIANTS["segmented+graph+tf32+check50"], "width_halvings": _n}
 # ablations of the segmented step (each patches modules: one per process): no pass-through
 # aliases, dense ops at their widest outputs, widths not rounded up to 8 columns, the
-# tensor-core attention kernels of attention_tensor_core.py (an experiment), the transformer
-# layer as one fused op (ranknas.supernet.fused_encoder, off by default until measured)
-for _ablation in ("noalias", "densewide", "unaligned", "tcattention", "fusedencoder"):
+# tensor-core attention kernels of attention_tensor_core.py (an experiment, for the unfused
+# transformer), the transformer layer as PyTorch ops instead of ranknas.supernet.fused_encoder's
+# one op (the default under TF32), or as that op with float32 matmuls (3xTF32 dots)
+for _ablation in ("noalias", "densewide", "unaligned", "tcattention", "unfusedencoder",
+                  "fusedencoder"):
     TRAINER_VARIANTS[f"segmented+graph+tf32+check50+{_ablation}"] = \
         TRAINER_VARIANTS["segmented+graph+tf32+check50"]
 
@@ -72,10 +74,10 @@ def _ablate(variant: str) -> None:
             module.aligned = lambda n: n
     if variant.endswith("+tcattention"):
         _tensor_core_attention()
-    if variant.endswith("+fusedencoder"):
+    if variant.endswith("fusedencoder"):
         import ranknas.supernet.fused_encoder as fused_encoder
 
-        fused_encoder.ENABLED = True
+        fused_encoder.ENABLED = not variant.endswith("+unfusedencoder")
 
 
 def _tensor_core_attention() -> None:

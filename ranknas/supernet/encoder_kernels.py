@@ -40,6 +40,7 @@ MAX_TOKENS = 64
 #: Default programs per SM: forward programs carry no state between examples, backward ones
 #: carry the weight-gradient accumulators (fewer programs, fewer partial rows to sum).
 _FWD_PER_SM, _BWD_PER_SM = 8, 4
+_UNROLL_MAX_TOKENS = 16  # the head loop is unrolled up to this many tokens (registers)
 _CPU_PROGRAMS = 64  # the interpreter has no SMs
 
 
@@ -301,12 +302,14 @@ if triton is not None:
 
 
 def _launch(z: torch.Tensor, heads: int, precision: str, programs: int | None,
-            per_sm: int, num_warps: int, unroll: int) -> tuple[int, dict]:
+            per_sm: int, num_warps: int, unroll: int | None) -> tuple[int, dict]:
     """``(programs, launch keywords)`` shared by both kernels."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     b, n, e = z.shape
     d = e // heads
+    if unroll is None:  # H200 sweep: unrolled heads 1.13x at 16 tokens, 0.94x at 64
+        unroll = heads if n <= _UNROLL_MAX_TOKENS else 1
     if programs is None:
         programs = (per_sm * torch.cuda.get_device_properties(z.device).multi_processor_count
                     if z.is_cuda else _CPU_PROGRAMS)
@@ -323,7 +326,8 @@ def _masks(key_bias: torch.Tensor, row_mask: torch.Tensor) -> tuple[torch.Tensor
 
 def encoder_forward(z: torch.Tensor, key_bias: torch.Tensor, row_mask: torch.Tensor,
                     weights: list[torch.Tensor], heads: int, precision: str = "tf32", *,
-                    programs: int | None = None, num_warps: int = 4, unroll: int = 1
+                    programs: int | None = None, num_warps: int = 4,
+                    unroll: int | None = None
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The encoder layer over ``z [B, L, E]``, as ``encoder_reference``.
 
@@ -336,7 +340,8 @@ def encoder_forward(z: torch.Tensor, key_bias: torch.Tensor, row_mask: torch.Ten
         precision: ``tl.dot``'s input precision, one of :data:`PRECISIONS`.
         programs: Programs launched (each loops over examples); default 8 per SM.
         num_warps: Warps per program.
-        unroll: Unroll factor of the loop over heads (1: a runtime loop, fewest registers).
+        unroll: Unroll factor of the loop over heads (1: a runtime loop, fewest registers);
+            default all heads up to 16 tokens, else 1.
 
     Returns:
         ``(out [B, L, E], att [B, L, E], lse [B*heads, L])``: ``out`` and ``att`` in ``z``'s
@@ -355,7 +360,8 @@ def encoder_forward(z: torch.Tensor, key_bias: torch.Tensor, row_mask: torch.Ten
 def encoder_backward(grad: torch.Tensor, z: torch.Tensor, key_bias: torch.Tensor,
                      row_mask: torch.Tensor, weights: list[torch.Tensor], heads: int,
                      att: torch.Tensor, lse: torch.Tensor, precision: str = "tf32", *,
-                     programs: int | None = None, num_warps: int = 4, unroll: int = 1
+                     programs: int | None = None, num_warps: int = 4,
+                    unroll: int | None = None
                      ) -> list[torch.Tensor]:
     """Gradients of :func:`encoder_forward`, as ``encoder_reference_backward``.
 

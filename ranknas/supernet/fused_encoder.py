@@ -15,9 +15,10 @@ is one custom op for the whole layer:
 - both run as PyTorch ops on the CPU (and for float64); on CUDA, one Triton kernel each way
   (:mod:`ranknas.supernet.encoder_kernels`), TF32 dots where the matmuls run TF32.
 
-The masked transformer takes this op only while :data:`ENABLED` is set (off: its throughput
-on a GPU is still to be measured against the PyTorch ops; ``supernet_throughput.py``'s
-``+fusedencoder`` variant sets it).
+The masked transformer takes this op on CUDA where the matmuls run TF32 (the supernet
+trainer's ``precision="tf32"``): there it made the B=4096 step 1.14x faster (H200,
+``benchmarks/RESULTS.md``) and kept NE. With float32 matmuls it stays off: its 3xTF32 dots
+are slower than cuBLAS's float32 GEMMs. :data:`ENABLED` overrides that choice.
 """
 
 from __future__ import annotations
@@ -36,8 +37,10 @@ __all__ = ["ENCODER_WEIGHTS", "encoder_reference", "encoder_reference_backward",
            "fused_encoder_fits", "tiny_encoder_layer"]
 
 EPS = 1e-5  # nn.LayerNorm's
-#: Whether the masked transformer runs :func:`tiny_encoder_layer` (see the module docstring).
-ENABLED = False
+#: Whether the masked transformer runs :func:`tiny_encoder_layer`: ``None`` (default) on CUDA
+#: with TF32 matmuls only, ``True`` wherever it fits (the CPU runs the reference), ``False``
+#: never.
+ENABLED: bool | None = None
 #: The order of :func:`tiny_encoder_layer`'s ``weights``, as attributes of an
 #: ``ElasticTransformer``: in-projection (``[3E, E]``, ``[3E]``), out-projection, first
 #: LayerNorm, FFN (``fc1``, ``fc2``: ``[E, E]``, ``[E]``), second LayerNorm.
@@ -166,11 +169,13 @@ tiny_encoder_layer.register_autograd(_grad, setup_context=_setup)
 
 def fused_encoder_fits(z: torch.Tensor, heads: int) -> bool:
     """Whether the masked transformer runs :func:`tiny_encoder_layer` on ``z [B, L, E]``:
-    :data:`ENABLED`, float32 or float64 outside autocast, and on CUDA shapes the kernels
-    take."""
-    if not ENABLED or z.dtype not in (torch.float32, torch.float64):
+    as :data:`ENABLED` says, float32 or float64 outside autocast, and on CUDA shapes the
+    kernels take."""
+    if ENABLED is False or z.dtype not in (torch.float32, torch.float64):
         return False
     if torch.is_autocast_enabled(z.device.type):
+        return False
+    if ENABLED is None and not (z.is_cuda and torch.backends.cuda.matmul.allow_tf32):
         return False
     return not z.is_cuda or _kernels_fit(z, heads)
 

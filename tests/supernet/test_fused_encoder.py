@@ -87,8 +87,16 @@ def test_op_passes_gradcheck():
         (z, *weights))
 
 
-def test_taken_only_when_enabled(monkeypatch):
+def test_taken_by_default_only_on_cuda_with_tf32(monkeypatch):
     z = torch.zeros(2, 4, 16)
+    assert fused_encoder.ENABLED is None and not fused_encoder_fits(z, 8)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
+    assert not fused_encoder_fits(z, 8)  # a CPU tensor
+    if torch.cuda.is_available():
+        assert fused_encoder_fits(z.cuda(), 8)
+        monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+        assert not fused_encoder_fits(z.cuda(), 8)
+    monkeypatch.setattr(fused_encoder, "ENABLED", False)
     assert not fused_encoder_fits(z, 8)
     monkeypatch.setattr(fused_encoder, "ENABLED", True)
     assert fused_encoder_fits(z, 8) and fused_encoder_fits(z.double(), 8)
