@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import torch
 
+from ranknas.errors import ConfigError
 from ranknas.spaces.ops import Kind
 from ranknas.supernet.masked import _PREV, _Layer, _Port
 from ranknas.supernet.masked_base import aligned, as_kind
@@ -15,11 +16,31 @@ from ranknas.supernet.segmented import SegmentedProgram, Source
 __all__ = ["Buffers", "FormLayout", "pass_through"]
 
 
+def _free_bytes(device: torch.device) -> int | None:
+    """Free memory of a CUDA device; ``None`` elsewhere (a CPU overcommits)."""
+    return torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
+
+
 class Buffers:
-    """The forms of every source, their gradients and the labels, at one batch size."""
+    """The forms of every source, their gradients and the labels, at one batch size.
+
+    Raises:
+        ConfigError: the buffers would not fit in the device's free memory (a space whose
+            merged inputs are bounded by every earlier block, like ``rankitect``).
+    """
 
     def __init__(self, layout: dict[Kind, int], dim: int, like: torch.Tensor) -> None:
         size = like.shape[0]
+        floats = sum((w + 1) * (1 if kind is Kind.DENSE else dim) for kind, w in layout.items())
+        need, free = 2 * size * floats * like.element_size(), _free_bytes(like.device)
+        if free is not None and need > free:
+            wide = ", ".join(f"{w:,} {kind.name.lower()}" for kind, w in layout.items())
+            raise ConfigError(
+                "supernet.train.execution",
+                f"segmented needs {need / 2**30:.1f} GiB for its buffers at batch size {size} "
+                f"(the forms of every source side by side: {wide} columns), but "
+                f"{like.device} has {free / 2**30:.1f} GiB free; use execution: sliced, or a "
+                "smaller batch_size")
 
         def zeros(width: int, kind: Kind) -> torch.Tensor:
             return like.new_zeros((size, width) if kind is Kind.DENSE else (size, width, dim))

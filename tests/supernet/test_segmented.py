@@ -184,6 +184,19 @@ def test_options_are_validated():
         SupernetTrainConfig(execution="segmented", width_halvings=-1)
 
 
+def test_buffers_that_do_not_fit_name_the_fix(monkeypatch):
+    """A space whose forms outgrow the device's free memory stops before allocating, with
+    the option to change (here: a device with 1 MiB free)."""
+    monkeypatch.setattr("ranknas.supernet.segmented_forms._free_bytes", lambda device: 2**20)
+    supernet = Supernet(load_space("nasrec_small"), SCHEMA, seed=0)
+    step = MaskedStep(supernet, segmented=True)
+    dense, sparse, labels = _data()
+    with pytest.raises(ConfigError, match=r"supernet\.train\.execution.*execution: sliced"):
+        step(dense, sparse, labels, supernet.space.sample(random.Random(0)))
+    monkeypatch.setattr("ranknas.supernet.segmented_forms._free_bytes", lambda device: None)
+    assert step(dense, sparse, labels, supernet.space.sample(random.Random(0))).isfinite()
+
+
 def test_pass_through_concats_run_no_segment():
     """NASRec's ``dense_in`` / ``sparse_in`` concats (read whole, as their own kind) run no
     segment: their readers gather the merged input (the step still equals autograd's and
