@@ -86,7 +86,7 @@ class _Run:
         self.cache: tuple = ()  # its key in SegmentedStep._runs
         self.out: torch.Tensor | None = None
         self.grad_out: torch.Tensor | None = None  # d loss / d out, for a non-output layer
-        self.graphs: tuple[torch.cuda.CUDAGraph, torch.cuda.CUDAGraph] | None = None
+        self.graphs: tuple[torch.cuda.CUDAGraph, torch.cuda.CUDAGraph | None] | None = None
         if graphed:
             self._capture()
 
@@ -161,9 +161,15 @@ class _Run:
 
     def _grads(self, leaves: list[torch.Tensor], outputs: list, grads_in: list) -> tuple:
         wanted = [x for x in leaves if x.requires_grad] + self.params
-        if not wanted or not any(o.requires_grad for o in outputs):
+        if not self._differentiable(leaves, outputs):
             return (None,) * len(wanted)
         return torch.autograd.grad(outputs, wanted, grads_in, allow_unused=True)
+
+    def _differentiable(self, leaves: list[torch.Tensor], outputs: list) -> bool:
+        """Whether the backward has work (a concat of the dense inputs has none: its graph
+        would be empty)."""
+        return (any(x.requires_grad for x in leaves) or bool(self.params)) and any(
+            o.requires_grad for o in outputs)
 
     def _apply(self, leaves: list[torch.Tensor], wheres: list[tuple], grads: tuple) -> None:
         """Input gradients into the gradient buffers (or the previous layer's); the
@@ -199,8 +205,11 @@ class _Run:
         with torch.cuda.graph(fwd, pool=pool):
             leaves, wheres, outputs, grads_in = self._forward()
             self._publish(outputs)
-        with torch.cuda.graph(bwd, pool=pool):
-            self._apply(leaves, wheres, self._grads(leaves, outputs, grads_in))
+        if self._differentiable(leaves, outputs):  # else an empty graph, and a warning
+            with torch.cuda.graph(bwd, pool=pool):
+                self._apply(leaves, wheres, self._grads(leaves, outputs, grads_in))
+        else:
+            bwd = None
         self.graphs = (fwd, bwd)
         self.step.captured += 1
         self._release()
@@ -220,7 +229,8 @@ class _Run:
 
     def backward(self) -> None:
         if self.graphs is not None:
-            self.graphs[1].replay()
+            if self.graphs[1] is not None:
+                self.graphs[1].replay()
             return
         leaves, wheres, outputs, grads_in = self._saved
         del self._saved
@@ -267,12 +277,10 @@ class SegmentedStep:
     def pool(self, key: tuple) -> tuple[int, int]:
         """The CUDA-graph memory pool of layer ``key``'s variants.
 
-        A path runs a layer once, so no two variants of one layer replay in the same step:
-        each variant's activations and temporaries only live between its own forward and
-        backward replays, and the variants can share memory. One pool per layer instead of
-        per variant keeps the graphs' memory near that of one variant per layer (variants
-        multiply with the widths: ~590 graphs for ~85 layers of ``nasrec_full``). Layers
-        never share: another layer's graphs replay between a layer's forward and backward.
+        A path runs a layer once, so two variants of one layer never replay in the same
+        step and can share memory: the graphs hold about one variant per layer (~590
+        graphs for ~85 layers of ``nasrec_full``). Layers never share: another layer's
+        graphs replay between a layer's forward and backward.
         """
         handle = self._pools.get(key)
         if handle is None:
