@@ -361,7 +361,7 @@ def encoder_backward(grad: torch.Tensor, z: torch.Tensor, key_bias: torch.Tensor
                      row_mask: torch.Tensor, weights: list[torch.Tensor], heads: int,
                      att: torch.Tensor, lse: torch.Tensor, precision: str = "tf32", *,
                      programs: int | None = None, num_warps: int = 4,
-                    unroll: int | None = None
+                     unroll: int | None = None
                      ) -> list[torch.Tensor]:
     """Gradients of :func:`encoder_forward`, as ``encoder_reference_backward``.
 
