@@ -35,7 +35,7 @@ from ranknas.errors import ConfigError
 from ranknas.evaluator.data.schema import Batch
 from ranknas.evaluator.tiny_attention import fused_self_attention, tiny_head_attention
 
-__all__ = ["IndexAdagrad", "TrainStep", "build_optimizers", "clip_grad_norm_",
+__all__ = ["IndexAdagrad", "TrainStep", "build_optimizers", "clip_grad_norm_", "dense_adagrad",
            "fused_self_attention", "precision_context", "split_parameters",
            "tiny_head_attention"]
 
@@ -61,6 +61,16 @@ def _sparse_embeddings(model: nn.Module) -> list[nn.Embedding | nn.EmbeddingBag]
             if isinstance(m, nn.Embedding | nn.EmbeddingBag) and m.sparse]
 
 
+def dense_adagrad(params: list[nn.Parameter], lr: float, eps: float,
+                  weight_decay: float) -> torch.optim.Adagrad:
+    """Adagrad over dense gradients; torch's fused kernel where every parameter is on the
+    CPU (one pass per tensor instead of four: 4.5x the update with weight decay, and a
+    quarter of a CPU supernet step, is spent there otherwise). CUDA has no fused Adagrad."""
+    fused = bool(params) and all(p.device.type == "cpu" for p in params)
+    return torch.optim.Adagrad(params, lr=lr, eps=eps, weight_decay=weight_decay,
+                               fused=fused or None)
+
+
 def build_optimizers(model: nn.Module, cfg: Any) -> list[torch.optim.Optimizer]:
     """``torch.optim`` optimizers of the plain step: dense and sparse parameters apart."""
     dense, sparse = split_parameters(model)
@@ -68,8 +78,7 @@ def build_optimizers(model: nn.Module, cfg: Any) -> list[torch.optim.Optimizer]:
     slr = cfg.effective_sparse_lr
     if cfg.optimizer == "adagrad":
         if dense:
-            opts.append(torch.optim.Adagrad(dense, lr=cfg.lr, eps=cfg.eps,
-                                            weight_decay=cfg.weight_decay))
+            opts.append(dense_adagrad(dense, cfg.lr, cfg.eps, cfg.weight_decay))
         if sparse:
             opts.append(torch.optim.Adagrad(sparse, lr=slr, eps=cfg.eps))
     elif cfg.optimizer == "adam":

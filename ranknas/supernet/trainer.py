@@ -44,7 +44,7 @@ from torch.profiler import record_function
 from ranknas.errors import ConfigError, TrainingDiverged
 from ranknas.evaluator.data.base import CTRData
 from ranknas.evaluator.data.schema import Batch
-from ranknas.evaluator.fast_train import build_optimizers
+from ranknas.evaluator.fast_train import build_optimizers, dense_adagrad
 from ranknas.evaluator.training import evaluate
 from ranknas.spaces.architecture import Architecture
 from ranknas.supernet.masked_step import copy_adagrad_state
@@ -65,9 +65,8 @@ def _optimizers(supernet: Supernet, cfg: SupernetTrainConfig) -> list[torch.opti
     dense, emb, slr = supernet.dense_parameters(), supernet.sparse_parameters(), \
         cfg.effective_sparse_lr
     if cfg.optimizer == "adagrad":
-        return [torch.optim.Adagrad(dense, lr=cfg.lr, eps=cfg.eps,
-                                    weight_decay=cfg.weight_decay),
-                torch.optim.Adagrad(emb, lr=slr, eps=cfg.eps)]
+        return [dense_adagrad(dense, cfg.lr, cfg.eps, cfg.weight_decay),
+                dense_adagrad(emb, slr, cfg.eps, 0.0)]
     if cfg.optimizer == "adam":
         return [torch.optim.Adam(dense, lr=cfg.lr, eps=cfg.eps, weight_decay=cfg.weight_decay),
                 torch.optim.Adam(emb, lr=slr, eps=cfg.eps)]
