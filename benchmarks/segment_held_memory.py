@@ -3,7 +3,7 @@
     python benchmarks/segment_held_memory.py --paths 30 --batch-size 256
     python benchmarks/segment_held_memory.py --cuda-growth     # on a GPU: the trainer's memory
 
-A segment variant (:class:`ranknas.supernet.segmented_step._Run`) lives as long as the
+A segment variant (:class:`ranknas.supernet.segment_run.SegmentRun`) lives as long as the
 trainer. Whatever it still references after its backward is held once per variant, and a
 GPU trainer captures ~590 variants of ``nasrec_full``: its output, and through the output's
 autograd graph the saved tensors of every node the backward skipped. This counts both,

@@ -27,7 +27,7 @@ import time
 import torch
 from bench_common import criteo_schema, sync, teacher_data
 from scipy.stats import kendalltau
-from trainer_throughput import TRAINER_VARIANTS, _ablate
+from trainer_throughput import TRAINER_VARIANTS, ablate
 
 from ranknas.spaces import load_space
 from ranknas.supernet import Supernet, SupernetTrainConfig, SupernetTrainer, make_sampler
@@ -42,7 +42,7 @@ TRAINER_VARIANTS["segmented+graph+check50+fusedencoder"] = \
 
 def run_one(variant: str, args: argparse.Namespace) -> dict:
     """Train and score one variant in this process."""
-    _ablate(variant)
+    ablate(variant)
     device = torch.device(args.device)
     space = load_space("nasrec_full")
     schema = criteo_schema()

@@ -55,12 +55,12 @@ def _busy_ms(prof: profile) -> float:
 def segment_times(trainer: SupernetTrainer, steps: int) -> None:
     """Print the GPU time per step of each op's segments (forward, backward) over ``steps``
     steps, from CUDA events around each segment's run."""
-    from ranknas.supernet import segmented_step
+    from ranknas.supernet import segment_run
 
     events: list[tuple[str, str, torch.cuda.Event, torch.cuda.Event]] = []
     originals = {}
     for phase in ("forward", "backward"):
-        originals[phase] = run = getattr(segmented_step._Run, phase)
+        originals[phase] = run = getattr(segment_run.SegmentRun, phase)
 
         def timed(self, run=run, phase=phase) -> None:
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -69,13 +69,13 @@ def segment_times(trainer: SupernetTrainer, steps: int) -> None:
             end.record()
             events.append((self.key[1] if len(self.key) > 1 else "head", phase, start, end))
 
-        setattr(segmented_step._Run, phase, timed)
+        setattr(segment_run.SegmentRun, phase, timed)
     try:
         trainer.train(steps * trainer.config.batch_size)
         torch.cuda.synchronize()
     finally:
         for phase, run in originals.items():
-            setattr(segmented_step._Run, phase, run)
+            setattr(segment_run.SegmentRun, phase, run)
     ms, calls = collections.defaultdict(float), collections.Counter()
     for op, phase, start, end in events:
         ms[(op, phase)] += start.elapsed_time(end) / steps

@@ -15,7 +15,7 @@ from ranknas.evaluator.data.schema import DataSchema
 from ranknas.spaces import Architecture, SearchSpace, build_model
 from ranknas.supernet import Supernet
 
-__all__ = ["TRAINER_VARIANTS", "measure_subnets", "measure_trainer", "print_trainer_rows"]
+__all__ = ["TRAINER_VARIANTS", "ablate", "measure_subnets", "measure_trainer", "print_trainer_rows"]
 
 TRAINER_VARIANTS = {
     "sliced": {},
@@ -52,7 +52,7 @@ for _ablation in ("noalias", "densewide", "unaligned", "tcattention", "unfuseden
         TRAINER_VARIANTS["segmented+graph+tf32+check50"]
 
 
-def _ablate(variant: str) -> None:
+def ablate(variant: str) -> None:
     """Patch ranknas for an ablation variant (``+torchnorm``, ``+noalias``, ...)."""
     import ranknas.supernet.masked as masked
     import ranknas.supernet.masked_base as masked_base
@@ -111,7 +111,7 @@ def measure_trainer(space: SearchSpace, schema: DataSchema, batch: int, steps: i
     encodings are not reused), on-device random data, Adagrad."""
     from ranknas.supernet import SupernetTrainConfig, SupernetTrainer, make_sampler
 
-    _ablate(variant)
+    ablate(variant)
     data = random_data(schema, 1 << 20, device)
     trainer = SupernetTrainer(
         Supernet(space, schema, seed=0), data, make_sampler("uniform", space, 0, schema=schema),
