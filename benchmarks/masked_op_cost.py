@@ -4,6 +4,7 @@ the kernels of an eager forward + backward.
 
     python benchmarks/masked_op_cost.py --batch-size 4096            # eager vs compiled
     python benchmarks/masked_op_cost.py --batch-size 4096 --kernels  # kernel breakdown
+    python benchmarks/masked_op_cost.py --batch-size 4096 --aten     # by ATen op and shapes
 
 Each op gets random inputs at its ports' bounds (``--fraction 0.25``: a quarter of them, as
 a narrow path's merged input), the default path buffers (every width mask on), TF32. A
@@ -70,19 +71,25 @@ def _graphed_us(fn, xs: dict[str, torch.Tensor], params: list[torch.Tensor],
     return start.elapsed_time(end) / reps * 1e3
 
 
-def _kernels(fn, xs: dict[str, torch.Tensor], params: list[torch.Tensor], title: str) -> None:
+def _kernels(fn, xs: dict[str, torch.Tensor], params: list[torch.Tensor], title: str,
+             aten: bool = False) -> None:
+    """The kernels of an eager forward + backward by GPU time, or (``aten``) the ATen ops
+    that launched them, grouped by input shapes."""
     for _ in range(3):
         _step(fn, xs, params)
     torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+    activities = [ProfilerActivity.CUDA, *([ProfilerActivity.CPU] if aten else [])]
+    with profile(activities=activities, record_shapes=aten) as prof:
         for _ in range(5):
             _step(fn, xs, params)
         torch.cuda.synchronize()
-    rows = [(e.self_device_time_total / 5, e.count / 5, e.key) for e in prof.key_averages()
-            if e.self_device_time_total > 0]
+    rows = [(e.self_device_time_total / 5, e.count / 5,
+             f"{e.key} {e.input_shapes}" if aten else e.key)
+            for e in prof.key_averages(group_by_input_shape=aten)
+            if e.self_device_time_total > 0 and e.key.startswith("aten::") == aten]
     print(f"{title}: {sum(r[0] for r in rows):.1f} us of kernels per forward + backward")
-    for us, count, name in sorted(rows, reverse=True)[:15]:
-        print(f"  {us:8.1f} us {count:4.0f}x  {name[:100]}")
+    for us, count, name in sorted(rows, reverse=True)[:25 if aten else 15]:
+        print(f"  {us:8.1f} us {count:4.0f}x  {name[:120]}")
 
 
 def main() -> None:
@@ -91,6 +98,8 @@ def main() -> None:
     parser.add_argument("--fraction", type=float, default=1.0)
     parser.add_argument("--eager-only", action="store_true")
     parser.add_argument("--kernels", action="store_true")
+    parser.add_argument("--aten", action="store_true", help="--kernels by ATen op and shapes")
+    parser.add_argument("--ops", nargs="*", default=None, help="only these ops (default: all)")
     args = parser.parse_args()
     torch.set_float32_matmul_precision("high")
     torch._dynamo.config.recompile_limit = 1000
@@ -102,6 +111,8 @@ def main() -> None:
           "| op | out | eager us | compiled us | eager / compiled | compile s |\n"
           "|---|---:|---:|---:|---:|---:|")
     for block, name in CASES:
+        if args.ops is not None and name not in args.ops:
+            continue
         op = prog.layers[(block, name, 0)].op
         params = list(op.m.parameters())
         for size in (None, 32, 16) if op.sizable and op.out_size == 64 else (None,):
@@ -112,8 +123,8 @@ def main() -> None:
                 return op.forward(xs, path) if size is None else op.forward(xs, path, size)
 
             title = f"{block} {name} out={size or op.out_size}"
-            if args.kernels:
-                _kernels(fn, xs, params, title)
+            if args.kernels or args.aten:
+                _kernels(fn, xs, params, title, args.aten)
                 continue
             eager = _graphed_us(fn, xs, params)
             compiled, seconds = float("nan"), 0.0

@@ -45,9 +45,10 @@ for _n in (0, 1, 3):
 # aliases, dense ops at their widest outputs, widths not rounded up to 8 columns, the
 # tensor-core attention kernels of attention_tensor_core.py (an experiment, for the unfused
 # transformer), the transformer layer as PyTorch ops instead of ranknas.supernet.fused_encoder's
-# one op (the default under TF32), or as that op with float32 matmuls (3xTF32 dots)
+# one op (the default under TF32), or as that op with float32 matmuls (3xTF32 dots), or
+# PyTorch's index_select / index_add_ instead of ranknas.supernet.column_index's kernels
 for _ablation in ("noalias", "densewide", "unaligned", "tcattention", "unfusedencoder",
-                  "fusedencoder"):
+                  "fusedencoder", "torchindex"):
     TRAINER_VARIANTS[f"segmented+graph+tf32+check50+{_ablation}"] = \
         TRAINER_VARIANTS["segmented+graph+tf32+check50"]
 
@@ -74,6 +75,10 @@ def ablate(variant: str) -> None:
             module.aligned = lambda n: n
     if variant.endswith("+tcattention"):
         _tensor_core_attention()
+    if variant.endswith("+torchindex"):
+        import ranknas.supernet.column_index as column_index
+
+        column_index._fits = lambda *tensors: False
     if variant.endswith("fusedencoder"):
         import ranknas.supernet.fused_encoder as fused_encoder
 

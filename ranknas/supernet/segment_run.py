@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from ranknas.spaces.ops import Kind
+from ranknas.supernet.column_index import gather_cols, scatter_add_cols_
 from ranknas.supernet.masked import _PREV, _Port
 from ranknas.supernet.masked_base import Path, as_kind, resize
 from ranknas.supernet.segmented import HEAD
@@ -66,7 +67,7 @@ class SegmentRun:
             gather = port if alias is None else alias
             cols = step.port_index[id(gather)]  # the zero column last
             index = cols.index_select(0, gather.gather.view(path)[:size])
-            x = self.buf.forms[p.kind].index_select(1, index).requires_grad_()
+            x = gather_cols(self.buf.forms[p.kind], index).requires_grad_()
             return x, x, ("gather", p.kind, index)
         if port.cands == (_PREV,):
             leaf = self.prev.out.detach().requires_grad_()
@@ -143,8 +144,9 @@ class SegmentRun:
                 continue
             if where[0] == "prev":
                 self.prev.grad_out.copy_(g)
-            elif where[0] == "gather":  # padding lands on the zero column's gradient
-                self.buf.grads[where[1]].index_add_(1, where[2], g)
+            elif where[0] == "gather":  # padding's gradient would land on the zero column
+                dst = self.buf.grads[where[1]]
+                scatter_add_cols_(dst, where[2], g, skip=dst.shape[1] - 1)
             else:
                 self.buf.grads[where[1]].narrow(1, where[2], where[3]).add_(g)
         pairs = [(p, g) for p, g in zip(self.params, grads[n:], strict=True) if g is not None]

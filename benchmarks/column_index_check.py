@@ -1,0 +1,104 @@
+"""``ranknas.supernet.column_index``'s Triton kernels against PyTorch's ``index_select`` and
+``index_add_``: correctness, and (``--bench``, CUDA) GPU time at the segmented step's sizes.
+
+    python benchmarks/column_index_check.py --bench          # on a GPU
+    TRITON_INTERPRET=1 python benchmarks/column_index_check.py   # the kernels' math on CPU
+
+The kernels are launched directly (``column_index`` itself sends 2-D tensors to PyTorch), so
+this also times the 2-D cases that decided that. Times are GPU us per call: 20 calls
+captured in one CUDA graph and replayed, so host launch costs do not count. Indices are
+sorted random columns, as a merged input's storage positions are.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from ranknas.supernet import column_index as ci
+
+CHECKS = ((7, 30, 20, ()), (5, 40, 33, (16,)), (300, 9, 5, (3,)), (3, 2100, 2064, ()))
+BENCH = (("fields [4096, 400 -> 170, 16]", 4096, 400, 170, (16,)),
+         ("features [4096, 6000 -> 2064]", 4096, 6000, 2064, ()),
+         ("weight columns [1024, 2100 -> 2064]", 1024, 2100, 2064, ()),
+         ("pairs [4096, 2116 -> 1035]", 4096, 2116, 1035, ()))
+
+
+def check(device: str) -> None:
+    gen = torch.Generator().manual_seed(0)
+    for rows, big, n, tail in CHECKS:
+        src = torch.randn(rows, big, *tail, generator=gen).to(device)
+        index = torch.randint(0, big, (n,), generator=gen).to(device)
+        index[-3:] = big - 1  # repeats, as padding onto the zero column
+        out = torch.empty(rows, n, *tail, device=device)
+        ci._launch(ci._gather_kernel, src, out, index, None)
+        small = torch.randn(rows, n, *tail, generator=gen).to(device)
+        for skip in (None, big - 1):
+            dst = torch.randn(rows, big, *tail, generator=gen).to(device)
+            want = dst.clone().index_add_(1, index, small)
+            ci._launch(ci._scatter_add_kernel, dst, small, index, skip)
+            keep = slice(None) if skip is None else slice(0, big - 1)
+            err = (dst[:, keep] - want[:, keep]).abs().max().item()
+            print(f"[{rows}, {big} -> {n}, {tail}] skip={skip}: gather "
+                  f"{'ok' if torch.equal(out, src.index_select(1, index)) else 'FAIL'}, "
+                  f"scatter-add max err {err:.1e} {'ok' if err < 1e-5 else 'FAIL'}")
+
+
+def _graphed_us(fn, reps: int = 20) -> float:
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(reps):
+            fn()
+    graph.replay()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(10):
+        graph.replay()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / 10 / reps * 1e3
+
+
+def bench() -> None:
+    print("| case | op | PyTorch us | kernel us | PyTorch / kernel |\n|---|---|---:|---:|---:|")
+    for name, rows, big, n, tail in BENCH:
+        _bench_case(name, rows, big, n, tail)
+
+
+def _bench_case(name: str, rows: int, big: int, n: int, tail: tuple[int, ...]) -> None:
+    src = torch.randn(rows, big, *tail, device="cuda")
+    index = torch.randperm(big, device="cuda")[:n].sort().values
+    small = torch.randn(rows, n, *tail, device="cuda")
+    out = torch.empty_like(small)
+    pairs = {
+        "gather": (lambda: src.index_select(1, index),
+                   lambda: ci._launch(ci._gather_kernel, src, out, index, None)),
+        "scatter-add": (lambda: src.index_add_(1, index, small),
+                        lambda: ci._launch(ci._scatter_add_kernel, src, small, index, None)),
+    }
+    for op, (torch_fn, kernel_fn) in pairs.items():
+        ref, ours = _graphed_us(torch_fn), _graphed_us(kernel_fn)
+        print(f"| {name} | {op} | {ref:.1f} | {ours:.1f} | {ref / ours:.2f} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--bench", action="store_true")
+    args = parser.parse_args()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    check(device)
+    if args.bench:
+        if device != "cuda":
+            raise SystemExit("--bench needs a CUDA device")
+        bench()
+
+
+if __name__ == "__main__":
+    main()
