@@ -46,9 +46,10 @@ for _n in (0, 1, 3):
 # tensor-core attention kernels of attention_tensor_core.py (an experiment, for the unfused
 # transformer), the transformer layer as PyTorch ops instead of ranknas.supernet.fused_encoder's
 # one op (the default under TF32), or as that op with float32 matmuls (3xTF32 dots), or
-# PyTorch's index_select / index_add_ instead of ranknas.supernet.column_index's kernels
+# PyTorch's index_select / index_add_ instead of ranknas.supernet.column_index's kernels, or
+# the dot-product's pairs as PyTorch ops instead of ranknas.supernet.fused_pairs' kernels
 for _ablation in ("noalias", "densewide", "unaligned", "tcattention", "unfusedencoder",
-                  "fusedencoder", "torchindex"):
+                  "fusedencoder", "torchindex", "torchpairs"):
     TRAINER_VARIANTS[f"segmented+graph+tf32+check50+{_ablation}"] = \
         TRAINER_VARIANTS["segmented+graph+tf32+check50"]
 
@@ -79,6 +80,10 @@ def ablate(variant: str) -> None:
         import ranknas.supernet.column_index as column_index
 
         column_index._fits = lambda *tensors: False
+    if variant.endswith("+torchpairs"):
+        import ranknas.supernet.fused_pairs as fused_pairs
+
+        fused_pairs.ENABLED = False
     if variant.endswith("fusedencoder"):
         import ranknas.supernet.fused_encoder as fused_encoder
 

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from ranknas.spaces.materialized import MaterializedNode
 from ranknas.supernet.elastic_base import ElasticOp
 from ranknas.supernet.elastic_interaction import kept_fields
+from ranknas.supernet.fused_pairs import pairwise_dots
 from ranknas.supernet.masked_base import (
     MaskedOp,
     Path,
@@ -111,18 +112,16 @@ class MaskedDotProduct(MaskedOp):
     def forward(self, x: dict[str, torch.Tensor], path: Path,
                 size: int | None = None) -> torch.Tensor:
         size = size or self.out_size
-        y = self._fields(x["sparse"], path)
-        if self.has_dense:
-            on = self.dense_on.view(path)
-            d = self._dense(x["dense"], path).unsqueeze(1)
-            # without a dense input the fields start at 0, not 1
-            y = blend(on, torch.cat([d, y], 1), torch.cat([y, torch.zeros_like(d)], 1))
-        pairs = torch.bmm(y, y.transpose(1, 2)).flatten(1).index_select(
-            1, self._pairs_on(y.device))
+        d = self._dense(x["dense"], path) if self.has_dense else None
+        on = self.dense_on.view(path) if self.has_dense else None
+        # zero-padded to an aligned width: e.g. 1,035 pairs run cuBLAS's unaligned kernels
+        cols = aligned(len(self.pair_index))
+        pairs = pairwise_dots(self._fields(x["sparse"], path), d, on,
+                              self._pairs_on(x["sparse"].device), cols)
         if not self.int_ok:
             return resize(pairs, size)
         op, rows = self.m.out_proj, min(size, self.width_max)
-        k = aligned(op.weight.shape[1])  # e.g. 1,035 pairs: cuBLAS's unaligned kernels
+        k = aligned(op.weight.shape[1])
         proj = F.linear(resize(pairs, k), resize(first(op.weight, rows), k, 1),
                         None if op.bias is None else first(op.bias, rows))
         out = blend(self.proj_out.view(path), proj, resize(pairs, rows))
