@@ -58,7 +58,8 @@ def gather_cols(src: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """``src.index_select(1, index)``, differentiable in ``src``.
 
     Args:
-        src: ``[R, N, *tail]`` (e.g. a weight ``[out, N]``, or fields ``[B, N, E]``).
+        src: ``[R, N, *tail]``: fields ``[B, N, E]`` take the kernel, a 2-D ``src``
+            PyTorch's ``index_select``.
         index: ``[n]`` integer columns of ``src``, repeats allowed.
 
     Returns:
