@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 
 import torch
+from bench_common import graph_replay_us, kernel_device
 
 from ranknas.supernet import column_index as ci
 
@@ -45,27 +46,6 @@ def check(device: str) -> None:
                   f"scatter-add max err {err:.1e} {'ok' if err < 1e-5 else 'FAIL'}")
 
 
-def _graphed_us(fn, reps: int = 20) -> float:
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(reps):
-            fn()
-    graph.replay()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(10):
-        graph.replay()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / 10 / reps * 1e3
-
-
 def bench() -> None:
     print("| case | op | PyTorch us | kernel us | PyTorch / kernel |\n|---|---|---:|---:|---:|")
     for name, rows, big, n, tail in BENCH:
@@ -84,7 +64,7 @@ def _bench_case(name: str, rows: int, big: int, n: int, tail: tuple[int, ...]) -
                         lambda: ci._launch(ci._scatter_add_kernel, src, small, index, None)),
     }
     for op, (torch_fn, kernel_fn) in pairs.items():
-        ref, ours = _graphed_us(torch_fn), _graphed_us(kernel_fn)
+        ref, ours = graph_replay_us(torch_fn), graph_replay_us(kernel_fn)
         print(f"| {name} | {op} | {ref:.1f} | {ours:.1f} | {ref / ours:.2f} |")
 
 
@@ -92,7 +72,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--bench", action="store_true")
     args = parser.parse_args()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = kernel_device()
     check(device)
     if args.bench:
         if device != "cuda":

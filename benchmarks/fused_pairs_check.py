@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 
 import torch
+from bench_common import graph_replay_us, kernel_device
 
 from ranknas.supernet import fused_pairs as fp
 
@@ -53,35 +54,14 @@ def check(device: str) -> bool:
     return good
 
 
-def _graphed_us(fn, reps: int = 20) -> float:
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(reps):
-            fn()
-    graph.replay()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(10):
-        graph.replay()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / 10 / reps * 1e3
-
-
 def bench(batch: int) -> None:
     print(f"B={batch}\n| fields | dense | cols | PyTorch us | kernels us | PyTorch / kernels |\n"
           "|---:|---|---:|---:|---:|---:|")
     for fields, dense, on, cols in CASES[:4]:
         args = (*_inputs(batch, fields, dense, on, "cuda"), cols,
                 torch.randn(batch, cols, device="cuda"))
-        ref = _graphed_us(lambda args=args: _fwd_bwd(fp.pairs_reference, *args))
-        ours = _graphed_us(lambda args=args: _fwd_bwd(fp.pairwise_dots, *args))
+        ref = graph_replay_us(lambda args=args: _fwd_bwd(fp.pairs_reference, *args))
+        ours = graph_replay_us(lambda args=args: _fwd_bwd(fp.pairwise_dots, *args))
         print(f"| {fields} | {dense and ('on' if on else 'off')} | {cols} | {ref:.1f} | "
               f"{ours:.1f} | {ref / ours:.2f} |")
 
@@ -91,7 +71,7 @@ def main() -> None:
     parser.add_argument("--bench", action="store_true")
     parser.add_argument("--batch-size", type=int, default=4096)
     args = parser.parse_args()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = kernel_device()
     if not check(device):
         raise SystemExit("fused_pairs: the kernels disagree with the reference")
     if args.bench:
