@@ -44,7 +44,8 @@ def pairs_reference(y: torch.Tensor, d: torch.Tensor | None, on: torch.Tensor | 
         # without a dense input the fields start at row 0, and a zero row ends them
         y = torch.where(on > 0, torch.cat([d, y], 1), torch.cat([y, torch.zeros_like(d)], 1))
     pairs = torch.bmm(y, y.transpose(1, 2)).flatten(1).index_select(1, pair_index)
-    return torch.nn.functional.pad(pairs, [0, cols - pairs.shape[1]])
+    extra = cols - pairs.shape[1]
+    return torch.nn.functional.pad(pairs, [0, extra]) if extra else pairs
 
 
 def pairwise_dots(y: torch.Tensor, d: torch.Tensor | None, on: torch.Tensor | None,

@@ -114,10 +114,12 @@ class MaskedDotProduct(MaskedOp):
         size = size or self.out_size
         d = self._dense(x["dense"], path) if self.has_dense else None
         on = self.dense_on.view(path) if self.has_dense else None
-        # zero-padded to an aligned width: e.g. 1,035 pairs run cuBLAS's unaligned kernels
-        cols = aligned(len(self.pair_index))
+        # zero-padded to an aligned width for the projection: e.g. 1,035 pairs run cuBLAS's
+        # unaligned kernels
+        count = len(self.pair_index)
         pairs = pairwise_dots(self._fields(x["sparse"], path), d, on,
-                              self._pairs_on(x["sparse"].device), cols)
+                              self._pairs_on(x["sparse"].device),
+                              aligned(count) if self.int_ok else count)
         if not self.int_ok:
             return resize(pairs, size)
         op, rows = self.m.out_proj, min(size, self.width_max)
