@@ -20,7 +20,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from ranknas.spaces.ops.sparse import LN_INIT, attention_heads
+from ranknas.spaces.ops.sparse import LN_INIT, attention_heads, self_attention
 from ranknas.supernet.elastic_base import (
     ElasticOp,
     ElasticSpec,
@@ -102,7 +102,7 @@ class ElasticTransformer(ElasticOp):
                 layout: SourceLayout) -> torch.Tensor:
         """``x [B, N, E] -> [B, W, E]``."""
         z = self.proj(inputs["x"], need_width(self, width), layout)
-        z = self.attn_norm(z + self.attn(z, z, z, need_weights=False)[0])
+        z = self.attn_norm(z + self_attention(self.attn, z))
         return self.ffn_norm(z + self.fc2(torch.relu(self.fc1(z))))
 
     def export(self, width: int | None, layout: SourceLayout) -> dict[str, torch.Tensor]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ranknas.spaces.ops.base import (
@@ -24,6 +25,29 @@ from ranknas.spaces.ops.dense import io_bytes, norm_or_bias_cost, resolve_ports
 LN_INIT = 0.17
 #: Candidate attention head counts, largest first; the first that divides E is used.
 HEAD_CHOICES = (8, 4, 2, 1)
+
+
+def self_attention(attn: nn.MultiheadAttention, z: torch.Tensor) -> torch.Tensor:
+    """``attn(z, z, z)``'s output for batch-first tokens ``z [B, L, E]``.
+
+    On the CPU the packed in-projection is split into ``[B, H, L, E / H]`` views for
+    ``scaled_dot_product_attention`` (same kernel, same math). The module's own forward
+    transposes to sequence-first and copies around that kernel: 1.1-1.55x slower forward +
+    backward at B=512, E=16, 8 heads, 16-64 tokens, one thread (``benchmarks/RESULTS.md``).
+    Elsewhere, for a module with dropout, extra key biases or separate projections, and for a
+    forward patched onto the module (``TrainConfig.fused_attention``), the module runs.
+    """
+    plain = (z.device.type == "cpu" and "forward" not in vars(attn) and attn.batch_first
+             and attn._qkv_same_embed_dim and attn.bias_k is None and not attn.add_zero_attn
+             and (attn.dropout == 0 or not attn.training))
+    if not plain:
+        return attn(z, z, z, need_weights=False)[0]
+    b, n, e = z.shape
+    h = attn.num_heads
+    qkv = F.linear(z, attn.in_proj_weight, attn.in_proj_bias)  # [B, L, 3E]: q | k | v
+    q, k, v = qkv.view(b, n, 3, h, e // h).permute(2, 0, 3, 1, 4)
+    out = F.scaled_dot_product_attention(q, k, v)  # [B, H, L, E / H]
+    return attn.out_proj(out.transpose(1, 2).reshape(b, n, e))
 
 
 def attention_heads(dim: int) -> int:
@@ -114,7 +138,7 @@ class TransformerModule(nn.Module):
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         """``[B, N, E] -> [B, W, E]``."""
         z = self.proj(y)
-        z = self.attn_norm(z + self.attn(z, z, z, need_weights=False)[0])
+        z = self.attn_norm(z + self_attention(self.attn, z))
         return self.ffn_norm(z + self.fc2(torch.relu(self.fc1(z))))
 
 
