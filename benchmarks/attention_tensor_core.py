@@ -17,7 +17,8 @@ of padding each head we *mask* the other heads' columns to zero:
 
 Tiles are ``[NP, EP]`` with ``NP = max(16, next_pow2(L))`` tokens and
 ``EP = max(16, next_pow2(E))`` columns; padded rows / columns load as 0, padded keys get a
-``-inf`` score.
+``-inf`` score. The backward's loop over heads is ``ranknas.supernet.encoder_kernels``'
+``_heads_backward``, which the fused encoder layer's backward runs as well.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ import math
 import torch
 import triton
 import triton.language as tl
+
+from ranknas.supernet.encoder_kernels import _heads_backward, _tiles
 
 __all__ = ["tc_backward", "tc_forward"]
 
@@ -54,10 +57,7 @@ def _tc_fwd(qkv_ptr, out_ptr, lse_ptr, bias_ptr, scale,
     """One example: ``qkv [L, 3E]`` -> ``out [L, E]`` and ``lse [H, L]`` (float32)."""
     E: tl.constexpr = H * D
     b = tl.program_id(0).to(tl.int64)
-    rows = tl.arange(0, NP)
-    cols = tl.arange(0, EP)
-    row_ok = rows < L
-    tile_ok = row_ok[:, None] & (cols < E)[None, :]
+    rows, cols, row_ok, tile_ok, _ = _tiles(L, E, NP, EP)
     src = qkv_ptr + b * L * 3 * E + rows[:, None] * 3 * E + cols[None, :]
     # the scale is folded into q once instead of into every [NP, NP] score tile
     q = tl.load(src, mask=tile_ok, other=0.0).to(tl.float32) * scale
@@ -94,10 +94,7 @@ def _tc_bwd(qkv_ptr, o_ptr, do_ptr, lse_ptr, dqkv_ptr, bias_ptr, scale,
     ``dqkv [L, 3E]``, probabilities recomputed from ``lse``."""
     E: tl.constexpr = H * D
     b = tl.program_id(0).to(tl.int64)
-    rows = tl.arange(0, NP)
-    cols = tl.arange(0, EP)
-    row_ok = rows < L
-    tile_ok = row_ok[:, None] & (cols < E)[None, :]
+    rows, cols, row_ok, tile_ok, _ = _tiles(L, E, NP, EP)
     qkv_offs = b * L * 3 * E + rows[:, None] * 3 * E + cols[None, :]
     o_offs = b * L * E + rows[:, None] * E + cols[None, :]
     # scaled q gives the scores and, as dk = dS^T @ (scale q), dk's scale for free
@@ -107,27 +104,8 @@ def _tc_bwd(qkv_ptr, o_ptr, do_ptr, lse_ptr, dqkv_ptr, bias_ptr, scale,
     o = tl.load(o_ptr + o_offs, mask=tile_ok, other=0.0).to(tl.float32)
     do = tl.load(do_ptr + o_offs, mask=tile_ok, other=0.0).to(tl.float32)
     key_bias = _key_bias(bias_ptr, rows, row_ok, HAS_BIAS)
-    kt = tl.trans(k)
-    vt = tl.trans(v)
-    dq = tl.zeros((NP, EP), tl.float32)
-    dk = tl.zeros((NP, EP), tl.float32)
-    dv = tl.zeros((NP, EP), tl.float32)
-    for h in tl.range(H, loop_unroll_factor=UNROLL):
-        head = (cols // D) == h
-        qh = tl.where(head[None, :], q, 0.0)
-        doh = tl.where(head[None, :], do, 0.0)
-        # padded query rows read lse = +inf: p = exp(s - inf) = 0 even where s = -inf
-        # (other=-inf would give -inf - -inf = NaN)
-        lse = tl.load(lse_ptr + (b * H + h) * L + rows, mask=row_ok, other=float("inf"))
-        s = tl.dot(qh, kt, input_precision=PRECISION) + key_bias[None, :]
-        p = tl.exp(s - lse[:, None])  # [NP queries, NP keys]
-        dv += tl.dot(tl.trans(p), doh, input_precision=PRECISION)
-        # doh is head-masked, so dp and delta only see head h's columns
-        dp = tl.dot(doh, vt, input_precision=PRECISION)
-        delta = tl.sum(doh * o, 1)
-        ds = p * (dp - delta[:, None])
-        dq += tl.dot(ds, tl.where(head[None, :], k, 0.0), input_precision=PRECISION)
-        dk += tl.dot(tl.trans(ds), qh, input_precision=PRECISION)
+    dq, dk, dv = _heads_backward(q, k, v, o, do, key_bias, lse_ptr + b * H * L, rows, row_ok,
+                                 cols, L, H, D, NP, EP, PRECISION, UNROLL)
     dst = dqkv_ptr + qkv_offs
     ty = dqkv_ptr.dtype.element_ty
     tl.store(dst, (dq * scale).to(ty), mask=tile_ok)

@@ -11,7 +11,8 @@ direction is one kernel over ``z [B, L, E]`` (E <= 32, head dim <= 4, L <= 64):
   tiles, so every projection is a ``tl.dot`` (tensor cores, K >= 16);
 - attention is the tensor-core scheme of ``benchmarks/attention_tensor_core.py``: a head's 2-4
   columns are far below ``tl.dot``'s minimum K, so each head's dot sees the other heads'
-  columns masked to zero, and the heads' outputs add up into one ``[NP, EP]`` tile;
+  columns masked to zero, and the heads' outputs add up into one ``[NP, EP]`` tile (that
+  experiment's backward calls this module's ``_heads_backward`` too);
 - the backward accumulates the 12 weight gradients in registers over the program's examples
   and writes one partial row per program, summed on the host (as ``fused_norm``'s backward).
 
@@ -122,6 +123,35 @@ if triton is not None:
         row_ok = rows < L
         tile_ok = row_ok[:, None] & (cols < E)[None, :]
         return rows, cols, row_ok, tile_ok, (cols < E).to(tl.float32)
+
+    @triton.jit
+    def _heads_backward(q, k, v, att, datt, key_bias, lse_ptr, rows, row_ok, cols,
+                        L: tl.constexpr, H: tl.constexpr, D: tl.constexpr, NP: tl.constexpr,
+                        EP: tl.constexpr, PRECISION: tl.constexpr, UNROLL: tl.constexpr):
+        """``(dq, dk, dv)`` ``[NP, EP]`` of the H heads' softmax attention (D columns each)
+        from the scaled ``q``, ``k``, ``v``, the output ``att`` and its gradient ``datt``;
+        each head's probabilities are recomputed from its log-sum-exp at ``lse_ptr + h * L``.
+        ``dq`` is the gradient of the scaled ``q``."""
+        kt = tl.trans(k)
+        vt = tl.trans(v)
+        dq = tl.zeros((NP, EP), tl.float32)
+        dk = tl.zeros((NP, EP), tl.float32)
+        dv = tl.zeros((NP, EP), tl.float32)
+        for h in tl.range(H, loop_unroll_factor=UNROLL):
+            head = (cols // D) == h
+            qh = tl.where(head[None, :], q, 0.0)
+            doh = tl.where(head[None, :], datt, 0.0)
+            # padded query rows read lse = +inf: p = exp(s - inf) = 0 even where s = -inf
+            # (other=-inf would give -inf - -inf = NaN)
+            lse = tl.load(lse_ptr + h * L + rows, mask=row_ok, other=float("inf"))
+            p = tl.exp(_mm(qh, kt, PRECISION) + key_bias[None, :] - lse[:, None])
+            dv += _mm(tl.trans(p), doh, PRECISION)
+            # doh is head-masked, so dp and delta only see head h's columns
+            delta = tl.sum(doh * att, 1)
+            ds = p * (_mm(doh, vt, PRECISION) - delta[:, None])
+            dq += _mm(ds, tl.where(head[None, :], k, 0.0), PRECISION)
+            dk += _mm(tl.trans(ds), qh, PRECISION)
+        return dq, dk, dv
 
     @triton.jit
     def _after_attention(z, att, wo, bo, g1, s1, w1, c1, w2, c2, cm, E: tl.constexpr,
@@ -244,25 +274,8 @@ if triton is not None:
             q = _mm(z, wq, PRECISION) + bq[None, :]
             k = _mm(z, wk, PRECISION) + bk[None, :]
             v = _mm(z, wv, PRECISION) + bv[None, :]
-            kt = tl.trans(k)
-            vt = tl.trans(v)
-            dq = tl.zeros((NP, EP), tl.float32)
-            dk = tl.zeros((NP, EP), tl.float32)
-            dv = tl.zeros((NP, EP), tl.float32)
-            for h in tl.range(H, loop_unroll_factor=UNROLL):
-                head = (cols // D) == h
-                qh = tl.where(head[None, :], q, 0.0)
-                doh = tl.where(head[None, :], datt, 0.0)
-                # padded query rows read lse = +inf: p = 0 even where the score is -inf
-                lse = tl.load(lse_ptr + (ex * H + h) * L + rows, mask=row_ok,
-                              other=float("inf"))
-                p = tl.exp(_mm(qh, kt, PRECISION) + kb[None, :] - lse[:, None])
-                dv += _mm(tl.trans(p), doh, PRECISION)
-                # doh is head-masked, so dp and delta only see head h's columns
-                delta = tl.sum(doh * att, 1)
-                ds = p * (_mm(doh, vt, PRECISION) - delta[:, None])
-                dq += _mm(ds, tl.where(head[None, :], k, 0.0), PRECISION)
-                dk += _mm(tl.trans(ds), qh, PRECISION)
+            dq, dk, dv = _heads_backward(q, k, v, att, datt, kb, lse_ptr + ex * H * L, rows,
+                                         row_ok, cols, L, H, D, NP, EP, PRECISION, UNROLL)
             # dq is d/d(scaled q): through the scaled wq it gives dz directly, and the true
             # in-projection gradients are its sums times scale (applied once, at the end)
             d_wq += _mm(tl.trans(dq), z, PRECISION)
