@@ -8,9 +8,11 @@
 (captures and compiles happen there) it prints the host cost of choosing a path
 (``sampler.sample``) and of encoding it for the fixed-shape executions, the mean step time,
 and a ``torch.profiler`` table of ``--profile-steps`` steps sorted by host time and by device
-time, the host time of each phase of a step (``ranknas.*`` profiler ranges: sample, encode,
-forward, backward, update) and the time the GPU was busy per step; compare that with the step
-time to see which side bounds the step.
+time, the host time of each phase of a step (``ranknas.*`` profiler ranges: sample (taking
+the path a prefetch worker drew, where one runs: ``path_prefetch``), encode,
+forward, backward, update), the time the GPU was busy per step (compare that with the step
+time to see which side bounds the step) and, on CUDA, the device activities per step by
+duration.
 
 ``--segment-times`` (segmented execution on CUDA) instead times every segment's forward and
 backward (graph replays, or eager runs) with CUDA events and prints the GPU time per step by
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import copy
 import time
 
 import torch
@@ -50,6 +53,23 @@ def _busy_ms(prof: profile) -> float:
         busy += max(0, stop - max(start, end))
         end = max(end, stop)
     return busy / 1e6
+
+
+def kernel_sizes(prof: profile, steps: int) -> str:
+    """Device activities per step by duration: how many, and the time they take. Many short
+    kernels that cannot fill the GPU point to fusion or concurrent streams; a few long ones,
+    to their own kernels."""
+    spans = [(e.end_ns() - e.start_ns()) / 1e3 for e in prof.profiler.kineto_results.events()
+             if e.device_type() == torch.autograd.DeviceType.CUDA
+             and not e.is_user_annotation()]
+    bins = ((0, 3), (3, 10), (10, 30), (30, 100), (100, float("inf")))
+    parts = []
+    for lo, hi in bins:
+        inside = [us for us in spans if lo <= us < hi]
+        parts.append(f"{lo}-{hi} us: {len(inside) / steps:.0f} "
+                     f"({sum(inside) / steps / 1e3:.2f} ms)")
+    return (f"device activities per step, {len(spans) / steps:.0f} in all, by duration: "
+            + "; ".join(parts))
 
 
 def segment_times(trainer: SupernetTrainer, steps: int) -> None:
@@ -115,10 +135,12 @@ def main() -> None:
         segment_times(trainer, args.steps)
         return
 
-    paths = [trainer.sampler.sample(10_000 + i) for i in range(50)]  # not seen in warm-up
+    # a copy: drawing from the trainer's sampler would restart its path prefetch worker
+    sampler = copy.deepcopy(trainer.sampler)
+    paths = [sampler.sample(10_000 + i) for i in range(50)]  # not seen in warm-up
     start = time.perf_counter()
     for i in range(50):
-        trainer.sampler.sample(20_000 + i)
+        sampler.sample(20_000 + i)
     sample_ms = (time.perf_counter() - start) * 20
     start = time.perf_counter()
     for arch in paths:
@@ -148,6 +170,8 @@ def main() -> None:
     print(f"B={b} {fields}: step {step_ms:.1f} ms ({b / step_ms * 1e3:,.0f} ex/s); new path: "
           f"sample {sample_ms:.2f} ms + encode {encode_ms:.2f} ms; per profiled step: host "
           f"{host:.1f} ms, GPU busy {gpu:.1f} ms")
+    if device.type == "cuda":
+        print(kernel_sizes(prof, args.profile_steps))
 
 
 if __name__ == "__main__":

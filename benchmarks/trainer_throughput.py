@@ -32,6 +32,10 @@ TRAINER_VARIANTS = {
     "segmented+graph+bf16+check50": {"execution": "segmented", "cuda_graph": True,
                                      "precision": "bf16", "check_every": 50},
 }
+# paths drawn and encoded on the spot in the trainer's process, not ahead in a worker (the
+# default on CUDA: SupernetTrainConfig.path_prefetch)
+TRAINER_VARIANTS["segmented+graph+tf32+check50+spot"] = {
+    **TRAINER_VARIANTS["segmented+graph+tf32+check50"], "path_prefetch": 0}
 # the same with PyTorch's LayerNorm ops instead of the fused masked-LayerNorm kernel (the A/B
 # of ranknas.supernet.fused_norm; run it in its own process, it patches the module)
 TRAINER_VARIANTS["segmented+graph+tf32+check50+torchnorm"] = \
@@ -47,9 +51,10 @@ for _n in (0, 1, 3):
 # transformer), the transformer layer as PyTorch ops instead of ranknas.supernet.fused_encoder's
 # one op (the default under TF32), or as that op with float32 matmuls (3xTF32 dots), or
 # PyTorch's index_select / index_add_ instead of ranknas.supernet.column_index's kernels, or
-# the dot-product's pairs as PyTorch ops instead of ranknas.supernet.fused_pairs' kernels
+# the dot-product's pairs as PyTorch ops instead of ranknas.supernet.fused_pairs' kernels, or
+# the dense Adagrad update as four foreach passes instead of ranknas.evaluator.fused_adagrad's
 for _ablation in ("noalias", "densewide", "unaligned", "tcattention", "unfusedencoder",
-                  "fusedencoder", "torchindex", "torchpairs"):
+                  "fusedencoder", "torchindex", "torchpairs", "foreachadagrad"):
     TRAINER_VARIANTS[f"segmented+graph+tf32+check50+{_ablation}"] = \
         TRAINER_VARIANTS["segmented+graph+tf32+check50"]
 
@@ -84,6 +89,10 @@ def ablate(variant: str) -> None:
         import ranknas.supernet.fused_pairs as fused_pairs
 
         fused_pairs.ENABLED = False
+    if variant.endswith("+foreachadagrad"):
+        import ranknas.evaluator.fused_adagrad as fused_adagrad
+
+        fused_adagrad.ENABLED = False
     if variant.endswith("fusedencoder"):
         import ranknas.supernet.fused_encoder as fused_encoder
 

@@ -7,7 +7,8 @@ optimizers. The opt-in fast paths (``TrainConfig`` fields, see ``training.py``) 
   so backward stops at the ``[.., E]`` rows looked up; :class:`IndexAdagrad` then sums duplicate
   rows with a sort, a cumsum and ``index_add_`` (fixed shapes: no ``unique``/``coalesce``, no
   host sync) and applies exactly the update of ``torch.optim.Adagrad`` (or SGD) on a sparse
-  gradient. Dense parameters get the same math through ``torch._foreach_*`` kernels.
+  gradient. Dense parameters get the same math from
+  :func:`~ranknas.evaluator.fused_adagrad.adagrad_` (one pass per tensor on CUDA).
 - ``compile=True``: ``torch.compile`` of the model; the embedding lookup is kept out of the
   compiled region (a sparse gradient cannot be compiled), everything after it is one graph.
 - ``precision``: ``tf32`` matmuls, or ``bf16`` autocast of the forward (loss in float32).
@@ -33,6 +34,7 @@ from torch import nn
 
 from ranknas.errors import ConfigError
 from ranknas.evaluator.data.schema import Batch
+from ranknas.evaluator.fused_adagrad import adagrad_
 from ranknas.evaluator.tiny_attention import fused_self_attention, tiny_head_attention
 
 __all__ = ["IndexAdagrad", "TrainStep", "build_optimizers", "clip_grad_norm_", "dense_adagrad",
@@ -195,7 +197,8 @@ def _grad(rows: torch.Tensor) -> torch.Tensor:
 
 class _ForeachDense:
     """``torch.optim.Adagrad`` / ``SGD`` math (no lr decay, no momentum) on dense parameters,
-    as ``torch._foreach_*`` kernels with no host-side state: capturable in a CUDA graph."""
+    in kernels with no host-side state (:func:`~ranknas.evaluator.fused_adagrad.adagrad_`,
+    ``torch._foreach_*``): capturable in a CUDA graph."""
 
     def __init__(self, params: list[nn.Parameter], cfg: Any) -> None:
         self.params, self.lr, self.eps, self.wd = params, cfg.lr, cfg.eps, cfg.weight_decay
@@ -209,16 +212,12 @@ class _ForeachDense:
             return
         params = [self.params[i] for i in live]
         grads = [p.grad for p in params]
+        if self.sums is not None:
+            adagrad_(params, grads, [self.sums[i] for i in live], self.lr, self.eps, self.wd)
+            return
         if self.wd:
             grads = torch._foreach_add(grads, params, alpha=self.wd)
-        if self.sums is None:
-            torch._foreach_add_(params, grads, alpha=-self.lr)
-            return
-        sums = [self.sums[i] for i in live]
-        torch._foreach_addcmul_(sums, grads, grads)
-        std = torch._foreach_sqrt(sums)
-        torch._foreach_add_(std, self.eps)
-        torch._foreach_addcdiv_(params, grads, std, value=-self.lr)
+        torch._foreach_add_(params, grads, alpha=-self.lr)
 
 
 class TrainStep:

@@ -102,7 +102,10 @@ def score_replicate(job: Any, ev: Any, sample: Sequence[Any], base: int, *,
                     cfg, supernet_examples, derived_seed(base, "supernet-train"),
                     lr=None if supernet_lr is None else float(supernet_lr),
                     **(supernet_train or {})))
-            trained = trainer.train(supernet_examples)
+            try:
+                trained = trainer.train(supernet_examples)
+            finally:
+                trainer.close()  # its path prefetch worker, if any
             say(f"supernet {base}: {trained['examples']:,} examples, loss "
                 f"{trained['loss']:.4f}, {time.perf_counter() - start:.1f} s")
             sums = trainer.adagrad_sums() if finetune_continue else None

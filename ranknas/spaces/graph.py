@@ -80,6 +80,10 @@ class Block:
     def __post_init__(self) -> None:
         object.__setattr__(self, "inputs", MappingProxyType(dict(self.inputs)))
 
+    def __reduce__(self) -> tuple:  # a mappingproxy does not pickle (worker processes)
+        return (Block, (self.id, self.ops, self.widths, self.depth, dict(self.inputs),
+                        self.optional))
+
     def sources(self) -> set[str]:
         out: set[str] = set()
         for rule in self.inputs.values():

@@ -74,6 +74,9 @@ class SearchSpace:
             for choice in self._block_choices(block):
                 self._choices[choice.name] = choice
 
+    def __getstate__(self) -> dict:  # pickled for worker processes: without the caches
+        return {**self.__dict__, "_materialized": OrderedDict(), "_plans": OrderedDict()}
+
     # -- decisions ------------------------------------------------------------------------
     def _block_choices(self, b: Block) -> list[Choice]:
         ops = [get_operator(o) for o in b.ops]

@@ -291,6 +291,8 @@ class OneShot(Strategy):
                                     "seconds": time.perf_counter() - start})
                 self.pending_cost, self.queue, self.stage = trainer.examples, [], "retrain"
                 return
+            finally:
+                trainer.close()  # its path prefetch worker, if any
             self.stages.append({"stage": "supernet", "status": "ok",
                                 "examples": out["examples"], "steps": out["steps"],
                                 "loss": out["loss"], "seconds": time.perf_counter() - start,

@@ -4,11 +4,12 @@
 path of ``arch`` through :func:`ranknas.supernet.masked.masked_forward` (same parameters as
 the sliced ``supernet(dense, sparse, arch)``), BCE-with-logits, backward, and the update:
 
-- dense parameters: Adagrad (or SGD) as ``torch._foreach_*`` kernels (``torch.optim.Adagrad``'s
-  math, no lr decay). Every parameter gets a gradient here, but an op the path does not run
-  gets exactly zero, and ``0 / (sqrt(state) + eps) = 0`` leaves it and its state unchanged, as
-  the sliced trainer does by skipping it. Weight decay is gated by the path's per-op "active"
-  flag, so it too touches only the ops the path runs (the sliced trainer's behaviour);
+- dense parameters: Adagrad (:func:`~ranknas.evaluator.fused_adagrad.adagrad_`, one pass per
+  tensor on CUDA; ``torch.optim.Adagrad``'s math, no lr decay) or SGD. Every parameter gets
+  a gradient here, but an op the path does not run gets exactly zero, and
+  ``0 / (sqrt(state) + eps) = 0`` leaves it and its state unchanged, as the sliced trainer
+  does by skipping it. Weight decay is gated by the path's per-op "active" flag, so it too
+  touches only the ops the path runs (the sliced trainer's behaviour);
 - the fused embedding table: :class:`~ranknas.evaluator.fast_train.IndexAdagrad` on the rows
   looked up (the lookup returns a detached leaf; fixed-shape sort / cumsum / ``index_add_``).
 
@@ -41,6 +42,7 @@ from ranknas.evaluator.fast_train import (
     IndexAdagrad,
     precision_context,
 )
+from ranknas.evaluator.fused_adagrad import adagrad_
 from ranknas.spaces.architecture import Architecture
 from ranknas.supernet.masked import PathTensors, program
 from ranknas.supernet.masked_base import Slot
@@ -161,20 +163,20 @@ class MaskedStep:
     @torch.no_grad()
     def _segment_update(self, params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
         """The update of one segment's parameters: every op it runs is active."""
+        if self.sums is not None:  # the decay inside the one-pass update
+            adagrad_(params, grads, [self._sum_of[id(p)] for p in params], self.lr, self.eps,
+                     self.wd)
+            return
         if self.wd:
             grads = [g.add(p, alpha=self.wd) for g, p in zip(grads, params, strict=True)]
-        self._descend(params, grads, None if self.sums is None else
-                      [self._sum_of[id(p)] for p in params])
+        self._descend(params, grads, None)
 
     def _descend(self, params: list[torch.Tensor], grads: list[torch.Tensor],
                  sums: list[torch.Tensor] | None) -> None:
         if sums is None:
             torch._foreach_add_(params, grads, alpha=-self.lr)
             return
-        torch._foreach_addcmul_(sums, grads, grads)
-        std = torch._foreach_sqrt(sums)
-        torch._foreach_add_(std, self.eps)
-        torch._foreach_addcdiv_(params, grads, std, value=-self.lr)
+        adagrad_(params, grads, sums, self.lr, self.eps)
 
     def _step(self, dense: torch.Tensor, sparse: torch.Tensor, labels: torch.Tensor,
               floats: torch.Tensor, ints: torch.Tensor,

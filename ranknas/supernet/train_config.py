@@ -16,7 +16,7 @@ EXECUTIONS = ("sliced", "masked", "segmented")
 #: The fields that choose how (not what) a supernet trains: what one-shot's ``supernet_train``
 #: and rank-corr's ``--supernet-train`` may set.
 EXECUTION_OPTIONS = ("execution", "embedding_update", "check_every", "compile", "cuda_graph",
-                     "precision", "width_halvings")
+                     "precision", "width_halvings", "path_prefetch")
 
 __all__ = ["EXECUTIONS", "EXECUTION_OPTIONS", "SupernetTrainConfig", "check_int"]
 
@@ -72,6 +72,10 @@ class SupernetTrainConfig:
             input, and of a linear-3d / transformer output, may halve to fit a narrower
             path (0: always the widest). Each halving cuts a narrow path's bytes and FLOPs
             and adds a variant of a segment to capture.
+        path_prefetch: Draw this many paths ahead in a worker process (and, with a
+            fixed-shape ``execution``, encode them there), off the step's host time; 0 draws
+            each on the spot. ``None``: 4 for a fixed-shape execution on CUDA (where a step's
+            host work can bound it), else 0. Either way the paths are the same.
     """
 
     examples: int = 1_000_000
@@ -94,11 +98,13 @@ class SupernetTrainConfig:
     cuda_graph: bool = False
     precision: str = "fp32"
     width_halvings: int = 2
+    path_prefetch: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("examples", "batch_size", "log_every", "eval_batch_size", "check_every"):
             check_int(name, getattr(self, name), 1)
         check_int("width_halvings", self.width_halvings, 0)
+        check_int("path_prefetch", self.path_prefetch, 0, optional=True)
         check_int("seed", self.seed, 0)
         check_int("checkpoint_every", self.checkpoint_every, 1, optional=True)
         if self.optimizer not in OPTIMIZERS:
@@ -167,6 +173,14 @@ class SupernetTrainConfig:
                    optimizer=train.optimizer, weight_decay=train.weight_decay, eps=train.eps,
                    device=train.device, eval_batch_size=train.eval_batch_size, lr=lr,
                    sparse_lr=lr if train.sparse_lr is None else train.sparse_lr, **fields)
+
+    @property
+    def prefetch_depth(self) -> int:
+        """:attr:`path_prefetch` with ``None`` resolved for this device and execution."""
+        if self.path_prefetch is not None:
+            return self.path_prefetch
+        fixed = self.execution != "sliced" and torch.device(self.device).type == "cuda"
+        return 4 if fixed else 0
 
     @property
     def effective_sparse_lr(self) -> float:

@@ -48,6 +48,7 @@ from ranknas.evaluator.fast_train import build_optimizers, dense_adagrad
 from ranknas.evaluator.training import evaluate
 from ranknas.spaces.architecture import Architecture
 from ranknas.supernet.masked_step import copy_adagrad_state
+from ranknas.supernet.prefetch import PathPrefetcher
 from ranknas.supernet.samplers import PathSampler
 from ranknas.supernet.supernet import Supernet
 from ranknas.supernet.train_config import SupernetTrainConfig, check_int
@@ -132,6 +133,9 @@ class SupernetTrainer:
             self._open_fast().close()  # allocates the optimizer state
         else:
             self.optimizers = _optimizers(self.supernet, config)
+        depth = config.prefetch_depth
+        self.prefetcher = (PathPrefetcher(self.supernet, depth, config.execution != "sliced")
+                           if depth else None)
         self.step = 0
         self.examples = 0
         self.generator = torch.Generator(device=device).manual_seed(config.seed)
@@ -207,13 +211,17 @@ class SupernetTrainer:
         start = time.perf_counter()
         if self.config.embedding_update == "index" and self.config.execution == "sliced":
             self.fast = self._open_fast()
+        paths = self.prefetcher
+        if paths is not None:
+            paths.start(self.sampler, self.step)
         with torch.random.fork_rng(devices=[]):
             torch.random.default_generator.set_state(self._model_rng)
             try:
                 while done < budget:
                     batch = self._next_batch(budget - done)
                     with record_function("ranknas.sample"):  # a profile's host phases
-                        arch = self.sampler.sample(self.step)
+                        arch = (self.sampler.sample(self.step) if paths is None else
+                                paths.take(self.step))
                     pending.append((self.step + 1, arch.arch_id, self._step(batch, arch)))
                     self.step += 1
                     self.examples += len(batch)
@@ -233,6 +241,8 @@ class SupernetTrainer:
                         self.save(cfg.checkpoint_path)
             finally:
                 self._model_rng = torch.random.default_generator.get_state()
+                if paths is not None:
+                    paths.sync()
                 if self.fast is not None:
                     self.fast.close()
                     self.fast = None
@@ -313,6 +323,8 @@ class SupernetTrainer:
     # -- checkpoints ----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Everything that decides the next step, as tensors and plain containers."""
+        if self.prefetcher is not None:  # the sampler's state after the last step taken
+            self.prefetcher.sync()
         return {
             "format": CHECKPOINT_FORMAT,
             "space": self.supernet.space.name,
@@ -374,3 +386,8 @@ class SupernetTrainer:
         """Resume from a checkpoint written by :meth:`save` (``weights_only`` loading)."""
         state = torch.load(Path(path), map_location=self.device, weights_only=True)
         self.load_state_dict(state)
+
+    def close(self) -> None:
+        """Stop the path prefetch worker, if any (``train`` starts it again)."""
+        if self.prefetcher is not None:
+            self.prefetcher.close()
