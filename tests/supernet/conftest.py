@@ -5,6 +5,7 @@ import torch
 
 from ranknas.evaluator.data.schema import DataSchema
 from ranknas.spaces import load_space
+from ranknas.spaces.yaml_space import space_from_dict
 from ranknas.supernet import Supernet
 
 #: rankitect's sparse layers (512 fields) and dcn chains would make a huge supernet; a small
@@ -16,6 +17,25 @@ BATCH = 4
 @pytest.fixture(autouse=True)
 def _one_thread(one_thread):
     """Every supernet test runs on one thread (the root conftest's ``one_thread``)."""
+
+
+#: A two-block space small enough to train in tests (trainer, path prefetch).
+TRAIN_SPACE = {
+    "name": "tiny_train",
+    "inputs": {"dense": 13, "sparse": 26, "embedding_dim": 8},
+    "blocks": [
+        {"id": "b1", "ops": ["linear-2d", "dot-product"], "width": [16, 32],
+         "inputs": {"from": ["dense", "sparse"], "max": 2}},
+        {"id": "b2", "ops": ["linear-2d", "sigmoid-gating", "sum"], "width": [16, 32],
+         "inputs": {"from": "any-earlier", "max": 2}},
+    ],
+    "output": {"from": "last"},
+}
+
+
+@pytest.fixture(scope="session")
+def train_space():
+    return space_from_dict(TRAIN_SPACE)
 
 
 @pytest.fixture(scope="session")

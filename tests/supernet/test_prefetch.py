@@ -7,22 +7,9 @@ import torch
 
 from ranknas.errors import ConfigError, InvalidArchitecture
 from ranknas.evaluator.data import make_synthetic
-from ranknas.spaces.yaml_space import space_from_dict
 from ranknas.supernet import Supernet, SupernetTrainConfig, SupernetTrainer, make_sampler
 from ranknas.supernet.prefetch import PathPrefetcher
 from ranknas.supernet.samplers import UniformSampler
-
-SPACE = {
-    "name": "tiny_prefetch",
-    "inputs": {"dense": 13, "sparse": 26, "embedding_dim": 8},
-    "blocks": [
-        {"id": "b1", "ops": ["linear-2d", "dot-product"], "width": [16, 32],
-         "inputs": {"from": ["dense", "sparse"], "max": 2}},
-        {"id": "b2", "ops": ["linear-2d", "sigmoid-gating", "sum"], "width": [16, 32],
-         "inputs": {"from": "any-earlier", "max": 2}},
-    ],
-    "output": {"from": "last"},
-}
 
 
 class FailingSampler(UniformSampler):
@@ -35,8 +22,8 @@ class FailingSampler(UniformSampler):
 
 
 @pytest.fixture(scope="module")
-def space():
-    return space_from_dict(SPACE)
+def space(train_space):
+    return train_space
 
 
 @pytest.fixture(scope="module")

@@ -9,25 +9,12 @@ import torch
 
 from ranknas.errors import ConfigError, TrainingDiverged
 from ranknas.evaluator.data import make_synthetic
-from ranknas.spaces.yaml_space import space_from_dict
 from ranknas.supernet import Supernet, SupernetTrainConfig, SupernetTrainer, make_sampler
-
-SPACE = {
-    "name": "tiny_train",
-    "inputs": {"dense": 13, "sparse": 26, "embedding_dim": 8},
-    "blocks": [
-        {"id": "b1", "ops": ["linear-2d", "dot-product"], "width": [16, 32],
-         "inputs": {"from": ["dense", "sparse"], "max": 2}},
-        {"id": "b2", "ops": ["linear-2d", "sigmoid-gating", "sum"], "width": [16, 32],
-         "inputs": {"from": "any-earlier", "max": 2}},
-    ],
-    "output": {"from": "last"},
-}
 
 
 @pytest.fixture(scope="module")
-def space():
-    return space_from_dict(SPACE)
+def space(train_space):
+    return train_space
 
 
 @pytest.fixture(scope="module")
