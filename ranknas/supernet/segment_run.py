@@ -161,6 +161,10 @@ class SegmentRun:
             for _ in range(_WARMUP):  # no side effects: no publishing, no update
                 leaves, _, outputs, grads_in = self._forward()
                 self._grads(leaves, outputs, grads_in)
+        # the warm-up's autograd graph would keep its parameters' AccumulateGrad nodes, made
+        # on the side stream, alive into the capture (PyTorch warns of a stream mismatch)
+        del leaves, outputs, grads_in
+        self.out = None
         torch.cuda.current_stream().wait_stream(side)
         fwd, bwd = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
         pool = self.step.pool(self.key)
