@@ -10,7 +10,7 @@ up to ``depth`` steps ahead of the trainer:
   structural twin of the supernet on the meta device (no weights: encoding reads only the
   layout);
 - it writes each path's buffers into one of ``depth`` shared-memory slots and sends the
-  architecture, the path's nodes and the sampler's state after the draw through a queue;
+  architecture, the path's nodes and the sampler's state after the draw through a pipe;
 - the trainer takes them in step order: the same paths in the same order as sampling on the
   spot. Its own sampler is brought to the state after the last path taken (:meth:`sync`)
   before a checkpoint and when ``train`` returns, so checkpoints and resumes do not change.
@@ -55,9 +55,8 @@ def _portable(exc: BaseException) -> BaseException:
 
 def _work(sampler: PathSampler, step: int, twin: tuple | None, floats: torch.Tensor,
           ints: torch.Tensor, free: Any, out: Any) -> None:
-    """The worker: draw step after step into the slots the trainer hands back (``free``
-    and ``out`` are pipe ends: sent in this thread, as a queue's feeder thread would wait up
-    to a GIL switch interval, 5 ms, behind the drawing)."""
+    """The worker: draw step after step into the slots the trainer hands back through
+    ``free``; send each path's description through ``out`` (pipe ends)."""
     torch.set_num_threads(1)
     try:
         if twin is not None:

@@ -1,3 +1,4 @@
+import pickle
 import random
 
 import pytest
@@ -90,3 +91,16 @@ def test_materializing_reuses_canonicalize_walk_exactly(name):
         arch = space.sample(rng)
         assert arch.arch_id in space._plans
         assert space.materialize(arch) == fresh.materialize(arch)
+
+
+@pytest.mark.parametrize("name", sorted(BUILTIN_SPACES))
+def test_a_pickled_space_draws_and_materializes_the_same(name, tiny_schema):
+    space = load_space(name)
+    space.materialize(space.sample(random.Random(0)), tiny_schema)  # caches, not pickled
+    copy = pickle.loads(pickle.dumps(space))
+    assert copy._materialized == {} and [c.name for c in copy.choices()] == [
+        c.name for c in space.choices()]
+    for seed in range(3):
+        a, b = space.sample(random.Random(seed)), copy.sample(random.Random(seed))
+        assert a.arch_id == b.arch_id
+        assert space.materialize(a, tiny_schema) == copy.materialize(b, tiny_schema)
