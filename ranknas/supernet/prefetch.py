@@ -119,12 +119,17 @@ class PathPrefetcher:
         still continues exactly there.
 
         Raises:
-            ConfigError: the sampler (or its space) cannot be pickled for the worker.
+            ConfigError: the sampler (or its space) cannot be pickled for the worker, or this
+                process is daemonic (it may not start one).
         """
         if (self._proc is not None and self._proc.is_alive() and sampler is self._sampler
                 and step == self._next and sampler.state_dict() == self._synced):
             return
         self.close()
+        if mp.current_process().daemon:
+            raise ConfigError("supernet.train.path_prefetch", "a daemonic process (a "
+                              "multiprocessing pool's worker) cannot start the prefetch "
+                              "worker; set 0 to draw paths on the spot")
         ctx = mp.get_context("spawn")
         twin = None
         floats = ints = torch.zeros(1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import multiprocessing
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,7 +76,8 @@ class SupernetTrainConfig:
         path_prefetch: Draw this many paths ahead in a worker process (and, with a
             fixed-shape ``execution``, encode them there), off the step's host time; 0 draws
             each on the spot. ``None``: 4 for a fixed-shape execution on CUDA (where a step's
-            host work can bound it), else 0. Either way the paths are the same.
+            host work can bound it) outside daemonic processes, else 0. Either way the paths
+            are the same.
     """
 
     examples: int = 1_000_000
@@ -180,7 +182,8 @@ class SupernetTrainConfig:
         if self.path_prefetch is not None:
             return self.path_prefetch
         fixed = self.execution != "sliced" and torch.device(self.device).type == "cuda"
-        return 4 if fixed else 0
+        # a daemonic process (a multiprocessing pool's worker) may not start one
+        return 4 if fixed and not multiprocessing.current_process().daemon else 0
 
     @property
     def effective_sparse_lr(self) -> float:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import multiprocessing
+
 import pytest
 import torch
+import torch.multiprocessing as torch_mp
 
 from ranknas.errors import ConfigError, InvalidArchitecture
 from ranknas.evaluator.data import make_synthetic
@@ -126,6 +129,18 @@ def test_an_unpicklable_sampler_names_the_setting(space, data):
     sampler.hook = lambda: None  # a lambda does not pickle
     trainer = _trainer(space, data, sampler, prefetch=2, execution="segmented")
     with pytest.raises(ConfigError, match="path_prefetch"):
+        trainer.train(200)
+
+
+def test_a_daemonic_process_draws_on_the_spot_by_default(space, data, monkeypatch):
+    class Daemon:
+        daemon = True
+
+    for module in (multiprocessing, torch_mp):
+        monkeypatch.setattr(module, "current_process", Daemon)
+    assert SupernetTrainConfig(device="cuda", execution="segmented").prefetch_depth == 0
+    trainer = _trainer(space, data, prefetch=2, execution="segmented")
+    with pytest.raises(ConfigError, match="daemonic"):
         trainer.train(200)
 
 
