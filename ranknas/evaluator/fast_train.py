@@ -34,7 +34,7 @@ from torch import nn
 
 from ranknas.errors import ConfigError
 from ranknas.evaluator.data.schema import Batch
-from ranknas.evaluator.fused_adagrad import adagrad_
+from ranknas.evaluator.fused_adagrad import dense_update_
 from ranknas.evaluator.tiny_attention import fused_self_attention, tiny_head_attention
 
 __all__ = ["IndexAdagrad", "TrainStep", "build_optimizers", "clip_grad_norm_", "dense_adagrad",
@@ -197,8 +197,8 @@ def _grad(rows: torch.Tensor) -> torch.Tensor:
 
 class _ForeachDense:
     """``torch.optim.Adagrad`` / ``SGD`` math (no lr decay, no momentum) on dense parameters,
-    in kernels with no host-side state (:func:`~ranknas.evaluator.fused_adagrad.adagrad_`,
-    ``torch._foreach_*``): capturable in a CUDA graph."""
+    in kernels with no host-side state
+    (:func:`~ranknas.evaluator.fused_adagrad.dense_update_`): capturable in a CUDA graph."""
 
     def __init__(self, params: list[nn.Parameter], cfg: Any) -> None:
         self.params, self.lr, self.eps, self.wd = params, cfg.lr, cfg.eps, cfg.weight_decay
@@ -211,13 +211,9 @@ class _ForeachDense:
         if not live:
             return
         params = [self.params[i] for i in live]
-        grads = [p.grad for p in params]
-        if self.sums is not None:
-            adagrad_(params, grads, [self.sums[i] for i in live], self.lr, self.eps, self.wd)
-            return
-        if self.wd:
-            grads = torch._foreach_add(grads, params, alpha=self.wd)
-        torch._foreach_add_(params, grads, alpha=-self.lr)
+        dense_update_(params, [p.grad for p in params],
+                      None if self.sums is None else [self.sums[i] for i in live],
+                      self.lr, self.eps, self.wd)
 
 
 class TrainStep:

@@ -23,7 +23,7 @@ try:  # only for the CUDA kernel; CPU-only installs have no Triton
 except ImportError:
     triton = tl = None
 
-__all__ = ["ENABLED", "adagrad_", "adagrad_reference"]
+__all__ = ["ENABLED", "adagrad_", "adagrad_reference", "dense_update_"]
 
 #: Whether :func:`adagrad_` runs its kernel where it fits (False: always the reference).
 ENABLED = True
@@ -44,6 +44,20 @@ def adagrad_reference(params: list[torch.Tensor], grads: list[torch.Tensor],
     std = torch._foreach_sqrt(sums)
     torch._foreach_add_(std, eps)
     torch._foreach_addcdiv_(params, grads, std, value=-lr)
+
+
+@torch.no_grad()
+def dense_update_(params: list[torch.Tensor], grads: list[torch.Tensor],
+                  sums: list[torch.Tensor] | None, lr: float, eps: float,
+                  weight_decay: float = 0.0) -> None:
+    """The graphed steps' dense update: :func:`adagrad_` with accumulators ``sums``, plain
+    SGD (``torch.optim.SGD``'s math, no momentum) without."""
+    if sums is not None:
+        adagrad_(params, grads, sums, lr, eps, weight_decay)
+        return
+    if weight_decay:
+        grads = torch._foreach_add(grads, params, alpha=weight_decay)
+    torch._foreach_add_(params, grads, alpha=-lr)
 
 
 def _fits(p: torch.Tensor, g: torch.Tensor, s: torch.Tensor) -> bool:

@@ -83,6 +83,7 @@ from ranknas.supernet.masked_base import (
     Writer,
     aligned,
     as_kind,
+    host_copy,
     masked_class,
     resize,
 )
@@ -157,15 +158,6 @@ class _Layer:
     sel: Slot  # 1 when this layer's output is the block's output
     active: Slot  # 1 when the architecture runs this layer (its elastic op is active)
     key: str  # module_key of its elastic op
-
-
-def host_copy(t: torch.Tensor, pin: bool = False) -> torch.Tensor:
-    """A copy of CPU tensor ``t`` (in pinned memory with ``pin``), made by numpy on this
-    thread: torch's copy of a megabyte runs on every intra-op thread, whose spinning after it
-    starves other processes on the host (a path prefetch worker ran 1.7x slower)."""
-    out = torch.empty(t.shape, dtype=t.dtype, pin_memory=pin)
-    np.copyto(out.numpy(), t.numpy())
-    return out
 
 
 class MaskedProgram:

@@ -42,7 +42,7 @@ from ranknas.evaluator.fast_train import (
     IndexAdagrad,
     precision_context,
 )
-from ranknas.evaluator.fused_adagrad import adagrad_
+from ranknas.evaluator.fused_adagrad import dense_update_
 from ranknas.spaces.architecture import Architecture
 from ranknas.supernet.masked import PathTensors, program
 from ranknas.supernet.masked_base import Slot
@@ -158,25 +158,13 @@ class MaskedStep:
             path = (floats, ints)
             grads = [g.add(p, alpha=self.wd) if s is None else g + (self.wd * s.view(path)) * p
                      for g, p, s in zip(grads, self.params, self.active, strict=True)]
-        self._descend(self.params, grads, self.sums)
+        dense_update_(self.params, grads, self.sums, self.lr, self.eps)
 
     @torch.no_grad()
     def _segment_update(self, params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
         """The update of one segment's parameters: every op it runs is active."""
-        if self.sums is not None:  # the decay inside the one-pass update
-            adagrad_(params, grads, [self._sum_of[id(p)] for p in params], self.lr, self.eps,
-                     self.wd)
-            return
-        if self.wd:
-            grads = [g.add(p, alpha=self.wd) for g, p in zip(grads, params, strict=True)]
-        self._descend(params, grads, None)
-
-    def _descend(self, params: list[torch.Tensor], grads: list[torch.Tensor],
-                 sums: list[torch.Tensor] | None) -> None:
-        if sums is None:
-            torch._foreach_add_(params, grads, alpha=-self.lr)
-            return
-        adagrad_(params, grads, sums, self.lr, self.eps)
+        dense_update_(params, grads, None if self.sums is None else
+                      [self._sum_of[id(p)] for p in params], self.lr, self.eps, self.wd)
 
     def _step(self, dense: torch.Tensor, sparse: torch.Tensor, labels: torch.Tensor,
               floats: torch.Tensor, ints: torch.Tensor,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ranknas.evaluator.fused_adagrad import adagrad_, adagrad_reference
+from ranknas.evaluator.fused_adagrad import adagrad_, adagrad_reference, dense_update_
 
 SHAPES = ((33, 17), (1024,), (4097,), (3, 4, 5), (512, 257))  # the last: a kernel
 
@@ -45,3 +45,16 @@ def test_cuda_kernel_matches_the_reference(decay):
     adagrad_(params, grads, sums, 0.05, 1e-8, decay)
     for got, ref in zip(params + sums, want + want_sums, strict=True):
         torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("decay", [0.0, 0.1])
+def test_dense_update_without_sums_is_sgd(decay):
+    params, grads = _state("cpu")
+    reference = [torch.nn.Parameter(p.clone()) for p in params]
+    opt = torch.optim.SGD(reference, lr=0.05, weight_decay=decay)
+    for p, g in zip(reference, grads, strict=True):
+        p.grad = g.clone()
+    opt.step()
+    dense_update_(params, grads, None, 0.05, 1e-8, decay)
+    for got, want in zip(params, reference, strict=True):
+        torch.testing.assert_close(got, want.detach(), rtol=1e-6, atol=1e-7)

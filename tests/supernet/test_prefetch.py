@@ -16,7 +16,7 @@ from ranknas.supernet.samplers import UniformSampler
 
 
 class FailingSampler(UniformSampler):
-    """Uniform, but step 3 draws an architecture of another space."""
+    """Uniform, but drawing step 3 raises."""
 
     def sample(self, step: int):
         if step == 3:
