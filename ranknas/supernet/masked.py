@@ -107,6 +107,7 @@ class PathNode(NamedTuple):
             ``_Layer.ports``), in the port's units; its bound where the port is a stacked
             layer's (``#prev``), 0 where the architecture leaves the port unconnected.
         width: The node's chosen width (None where the op has none).
+        branches: The values of its op's :attr:`~ranknas.supernet.masked_base.MaskedOp.branches`.
     """
 
     block: str
@@ -115,6 +116,7 @@ class PathNode(NamedTuple):
     is_out: bool
     widths: tuple[int, ...] = ()
     width: int | None = None
+    branches: tuple[bool, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -273,7 +275,8 @@ class MaskedProgram:
             w.flag(layer.sel, node.key == node.block)
             w.flag(layer.active, True)
             nodes.append(PathNode(node.block, node.op, k, node.key == node.block,
-                                  tuple(widths.values()), node.width))
+                                  tuple(widths.values()), node.width,
+                                  tuple(bool(w.floats[f.offset]) for f in layer.op.branches)))
         head = self._encode_port(w, self.head, graph.output_sources, specs, pos.head)
         return tuple(nodes), head
 

@@ -11,7 +11,8 @@ Each :class:`MaskedOp` (in :mod:`ranknas.supernet.masked_ops`) mirrors one elast
   ``[:bound]`` or gathered per architecture with a fixed-length index (:class:`PortIn`);
 - the chosen width is a 0/1 mask (LayerNorms normalise over the active features only);
 - the sliced op's shape-dependent branches (skip a projection when ``P == W`` ...) are both
-  computed and blended with 0/1 scalars.
+  computed and blended with 0/1 scalars (:func:`branch`), unless the path fixes them on the
+  host (:class:`FixedPath`: the segmented execution, which captures a variant per value).
 
 Every per-architecture value is a :class:`Slot` in two flat buffers (floats, long indices), so
 the whole path is two tensors of fixed size per space.
@@ -19,6 +20,7 @@ the whole path is two tensors of fixed size per space.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -205,6 +207,31 @@ def _fused(x: torch.Tensor) -> bool:
     return fused_norm_fits(x) and not torch.compiler.is_compiling()
 
 
+class FixedPath(tuple):
+    """A :data:`Path` that also carries the values of some branch flags, known on the host.
+
+    The segmented execution captures one variant of a segment per value of its op's
+    :attr:`MaskedOp.branches` and runs it on a fixed path: :func:`branch` then computes
+    only the side the flag takes, with no blend and no zero gradients through the other.
+    """
+
+    fixed: Mapping[Slot, bool]
+
+    def __new__(cls, path: Path, fixed: Mapping[Slot, bool]) -> FixedPath:
+        self = super().__new__(cls, path)
+        self.fixed = fixed
+        return self
+
+
+def branch(path: Path, flag: Slot, on: Callable[[], torch.Tensor],
+           off: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """``on()`` where the 0/1 ``flag`` is 1, else ``off()``: only that side when ``path``
+    fixes the flag (:class:`FixedPath`), else both sides, blended (:func:`blend`)."""
+    if isinstance(path, FixedPath) and flag in path.fixed:
+        return on() if path.fixed[flag] else off()
+    return blend(flag.view(path), on(), off())
+
+
 def blend(on: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``a`` where the 0/1 scalar ``on`` is 1, else ``b``; the unused side gets zero grads.
 
@@ -261,6 +288,8 @@ class MaskedOp:
             still holds the node's width (its ``size`` argument).
         joint: ``forward`` pads its inputs to the widest of them: a fixed width that holds
             every input serves them all.
+        branches: The 0/1 flags ``forward`` chooses a computation by (:func:`branch`); their
+            values are part of a segment variant's key, so each variant runs one side.
     """
 
     op_name: ClassVar[str]
@@ -275,6 +304,7 @@ class MaskedOp:
         self.out_kind = module.spec.op.out_kind
         # plain attributes: forward must not call properties (torch.compile traces it)
         self.width_max, self.activation = module.spec.width_max, module.ctx.activation
+        self.branches: tuple[Slot, ...] = ()
 
     def encode(self, w: Writer, node: MaterializedNode) -> None:
         """Write this op's per-architecture values for ``node`` (defaults: unused)."""

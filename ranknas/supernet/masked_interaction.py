@@ -20,7 +20,7 @@ from ranknas.supernet.masked_base import (
     Slots,
     Writer,
     aligned,
-    blend,
+    branch,
     first,
     layer_norm,
     register_masked,
@@ -64,6 +64,10 @@ class MaskedDotProduct(MaskedOp):
         self.is_none = slots.f(1)  # width None: the pairs themselves
         self.kept = slots.width(self.k_max) if self.int_ok else None
         self.w = slots.width(spec.width_max) if self.int_ok else None
+        self.branches = tuple(flag for flag, used in (
+            (self.proj_fields, self.int_ok), (self.proj_dense, module.dense_proj is not None),
+            (self.proj_out, self.int_ok), (self.is_none, self.int_ok and self.none_ok))
+            if used)
 
     def encode(self, w: Writer, node: MaterializedNode) -> None:
         n_fields = self.in_width(node, "sparse")
@@ -82,24 +86,27 @@ class MaskedDotProduct(MaskedOp):
 
     def _fields(self, y: torch.Tensor, path: Path) -> torch.Tensor:
         """``[B, Nb, E] -> [B, fields, E]``: compressed or as merged."""
-        ident = resize(y, self.fields)
         if not self.int_ok:
-            return ident
-        fp = self.m.field_proj
-        z = self.ports["sparse"].linear(y.transpose(1, 2), fp.fc, path)  # [B, E, K]
-        z = width_tail(z, fp.norm, self.kept, path)
-        return blend(self.proj_fields.view(path), resize(z.transpose(1, 2), self.fields), ident)
+            return resize(y, self.fields)
+
+        def compressed() -> torch.Tensor:
+            fp = self.m.field_proj
+            z = self.ports["sparse"].linear(y.transpose(1, 2), fp.fc, path)  # [B, E, K]
+            return resize(width_tail(z, fp.norm, self.kept, path).transpose(1, 2), self.fields)
+
+        return branch(path, self.proj_fields, compressed, lambda: resize(y, self.fields))
 
     def _dense(self, x: torch.Tensor, path: Path) -> torch.Tensor:
         """``[B, Db] -> [B, E]``: projected or as is."""
-        ident = resize(x, self.dim)
         dp = self.m.dense_proj
         if dp is None:
-            return ident
-        z = self.ports["dense"].linear(x, dp.fc, path)
-        if dp.norm is not None:
-            z = layer_norm(z, dp.norm.weight, dp.norm.bias)
-        return blend(self.proj_dense.view(path), z, ident)
+            return resize(x, self.dim)
+
+        def projected() -> torch.Tensor:
+            z = self.ports["dense"].linear(x, dp.fc, path)
+            return z if dp.norm is None else layer_norm(z, dp.norm.weight, dp.norm.bias)
+
+        return branch(path, self.proj_dense, projected, lambda: resize(x, self.dim))
 
     def _pairs_on(self, device: torch.device) -> torch.Tensor:
         """The pair index as a tensor on ``device`` (made once: a CUDA graph capture may not
@@ -124,13 +131,18 @@ class MaskedDotProduct(MaskedOp):
             return resize(pairs, size)
         op, rows = self.m.out_proj, min(size, self.width_max)
         k = aligned(op.weight.shape[1])
-        proj = F.linear(resize(pairs, k), resize(first(op.weight, rows), k, 1),
-                        None if op.bias is None else first(op.bias, rows))
-        out = blend(self.proj_out.view(path), proj, resize(pairs, rows))
-        out = width_tail(out, self.m.out_norm, self.w, path)
+
+        def projected() -> torch.Tensor:
+            return F.linear(resize(pairs, k), resize(first(op.weight, rows), k, 1),
+                            None if op.bias is None else first(op.bias, rows))
+
+        def sized() -> torch.Tensor:
+            out = branch(path, self.proj_out, projected, lambda: resize(pairs, rows))
+            return resize(width_tail(out, self.m.out_norm, self.w, path), size)
+
         if not self.none_ok:
-            return out
-        return blend(self.is_none.view(path), resize(pairs, size), resize(out, size))
+            return sized()
+        return branch(path, self.is_none, lambda: resize(pairs, size), sized)
 
 
 @register_masked
@@ -146,6 +158,7 @@ class MaskedFM(MaskedOp):
         self.proj = slots.f(1)
         self.w = slots.width(self.out_size)
         self.pw = slots.width(self.spec.width_max) if module.proj is not None else None
+        self.branches = (self.proj,) if module.proj is not None else ()
 
     def encode(self, w: Writer, node: MaterializedNode) -> None:
         width = self.dim if node.width is None else node.width
@@ -160,12 +173,15 @@ class MaskedFM(MaskedOp):
         y = x["x"]
         total = y.sum(dim=1)
         fm = total * total - (y * y).sum(dim=1)  # [B, E]
-        out = resize(fm, size) * self.w[0].view(path)[:size]
         p = self.m.proj
         if p is None:
-            return out
-        rows = min(size, self.width_max)
-        z = F.linear(fm, first(p.fc.weight, rows),
-                     None if p.fc.bias is None else first(p.fc.bias, rows))
-        z = width_tail(z, p.norm, self.pw, path)
-        return blend(self.proj.view(path), resize(z, size), out)
+            return resize(fm, size) * self.w[0].view(path)[:size]
+
+        def projected() -> torch.Tensor:
+            rows = min(size, self.width_max)
+            z = F.linear(fm, first(p.fc.weight, rows),
+                         None if p.fc.bias is None else first(p.fc.bias, rows))
+            return resize(width_tail(z, p.norm, self.pw, path), size)
+
+        return branch(path, self.proj, projected,
+                      lambda: resize(fm, size) * self.w[0].view(path)[:size])

@@ -2,7 +2,7 @@
 interaction ops are in :mod:`ranknas.supernet.masked_interaction`).
 
 See :mod:`ranknas.supernet.masked_base` for the conventions (merged inputs padded to the port's
-bound, width masks, 0/1 blends of the sliced op's shape-dependent branches).
+bound, width masks, 0/1 branches of the sliced op's shape-dependent computations).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from ranknas.supernet.masked_base import (
     PortIn,
     Slots,
     Writer,
-    blend,
+    branch,
     first,
     layer_norm,
     register_masked,
@@ -72,6 +72,8 @@ class MaskedDcnCross(MaskedOp):
         self.out_size = ports["x"].bound
         self.full = slots.f(1, 1.0 if module.full is not None else 0.0)
         self.rank = slots.width(self.spec.width_max) if module.down is not None else None
+        if module.full is not None and module.down is not None:
+            self.branches = (self.full,)
 
     def encode(self, w: Writer, node: MaterializedNode) -> None:
         w.flag(self.full, node.width is None)
@@ -81,15 +83,22 @@ class MaskedDcnCross(MaskedOp):
     def forward(self, x: dict[str, torch.Tensor], path: Path) -> torch.Tensor:
         port, xin, m = self.ports["x"], x["x"], self.m
         n = xin.shape[-1]
-        projs = []
-        if m.full is not None:
+
+        def full() -> torch.Tensor:
             weight = port.take(port.take(m.full.weight, 0, path, n), 1, path, n)
-            projs.append(F.linear(xin, weight, port.take(m.full.bias, 0, path, n)))
-        if m.down is not None:
+            return F.linear(xin, weight, port.take(m.full.bias, 0, path, n))
+
+        def low_rank() -> torch.Tensor:
             low = port.linear(xin, m.down, path) * self.rank[0].view(path)
-            projs.append(F.linear(low, port.take(m.up.weight, 0, path, n),
-                                  port.take(m.up.bias, 0, path, n)))
-        proj = projs[0] if len(projs) == 1 else blend(self.full.view(path), *projs)
+            return F.linear(low, port.take(m.up.weight, 0, path, n),
+                            port.take(m.up.bias, 0, path, n))
+
+        if m.down is None:
+            proj = full()
+        elif m.full is None:
+            proj = low_rank()
+        else:
+            proj = branch(path, self.full, full, low_rank)
         return xin * proj + xin
 
 
@@ -106,6 +115,7 @@ class _MaskedBinary(MaskedOp):
         self.out_size, self.padded = self.spec.width_max, module.padded
         self.w = slots.width(self.out_size)
         self.skip = slots.f(1)
+        self.branches = (self.skip,)
 
     def _take(self, weight: torch.Tensor, dim: int, m: int) -> torch.Tensor:
         """``weight``'s positions ``0..m-1`` along ``dim``, modulo ``P``."""
@@ -119,7 +129,7 @@ class _MaskedBinary(MaskedOp):
     def _tail(self, y: torch.Tensor, path: Path, size: int | None) -> torch.Tensor:
         """``y [B, m]`` projected (or not) to ``[B, size]``, then the width mask."""
         size, p = size or self.out_size, self.m.proj
-        y = blend(self.skip.view(path), resize(y, size), F.linear(
+        y = branch(path, self.skip, lambda: resize(y, size), lambda: F.linear(
             y, self._take(first(p.weight, size), 1, y.shape[-1]),
             None if p.bias is None else first(p.bias, size)))
         return width_tail(y, self.m.norm, self.w, path)
@@ -277,6 +287,7 @@ class MaskedDenseToSparse(MaskedOp):
         self.out_size = self.spec.width_max
         self.proj = slots.f(1, 1.0)
         self.w = slots.width(self.out_size * self.dim)
+        self.branches = (self.proj,)
 
     def encode(self, w: Writer, node: MaterializedNode) -> None:
         w.flag(self.proj, self.in_width(node, "x") != node.width * self.dim)
@@ -285,6 +296,8 @@ class MaskedDenseToSparse(MaskedOp):
     def forward(self, x: dict[str, torch.Tensor], path: Path) -> torch.Tensor:
         mask = self.w[0].view(path)
         xin, p = x["x"], self.m.proj
-        z = width_tail(self.ports["x"].linear(xin, p.fc, path), p.norm, self.w, path)
-        z = blend(self.proj.view(path), z, resize(xin, mask.shape[0]) * mask)
+        z = branch(path, self.proj,
+                   lambda: width_tail(self.ports["x"].linear(xin, p.fc, path), p.norm, self.w,
+                                      path),
+                   lambda: resize(xin, mask.shape[0]) * mask)
         return z.view(z.shape[0], self.out_size, self.dim)

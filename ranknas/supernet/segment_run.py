@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from ranknas.spaces.ops import Kind
 from ranknas.supernet.column_index import gather_cols, scatter_add_cols_
 from ranknas.supernet.masked import _PREV, _Port
-from ranknas.supernet.masked_base import Path, as_kind, resize
+from ranknas.supernet.masked_base import FixedPath, Path, as_kind, resize
 from ranknas.supernet.segmented import HEAD
 from ranknas.supernet.segmented_forms import Buffers
 
@@ -30,7 +30,7 @@ class SegmentRun:
 
     def __init__(self, step: SegmentedStep, key: tuple, is_out: bool, buf: Buffers,
                  prev: SegmentRun | None, graphed: bool, sizes: tuple[tuple[int, int, bool], ...],
-                 out_size: int | None) -> None:
+                 out_size: int | None, branches: tuple[bool, ...] = ()) -> None:
         self.step, self.key, self.is_out, self.buf, self.prev = step, key, is_out, buf, prev
         self.out_size = out_size  # the op's fixed output size, if not its widest
         self.head = key == HEAD
@@ -40,6 +40,8 @@ class SegmentRun:
         else:
             self.layer = step.prog.layers[key]
             self.ports, self.params = self.layer.ports, list(self.layer.op.m.parameters())
+        # the op's branch flags, fixed for this variant: only their taken sides run
+        self.fixed = dict(zip(self.layer.op.branches, branches, strict=True)) if branches else {}
         # per port: (its input's width, the columns read from a source's form, connected)
         self.sizes = dict(zip(self.ports, sizes, strict=True))
         self.kinds = step.forms.kinds.get(key[0], ()) if is_out and not self.head else ()
@@ -87,6 +89,8 @@ class SegmentRun:
         """The segment: (leaves, where their gradients go, what to differentiate, its
         incoming gradients)."""
         path = self.step.prog.current.path
+        if self.fixed:
+            path = FixedPath(path, self.fixed)
         with self.step.autocast():
             ins = {name: self._input(name, port, path) for name, port in self.ports.items()}
             xs = {name: x for name, (x, _, _) in ins.items()}

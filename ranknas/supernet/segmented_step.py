@@ -22,6 +22,9 @@ accumulations per step on the host. Here the segments meet in buffers at fixed a
   8 columns (cuBLAS's aligned GEMMs);
 - a block publishes only its output's width and zeroes the gradient of that range; readers
   never read past what the same step published, so no buffer is zeroed whole;
+- an op's branch flags (skip a projection, ...) are part of a variant's key, so a variant
+  computes only the side its flag takes (:class:`~ranknas.supernet.masked_base.FixedPath`)
+  where the masked execution computes both and blends them;
 - a block that only concatenates (NASRec's ``dense_in`` / ``sparse_in``) runs no segment:
   its readers gather its merged input themselves
   (:func:`~ranknas.supernet.segmented_forms.pass_through`).
@@ -29,7 +32,8 @@ accumulations per step on the host. Here the segments meet in buffers at fixed a
 The buffers' layout is in :mod:`ranknas.supernet.segmented_forms`, a segment variant's run in
 :mod:`ranknas.supernet.segment_run`.
 
-Each segment is captured once per variant (is it its block's output, its fixed widths), at
+Each segment is captured once per variant (is it its block's output, its fixed widths, its
+branches), at
 the batch size of the first step: one forward graph (gathers, op, publishing) and one backward
 graph (``torch.autograd.grad`` of the op, the input gradients into the gradient buffers, and
 the dense optimizer update of the op's parameters, which no other segment reads). A layer's
@@ -200,7 +204,7 @@ class SegmentedStep:
             out = (self.fit(node.width, layer.op.out_size)
                    if layer.op.sizable and node.width else None)
             run = self._run(key, node.is_out, buf, prev.get(node.block), graphed, sizes,
-                            None if out == layer.op.out_size else out)
+                            None if out == layer.op.out_size else out, node.branches)
             run.forward()
             written.update(((node.block, kind), w) for kind, w in run.written.items())
             runs.append(run)
@@ -221,13 +225,14 @@ class SegmentedStep:
         return loss, grad
 
     def _run(self, key: tuple, is_out: bool, buf: Buffers, prev: SegmentRun | None,
-             graphed: bool, sizes: tuple[tuple[int, int, bool], ...],
-             out: int | None) -> SegmentRun:
+             graphed: bool, sizes: tuple[tuple[int, int, bool], ...], out: int | None,
+             branches: tuple[bool, ...] = ()) -> SegmentRun:
         # a stacked layer's graph reads its previous layer's output where that run keeps it
-        cache = (key, is_out, buf.labels.shape[0], graphed, sizes, out,
+        cache = (key, is_out, buf.labels.shape[0], graphed, sizes, out, branches,
                  None if prev is None else prev.cache)
         run = self._runs.get(cache)
         if run is None:
-            run = self._runs[cache] = SegmentRun(self, key, is_out, buf, prev, graphed, sizes, out)
+            run = self._runs[cache] = SegmentRun(self, key, is_out, buf, prev, graphed, sizes,
+                                                 out, branches)
             run.cache = cache
         return run

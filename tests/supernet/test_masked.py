@@ -16,7 +16,7 @@ from ranknas.evaluator.data.schema import DataSchema
 from ranknas.spaces import load_space
 from ranknas.supernet import Supernet
 from ranknas.supernet.masked import MaskedSupernet, encode, masked_forward, program
-from ranknas.supernet.masked_base import Writer
+from ranknas.supernet.masked_base import FixedPath, Slot, Writer, branch
 from ranknas.supernet.masked_step import MaskedStep
 
 SPACES = ("dlrm", "nasrec_small", "nasrec_full")
@@ -105,6 +105,43 @@ def test_path_tensors_are_fixed_and_cached(supernets):
     assert len({(p.floats.shape, p.ints.shape) for p in paths}) == 1
     arch = supernet.space.sample(rng)
     assert encode(supernet, arch) is encode(supernet, arch)
+
+
+def test_a_branch_runs_one_side_only_where_the_path_fixes_it():
+    flag = Slot(1, 1)
+    path = (torch.tensor([0.0, 1.0]), torch.zeros(1, dtype=torch.long))
+    calls = []
+
+    def side(name: str, value: float):
+        return lambda: calls.append(name) or torch.full((2,), value)
+
+    assert branch(path, flag, side("on", 1.0), side("off", 2.0)).tolist() == [1.0, 1.0]
+    assert calls == ["on", "off"]  # a plain path: both sides, blended
+    calls.clear()
+    fixed = FixedPath(path, {flag: False})  # the host's value wins over the buffer's
+    assert branch(fixed, flag, side("on", 1.0), side("off", 2.0)).tolist() == [2.0, 2.0]
+    assert calls == ["off"] and fixed[0] is path[0]
+    calls.clear()
+    assert branch(FixedPath(path, {}), flag, side("on", 1.0), side("off", 2.0))[0] == 1.0
+    assert calls == ["on", "off"]  # a flag the path does not fix
+
+
+def test_path_nodes_carry_their_branch_flags(supernets):
+    supernet = supernets("nasrec_full")
+    prog = program(supernet)
+    layers = {(b, op, k): layer for b, chains in prog.blocks for op, chain in chains.items()
+              for k, layer in enumerate(chain)}
+    rng = random.Random(2)
+    seen = set()
+    for _ in range(20):
+        path = encode(supernet, supernet.space.sample(rng))
+        for node in path.nodes:
+            flags = layers[(node.block, node.op, node.k)].op.branches
+            assert len(node.branches) == len(flags)
+            for flag, on in zip(flags, node.branches, strict=True):
+                assert path.floats[flag.offset].item() == float(on)
+                seen.add((node.op, on))
+    assert {("fm", True), ("dot-product", True), ("dense-to-sparse", True)} <= seen
 
 
 def test_a_reset_writer_encodes_like_a_fresh_one(supernets):

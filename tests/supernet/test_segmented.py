@@ -144,13 +144,13 @@ def test_runs_only_the_path_and_caches_encodings():
 
 @pytest.mark.parametrize("name", SPACES)
 def test_segmented_step_equals_masked_step(name):
-    """Same math as the masked step (large eps: see test_masked), decay included; only the
-    ops the path runs move."""
+    """Same math as the masked step (large eps: see test_masked); only the ops the path runs
+    move."""
     ref = Supernet(load_space(name), SCHEMA, seed=0).train()
     seg = _twin(ref)
     dense, sparse, labels = _data()
-    masked_step = MaskedStep(ref, lr=0.05, eps=0.1, weight_decay=0.01)
-    seg_step = MaskedStep(seg, lr=0.05, eps=0.1, weight_decay=0.01, segmented=True)
+    masked_step = MaskedStep(ref, lr=0.05, eps=0.1)
+    seg_step = MaskedStep(seg, lr=0.05, eps=0.1, segmented=True)
     rng = random.Random(4)
     for _ in range(3):
         arch = ref.space.sample(rng)
@@ -163,6 +163,30 @@ def test_segmented_step_equals_masked_step(name):
         assert moved and moved <= active
     for (key, p), q in zip(ref.named_parameters(), seg.parameters(), strict=True):
         assert _close(q, p), key
+
+
+@pytest.mark.parametrize("name", SPACES)
+def test_segmented_step_with_decay_equals_sliced_adagrad(name):
+    """Decay as ``torch.optim.Adagrad`` on the sliced path: a parameter the path leaves
+    without a gradient (a projection its op skips: a branch the variant does not run) does not
+    decay, unlike the masked step's zero gradient."""
+    ref = Supernet(load_space(name), SCHEMA, seed=0).train()
+    seg = _twin(ref)
+    dense, sparse, labels = _data()
+    seg_step = MaskedStep(seg, lr=0.05, eps=0.1, weight_decay=0.01, segmented=True)
+    opts = [torch.optim.Adagrad(ref.dense_parameters(), lr=0.05, eps=0.1, weight_decay=0.01),
+            torch.optim.Adagrad(ref.sparse_parameters(), lr=0.05, eps=0.1)]
+    rng = random.Random(4)
+    for _ in range(3):
+        arch = ref.space.sample(rng)
+        for opt in opts:
+            opt.zero_grad(set_to_none=True)
+        F.binary_cross_entropy_with_logits(ref(dense, sparse, arch), labels).backward()
+        for opt in opts:
+            opt.step()
+        seg_step(dense, sparse, labels, arch)
+        for (key, p), q in zip(ref.named_parameters(), seg.parameters(), strict=True):
+            assert _close(q, p), (key, arch.arch_id)
 
 
 def test_options_are_validated():
