@@ -53,8 +53,12 @@ for _n in (0, 1, 3):
 # PyTorch's index_select / index_add_ instead of ranknas.supernet.column_index's kernels, or
 # the dot-product's pairs as PyTorch ops instead of ranknas.supernet.fused_pairs' kernels, or
 # the dense Adagrad update as four foreach passes instead of ranknas.evaluator.fused_adagrad's
+# one, or the ops' branches both computed and blended (as the masked execution does) instead
+# of only the side a variant's fixed flag takes, or the fields of linear-3d / transformer /
+# dot-product inputs gathered [B, n, E] (then copied field-major by the op) instead of [B, E, n]
 for _ablation in ("noalias", "densewide", "unaligned", "tcattention", "unfusedencoder",
-                  "fusedencoder", "torchindex", "torchpairs", "foreachadagrad"):
+                  "fusedencoder", "torchindex", "torchpairs", "foreachadagrad",
+                  "blendbranches", "rowmajor"):
     TRAINER_VARIANTS[f"segmented+graph+tf32+check50+{_ablation}"] = \
         TRAINER_VARIANTS["segmented+graph+tf32+check50"]
 
@@ -93,6 +97,14 @@ def ablate(variant: str) -> None:
         import ranknas.evaluator.fused_adagrad as fused_adagrad
 
         fused_adagrad.ENABLED = False
+    if variant.endswith("+blendbranches"):
+        def blended(path, flag, on, off):
+            return masked_base.blend(flag.view(path), on(), off())
+
+        ops.branch = interaction.branch = blended
+    if variant.endswith("+rowmajor"):
+        for cls in (ops._MaskedFields, interaction.MaskedDotProduct):
+            cls.field_major = lambda self, fixed: frozenset()
     if variant.endswith("fusedencoder"):
         import ranknas.supernet.fused_encoder as fused_encoder
 

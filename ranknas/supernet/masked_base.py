@@ -309,6 +309,13 @@ class MaskedOp:
     def encode(self, w: Writer, node: MaterializedNode) -> None:
         """Write this op's per-architecture values for ``node`` (defaults: unused)."""
 
+    def field_major(self, fixed: Mapping[Slot, bool]) -> frozenset[str]:
+        """The ports whose fields ``[B, n, E]`` the op first projects along ``n`` (one GEMM
+        over ``[B*E, n]`` rows) when its :attr:`branches` are ``fixed``: the segmented step
+        gathers those inputs field-major, so that the op's transpose is a view, not a copy
+        forward and another of the gradient backward."""
+        return frozenset()
+
     def forward(self, x: dict[str, torch.Tensor], path: Path,
                 size: int | None = None) -> torch.Tensor:
         """The output from the ports' inputs ``x``, at ``size`` (``out_size`` when None; a

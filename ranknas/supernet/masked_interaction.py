@@ -6,6 +6,8 @@ See :mod:`ranknas.supernet.masked_base` for the conventions; the other ops are i
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 import torch.nn.functional as F
 
@@ -17,6 +19,7 @@ from ranknas.supernet.masked_base import (
     MaskedOp,
     Path,
     PortIn,
+    Slot,
     Slots,
     Writer,
     aligned,
@@ -83,6 +86,10 @@ class MaskedDotProduct(MaskedOp):
             w.flag(self.proj_out, n * (n - 1) // 2 != node.width)
             if kept != n_fields:
                 w.width(self.kept, kept)
+
+    def field_major(self, fixed: Mapping[Slot, bool]) -> frozenset[str]:
+        return frozenset({"sparse"}) if self.int_ok and fixed.get(self.proj_fields) else (
+            frozenset())
 
     def _fields(self, y: torch.Tensor, path: Path) -> torch.Tensor:
         """``[B, Nb, E] -> [B, fields, E]``: compressed or as merged."""

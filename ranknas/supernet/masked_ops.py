@@ -8,6 +8,7 @@ bound, width masks, 0/1 branches of the sliced op's shape-dependent computations
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +29,7 @@ from ranknas.supernet.masked_base import (
     MaskedOp,
     Path,
     PortIn,
+    Slot,
     Slots,
     Writer,
     branch,
@@ -177,6 +179,9 @@ class _MaskedFields(MaskedOp):
 
     def encode(self, w: Writer, node: MaterializedNode) -> None:
         w.width(self.w, node.width)
+
+    def field_major(self, fixed: Mapping[Slot, bool]) -> frozenset[str]:
+        return frozenset({"x"})
 
     def _project(self, y: torch.Tensor, path: Path, activation: str,
                  size: int | None) -> torch.Tensor:

@@ -42,6 +42,7 @@ class SegmentRun:
             self.ports, self.params = self.layer.ports, list(self.layer.op.m.parameters())
         # the op's branch flags, fixed for this variant: only their taken sides run
         self.fixed = dict(zip(self.layer.op.branches, branches, strict=True)) if branches else {}
+        self.field_major = frozenset() if self.head else self.layer.op.field_major(self.fixed)
         # per port: (its input's width, the columns read from a source's form, connected)
         self.sizes = dict(zip(self.ports, sizes, strict=True))
         self.kinds = step.forms.kinds.get(key[0], ()) if is_out and not self.head else ()
@@ -69,8 +70,12 @@ class SegmentRun:
             gather = port if alias is None else alias
             cols = step.port_index[id(gather)]  # the zero column last
             index = cols.index_select(0, gather.gather.view(path)[:size])
+            if name in self.field_major:  # [B, E, n]: the op's transpose is a view
+                x = gather_cols(self.buf.forms[p.kind], index, transposed=True)
+                x.requires_grad_()
+                return x.transpose(1, 2), x, ("gather", p.kind, index, True)
             x = gather_cols(self.buf.forms[p.kind], index).requires_grad_()
-            return x, x, ("gather", p.kind, index)
+            return x, x, ("gather", p.kind, index, False)
         if port.cands == (_PREV,):
             leaf = self.prev.out.detach().requires_grad_()
             where: tuple = ("prev",)
@@ -150,7 +155,7 @@ class SegmentRun:
                 self.prev.grad_out.copy_(g)
             elif where[0] == "gather":  # padding's gradient would land on the zero column
                 dst = self.buf.grads[where[1]]
-                scatter_add_cols_(dst, where[2], g, skip=dst.shape[1] - 1)
+                scatter_add_cols_(dst, where[2], g, skip=dst.shape[1] - 1, transposed=where[3])
             else:
                 self.buf.grads[where[1]].narrow(1, where[2], where[3]).add_(g)
         pairs = [(p, g) for p, g in zip(self.params, grads[n:], strict=True) if g is not None]

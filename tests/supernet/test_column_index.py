@@ -55,7 +55,31 @@ def test_scatter_add_without_skip_sums_repeats(device: str) -> None:
     assert dst.tolist() == [[1.0, 1.0, 0.0, 3.0]] * 2
 
 
+FIELDS = [(5, 40, 33, (16,)), (300, 9, 5, (3,)), (9, 300, 170, (16,))]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(("rows", "big", "n", "tail"), FIELDS)
+def test_field_major_gather_scatter_equal_the_transposed_ops(
+        device: str, rows: int, big: int, n: int, tail: tuple[int, ...]) -> None:
+    gen = torch.Generator().manual_seed(2)
+    src = torch.randn(rows, big, *tail, generator=gen).to(device).requires_grad_()
+    index = _index(big, n, gen).to(device)
+    grad = torch.randn(rows, *tail, n, generator=gen).to(device)
+    out = gather_cols(src, index, transposed=True)
+    want = src.index_select(1, index).transpose(1, 2)
+    assert out.is_contiguous() and torch.equal(out, want)
+    (got,) = torch.autograd.grad(out, src, grad)
+    torch.testing.assert_close(got, torch.autograd.grad(want, src, grad)[0])
+    dst = torch.randn(rows, big, *tail, generator=gen).to(device)
+    expect = dst.clone().index_add_(1, index, grad.transpose(1, 2))
+    scatter_add_cols_(dst, index, grad, skip=big - 1, transposed=True)
+    torch.testing.assert_close(dst[:, :-1], expect[:, :-1])
+
+
 def test_bad_shapes_raise_with_the_shapes() -> None:
+    with pytest.raises(ValueError, match=r"transposed takes fields \[R, N, E\], got shape"):
+        gather_cols(torch.zeros(2, 4), torch.tensor([0]), transposed=True)
     with pytest.raises(ValueError, match=r"agree in R and tail; got src \(3, 5\), dst \(2, 4\)"):
         scatter_add_cols_(torch.zeros(2, 4), torch.tensor([0]), torch.zeros(3, 5))
     with pytest.raises(ValueError, match="index must be 1-D"):
