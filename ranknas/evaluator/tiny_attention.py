@@ -111,9 +111,12 @@ def _(qkv: torch.Tensor, out: torch.Tensor, grad: torch.Tensor, lse: torch.Tenso
 def _attention_setup(ctx: Any, inputs: tuple, output: tuple) -> None:
     ctx.save_for_backward(inputs[0], output[0], output[1], inputs[2])
     ctx.heads = inputs[1]
+    ctx.set_materialize_grads(False)  # lse's gradient: None, not a filled zero tensor
 
 
-def _attention_grad(ctx: Any, grad_out: torch.Tensor, grad_lse: torch.Tensor) -> tuple:
+def _attention_grad(ctx: Any, grad_out: torch.Tensor | None, grad_lse: Any) -> tuple:
+    if grad_out is None:
+        return None, None, None
     qkv, out, lse, key_bias = ctx.saved_tensors
     # the key bias is a constant (a mask): no gradient
     return tiny_head_attention_backward(qkv, out, grad_out.contiguous(), lse, ctx.heads,

@@ -155,10 +155,13 @@ def _setup(ctx: Any, inputs: tuple, output: tuple) -> None:
     z, key_bias, row_mask, weights, heads = inputs
     ctx.save_for_backward(z, key_bias, row_mask, output[1], output[2], *weights)
     ctx.heads = heads
+    ctx.set_materialize_grads(False)  # att's and lse's gradients: None, not filled zeros
 
 
-def _grad(ctx: Any, grad_out: torch.Tensor, _grad_att: Any, _grad_lse: Any) -> tuple:
+def _grad(ctx: Any, grad_out: torch.Tensor | None, _grad_att: Any, _grad_lse: Any) -> tuple:
     z, key_bias, row_mask, att, lse, *weights = ctx.saved_tensors
+    if grad_out is None:
+        return None, None, None, [None] * len(weights), None
     dz, *grads = tiny_encoder_layer_backward(grad_out.contiguous(), z, key_bias, row_mask,
                                              weights, ctx.heads, att, lse)
     return dz, None, None, grads, None

@@ -5,8 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
+from ranknas.evaluator.tiny_attention import tiny_head_attention
 from ranknas.supernet.elastic_base import SlicedNorm
+from ranknas.supernet.fused_encoder import tiny_encoder_layer
 from ranknas.supernet.fused_norm import fused_norm_fits, masked_layer_norm
 from ranknas.supernet.masked_base import layer_norm, masked_norm
 
@@ -109,3 +112,30 @@ def test_kernels_run_inside_a_cuda_graph() -> None:
     static_x.data.copy_(new)
     graph.replay()
     torch.testing.assert_close(out, masked_layer_norm(new, w, b, mask, inv))
+
+
+class _Ops(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.names: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(func.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+def test_backwards_fill_no_zero_gradients_for_unused_outputs() -> None:
+    """The custom ops' side outputs (statistics, attention output, log-sum-exp) are never
+    differentiated: their gradients stay None instead of zero tensors made per backward."""
+    torch.manual_seed(0)
+    x = torch.randn(6, 16, requires_grad=True)
+    weights = [torch.randn(s, requires_grad=True) for s in ((48, 16), (48,), (16, 16), (16,),
+                                                             (16,), (16,), (16, 16), (16,),
+                                                             (16, 16), (16,), (16,), (16,))]
+    outs = [masked_layer_norm(x, weights[4], weights[5]),
+            tiny_encoder_layer(x.view(2, 3, 16), torch.zeros(3), torch.ones(3), weights, 8)[0],
+            tiny_head_attention(torch.randn(2, 3, 48, requires_grad=True), 8)[0]]
+    for out in outs:
+        with _Ops() as ops:
+            out.sum().backward()
+        assert not [n for n in ops.names if n.startswith(("zeros", "fill", "full"))], ops.names
