@@ -39,6 +39,7 @@ from ranknas.supernet.fused_encoder import (
     ENCODER_WEIGHTS,
     encoder_reference,
     encoder_reference_backward,
+    split_grads,
 )
 from ranknas.supernet.masked_base import layer_norm
 
@@ -104,9 +105,9 @@ def _fused(z: torch.Tensor, key_bias: torch.Tensor, row_mask: torch.Tensor,
            **kw: int) -> list[torch.Tensor]:
     """``[out, att, lse, dz, *weight grads]`` of the kernels (backward from their forward)."""
     out, att, lse = encoder_forward(z, key_bias, row_mask, weights, heads, precision, **kw)
-    back = encoder_backward(grad, z, key_bias, row_mask, weights, heads, att, lse, precision,
-                            **kw)
-    return [out, att, lse, *back]
+    dz, flat = encoder_backward(grad, z, key_bias, row_mask, weights, heads, att, lse,
+                                precision, **kw)
+    return [out, att, lse, dz, *split_grads(flat, weights)]
 
 
 def _compare(got: list[torch.Tensor], ref: list[torch.Tensor], z: torch.Tensor,

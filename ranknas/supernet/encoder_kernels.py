@@ -375,7 +375,7 @@ def encoder_backward(grad: torch.Tensor, z: torch.Tensor, key_bias: torch.Tensor
                      att: torch.Tensor, lse: torch.Tensor, precision: str = "tf32", *,
                      programs: int | None = None, num_warps: int = 4,
                      unroll: int | None = None
-                     ) -> list[torch.Tensor]:
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """Gradients of :func:`encoder_forward`, as ``encoder_reference_backward``.
 
     Args:
@@ -387,8 +387,9 @@ def encoder_backward(grad: torch.Tensor, z: torch.Tensor, key_bias: torch.Tensor
             into one partial row. Default 4 per SM.
 
     Returns:
-        ``[dz [B, L, E], d in_proj_weight, d in_proj_bias, ..., d ffn_norm.bias]``: ``dz`` in
-        ``z``'s dtype, each weight gradient shaped and typed like its weight.
+        ``(dz [B, L, E], flat)``: ``dz`` in ``z``'s dtype; ``flat`` float32, the 12 weight
+        gradients flattened in ``ENCODER_WEIGHTS`` order
+        (:func:`~ranknas.supernet.fused_encoder.split_grads` views them as the weights).
     """
     z = z.contiguous()
     grid, meta = _launch(z, heads, precision, programs, _BWD_PER_SM, num_warps, unroll)
@@ -399,7 +400,4 @@ def encoder_backward(grad: torch.Tensor, z: torch.Tensor, key_bias: torch.Tensor
     _encoder_bwd[(grid,)](grad.contiguous(), z, att.contiguous(), lse.contiguous(),
                           *_masks(key_bias, row_mask),
                           *(w.contiguous() for w in weights[:11]), dz, part, **meta)
-    sums = part.sum(0).split([w.numel() for w in weights])
-    # copies, not views of one buffer: a custom op's outputs may not alias each other
-    return [dz, *(s.view_as(w).to(w.dtype, copy=True)
-                  for s, w in zip(sums, weights, strict=True))]
+    return dz, part.sum(0)

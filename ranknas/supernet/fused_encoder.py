@@ -34,7 +34,7 @@ from ranknas.evaluator.tiny_attention import (
 )
 
 __all__ = ["ENCODER_WEIGHTS", "encoder_reference", "encoder_reference_backward",
-           "fused_encoder_fits", "tiny_encoder_layer"]
+           "fused_encoder_fits", "split_grads", "tiny_encoder_layer"]
 
 EPS = 1e-5  # nn.LayerNorm's
 #: Whether the masked transformer runs :func:`tiny_encoder_layer`: ``None`` (default) on CUDA
@@ -128,11 +128,28 @@ def tiny_encoder_layer(z: torch.Tensor, key_bias: torch.Tensor, row_mask: torch.
 def tiny_encoder_layer_backward(grad: torch.Tensor, z: torch.Tensor, key_bias: torch.Tensor,
                                 row_mask: torch.Tensor, weights: list[torch.Tensor],
                                 heads: int, att: torch.Tensor, lse: torch.Tensor
-                                ) -> list[torch.Tensor]:
-    """:func:`encoder_reference_backward` as one op: ``[dz, dweight, ...]``."""
+                                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`encoder_reference_backward` as one op: ``(dz, the weight gradients flattened
+    into one tensor)`` (:func:`split_grads`). One tensor, not 12: a custom op's outputs may
+    not alias, so separate ones would cost a copy each."""
     dz, grads = encoder_reference_backward(grad, z, key_bias, row_mask, weights, heads, att,
                                            lse)
-    return [dz, *grads]
+    return dz, _flat(grads, z)
+
+
+def _flat(grads: list[torch.Tensor], z: torch.Tensor) -> torch.Tensor:
+    return torch.cat([g.reshape(-1).to(_flat_dtype(z)) for g in grads])
+
+
+def _flat_dtype(z: torch.Tensor) -> torch.dtype:
+    return torch.promote_types(z.dtype, torch.float32)
+
+
+def split_grads(flat: torch.Tensor, weights: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The weight gradients in ``flat`` (``ENCODER_WEIGHTS`` order) as views shaped like
+    ``weights`` (cast where a weight's dtype differs)."""
+    parts = flat.split([w.numel() for w in weights])
+    return [p.view_as(w).to(w.dtype) for p, w in zip(parts, weights, strict=True)]
 
 
 @tiny_encoder_layer.register_fake
@@ -147,8 +164,9 @@ def _(z: torch.Tensor, key_bias: torch.Tensor, row_mask: torch.Tensor,
 @tiny_encoder_layer_backward.register_fake
 def _(grad: torch.Tensor, z: torch.Tensor, key_bias: torch.Tensor, row_mask: torch.Tensor,
       weights: list[torch.Tensor], heads: int, att: torch.Tensor, lse: torch.Tensor
-      ) -> list[torch.Tensor]:
-    return [torch.empty_like(z), *(torch.empty_like(w) for w in weights)]
+      ) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.empty_like(z), z.new_empty(sum(w.numel() for w in weights),
+                                            dtype=_flat_dtype(z))
 
 
 def _setup(ctx: Any, inputs: tuple, output: tuple) -> None:
@@ -162,9 +180,9 @@ def _grad(ctx: Any, grad_out: torch.Tensor | None, _grad_att: Any, _grad_lse: An
     z, key_bias, row_mask, att, lse, *weights = ctx.saved_tensors
     if grad_out is None:
         return None, None, None, [None] * len(weights), None
-    dz, *grads = tiny_encoder_layer_backward(grad_out.contiguous(), z, key_bias, row_mask,
-                                             weights, ctx.heads, att, lse)
-    return dz, None, None, grads, None
+    dz, flat = tiny_encoder_layer_backward(grad_out.contiguous(), z, key_bias, row_mask,
+                                           weights, ctx.heads, att, lse)
+    return dz, None, None, split_grads(flat, weights), None
 
 
 tiny_encoder_layer.register_autograd(_grad, setup_context=_setup)
@@ -210,11 +228,11 @@ def _(z: torch.Tensor, key_bias: torch.Tensor, row_mask: torch.Tensor,
 @tiny_encoder_layer_backward.register_kernel("cuda")
 def _(grad: torch.Tensor, z: torch.Tensor, key_bias: torch.Tensor, row_mask: torch.Tensor,
       weights: list[torch.Tensor], heads: int, att: torch.Tensor, lse: torch.Tensor
-      ) -> list[torch.Tensor]:
+      ) -> tuple[torch.Tensor, torch.Tensor]:
     if not _kernels_fit(z, heads):
         dz, grads = encoder_reference_backward(grad, z, key_bias, row_mask, weights, heads,
                                                att, lse)
-        return [dz, *grads]
+        return dz, _flat(grads, z)
     from ranknas.supernet.encoder_kernels import encoder_backward
 
     return encoder_backward(grad, z.contiguous(), key_bias, row_mask, weights, heads, att, lse,

@@ -304,8 +304,10 @@ class MaskedProgram:
             w.prefix(port.gather, merged)  # the rest keeps the default: the zero column
             width = merged.size
         if p.cols is not None:
-            w.prefix(p.cols, np.arange(cols.start, cols.stop) if isinstance(cols, slice)
-                     else cols)  # padding: column 0, meets a zero
+            real = np.arange(cols.start, cols.stop) if isinstance(cols, slice) else cols
+            # padding meets zeros, so any column serves: repeating the real ones spreads the
+            # gradient's (exactly zero) adds, which on column 0 alone serialise on atomics
+            w.prefix(p.cols, np.resize(real, p.cols.size) if len(real) else real)
         return min(width, p.bound)
 
     # -- running ---------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from ranknas.supernet import Supernet, fused_encoder
 from ranknas.supernet.fused_encoder import (
     ENCODER_WEIGHTS,
     fused_encoder_fits,
+    split_grads,
     tiny_encoder_layer,
 )
 from ranknas.supernet.masked import encode, masked_forward
@@ -160,8 +161,9 @@ def test_cuda_kernels_equal_the_reference(tokens):
     row_mask = (key_bias == 0).float()
     grad = torch.randn_like(z)
     out, att, lse = tiny_encoder_layer(z, key_bias, row_mask, weights, HEADS)
-    got = torch.ops.ranknas.tiny_encoder_layer_backward(grad, z, key_bias, row_mask, weights,
-                                                        HEADS, att, lse)
+    got_dz, flat = torch.ops.ranknas.tiny_encoder_layer_backward(grad, z, key_bias, row_mask,
+                                                                 weights, HEADS, att, lse)
+    got = [got_dz, *split_grads(flat, weights)]
     dbl = [w.double() for w in weights]
     want_out, want_att, want_lse = encoder_reference(z.double(), key_bias, row_mask.double(),
                                                      dbl, HEADS)
