@@ -25,6 +25,8 @@ import math
 
 import torch
 
+from ranknas.supernet.partial_sums import sum_partials
+
 try:  # only for the CUDA kernels; CPU-only installs have no Triton
     import triton
     import triton.language as tl
@@ -400,4 +402,4 @@ def encoder_backward(grad: torch.Tensor, z: torch.Tensor, key_bias: torch.Tensor
     _encoder_bwd[(grid,)](grad.contiguous(), z, att.contiguous(), lse.contiguous(),
                           *_masks(key_bias, row_mask),
                           *(w.contiguous() for w in weights[:11]), dz, part, **meta)
-    return dz, part.sum(0)
+    return dz, sum_partials(part)

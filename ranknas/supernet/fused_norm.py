@@ -23,6 +23,8 @@ from typing import Any
 
 import torch
 
+from ranknas.supernet.partial_sums import sum_partials
+
 try:  # only for the CUDA kernels; CPU-only installs have no Triton
     import triton
     import triton.language as tl
@@ -112,9 +114,12 @@ def _stat_dtype(x: torch.Tensor) -> torch.dtype:
 @torch.library.custom_op("ranknas::masked_layer_norm_backward", mutates_args=())
 def _norm_backward(x: torch.Tensor, grad: torch.Tensor, weight: torch.Tensor,
                    mask: torch.Tensor | None, inv: torch.Tensor | None, mean: torch.Tensor,
-                   rstd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(dx, dweight, dbias)`` of :func:`masked_layer_norm` from ``grad = d loss / d out``."""
-    return _backward_reference(x, grad, weight, mask, inv, mean, rstd)
+                   rstd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(dx, [dweight; dbias] [2, N])`` of :func:`masked_layer_norm` from ``grad = d loss /
+    d out``: the weight gradients stacked in one tensor (a custom op's outputs may not alias,
+    and two would cost a reduction each)."""
+    dx, dw, db = _backward_reference(x, grad, weight, mask, inv, mean, rstd)
+    return dx, torch.stack([dw, db])
 
 
 def _backward_reference(x: torch.Tensor, grad: torch.Tensor, weight: torch.Tensor,
@@ -137,8 +142,8 @@ def _backward_reference(x: torch.Tensor, grad: torch.Tensor, weight: torch.Tenso
 @_norm_backward.register_fake
 def _(x: torch.Tensor, grad: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor | None,
       inv: torch.Tensor | None, mean: torch.Tensor, rstd: torch.Tensor
-      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return torch.empty_like(x), torch.empty_like(weight), torch.empty_like(weight)
+      ) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.empty_like(x), weight.new_empty(2, *weight.shape)
 
 
 def _setup(ctx: Any, inputs: tuple, output: tuple) -> None:
@@ -152,8 +157,8 @@ def _grad(ctx: Any, grad_out: torch.Tensor | None, _mean: Any, _rstd: Any) -> tu
     if grad_out is None:
         return None, None, None, None, None
     x, weight, mask, inv, mean, rstd = ctx.saved_tensors
-    dx, dw, db = _norm_backward(x, grad_out.contiguous(), weight, mask, inv, mean, rstd)
-    return dx, dw, db, None, None  # the mask and 1/n are path constants
+    dx, dwb = _norm_backward(x, grad_out.contiguous(), weight, mask, inv, mean, rstd)
+    return dx, dwb[0], dwb[1], None, None  # the mask and 1/n are path constants
 
 
 _norm.register_autograd(_grad, setup_context=_setup)
@@ -195,8 +200,8 @@ if triton is not None:
         tl.store(rstd_ptr + rows, rstd, mask=rok)
 
     @triton.jit
-    def _norm_bwd(x_ptr, dy_ptr, w_ptr, m_ptr, inv_ptr, mean_ptr, rstd_ptr, dx_ptr, dw_ptr,
-                  db_ptr, R, TILES, N: tl.constexpr, ROWS: tl.constexpr,
+    def _norm_bwd(x_ptr, dy_ptr, w_ptr, m_ptr, inv_ptr, mean_ptr, rstd_ptr, dx_ptr, part_ptr,
+                  R, TILES, N: tl.constexpr, ROWS: tl.constexpr,
                   BLOCK: tl.constexpr, HAS_MASK: tl.constexpr):
         pid = tl.program_id(0)
         cols = tl.arange(0, BLOCK)
@@ -222,8 +227,8 @@ if triton is not None:
             c2 = tl.sum(dxhat, axis=1) * k
             dx = (dxhat - c2[:, None] - xhat * c1[:, None]) * rstd[:, None] * m[None, :]
             tl.store(dx_ptr + offs, dx, mask=ok)
-        tl.store(dw_ptr + pid * N + cols, dw, mask=cok)
-        tl.store(db_ptr + pid * N + cols, db, mask=cok)
+        tl.store(part_ptr + pid * 2 * N + cols, dw, mask=cok)
+        tl.store(part_ptr + pid * 2 * N + N + cols, db, mask=cok)
 
 
 def _launch(x: torch.Tensor, mask: torch.Tensor | None, inv: torch.Tensor | None
@@ -256,16 +261,16 @@ def _(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, mask: torch.Ten
 @_norm_backward.register_kernel("cuda")
 def _(x: torch.Tensor, grad: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor | None,
       inv: torch.Tensor | None, mean: torch.Tensor, rstd: torch.Tensor
-      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+      ) -> tuple[torch.Tensor, torch.Tensor]:
     if not fused_norm_fits(x):
-        return _backward_reference(x, grad, weight, mask, inv, mean, rstd)
+        dx, dw, db = _backward_reference(x, grad, weight, mask, inv, mean, rstd)
+        return dx, torch.stack([dw, db])
     x, grad = x.contiguous(), grad.contiguous()
     r, tiles, meta, m, k = _launch(x, mask, inv)
     per = triton.cdiv(tiles, _PROGRAMS)
     programs = triton.cdiv(tiles, per)
     dx = torch.empty_like(x)
-    dw = x.new_empty(programs, meta["N"], dtype=torch.float32)
-    db = torch.empty_like(dw)
-    _norm_bwd[(programs,)](x, grad, weight.contiguous(), m, k, mean, rstd, dx, dw, db, r, per,
+    part = x.new_empty(programs, 2 * meta["N"], dtype=torch.float32)  # [dweight, dbias] rows
+    _norm_bwd[(programs,)](x, grad, weight.contiguous(), m, k, mean, rstd, dx, part, r, per,
                            **meta)
-    return dx, dw.sum(0).to(weight.dtype), db.sum(0).to(weight.dtype)
+    return dx, sum_partials(part).view(2, -1).to(weight.dtype)
