@@ -55,10 +55,11 @@ for _n in (0, 1, 3):
 # the dense Adagrad update as four foreach passes instead of ranknas.evaluator.fused_adagrad's
 # one, or the ops' branches both computed and blended (as the masked execution does) instead
 # of only the side a variant's fixed flag takes, or the fields of linear-3d / transformer /
-# dot-product inputs gathered [B, n, E] (then copied field-major by the op) instead of [B, E, n]
+# dot-product inputs gathered [B, n, E] (then copied field-major by the op) instead of [B, E, n],
+# or the partial rows of the LayerNorm and encoder backwards summed by PyTorch, not in one pass
 for _ablation in ("noalias", "densewide", "unaligned", "tcattention", "unfusedencoder",
                   "fusedencoder", "torchindex", "torchpairs", "foreachadagrad",
-                  "blendbranches", "rowmajor"):
+                  "blendbranches", "rowmajor", "torchsums"):
     TRAINER_VARIANTS[f"segmented+graph+tf32+check50+{_ablation}"] = \
         TRAINER_VARIANTS["segmented+graph+tf32+check50"]
 
@@ -105,6 +106,10 @@ def ablate(variant: str) -> None:
     if variant.endswith("+rowmajor"):
         for cls in (ops._MaskedFields, interaction.MaskedDotProduct):
             cls.field_major = lambda self, fixed: frozenset()
+    if variant.endswith("+torchsums"):
+        import ranknas.supernet.partial_sums as partial_sums
+
+        partial_sums.triton = None
     if variant.endswith("fusedencoder"):
         import ranknas.supernet.fused_encoder as fused_encoder
 
