@@ -56,10 +56,11 @@ for _n in (0, 1, 3):
 # one, or the ops' branches both computed and blended (as the masked execution does) instead
 # of only the side a variant's fixed flag takes, or the fields of linear-3d / transformer /
 # dot-product inputs gathered [B, n, E] (then copied field-major by the op) instead of [B, E, n],
-# or the partial rows of the LayerNorm and encoder backwards summed by PyTorch, not in one pass
+# or the partial rows of the LayerNorm and encoder backwards summed by PyTorch, not in one pass,
+# or FM's interaction as PyTorch ops instead of ranknas.supernet.fused_fm's kernels
 for _ablation in ("noalias", "densewide", "unaligned", "tcattention", "unfusedencoder",
                   "fusedencoder", "torchindex", "torchpairs", "foreachadagrad",
-                  "blendbranches", "rowmajor", "torchsums"):
+                  "blendbranches", "rowmajor", "torchsums", "torchfm"):
     TRAINER_VARIANTS[f"segmented+graph+tf32+check50+{_ablation}"] = \
         TRAINER_VARIANTS["segmented+graph+tf32+check50"]
 
@@ -110,6 +111,10 @@ def ablate(variant: str) -> None:
         import ranknas.supernet.partial_sums as partial_sums
 
         partial_sums.triton = None
+    if variant.endswith("+torchfm"):
+        import ranknas.supernet.fused_fm as fused_fm
+
+        fused_fm.triton = None
     if variant.endswith("fusedencoder"):
         import ranknas.supernet.fused_encoder as fused_encoder
 

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from ranknas.spaces.materialized import MaterializedNode
 from ranknas.supernet.elastic_base import ElasticOp
 from ranknas.supernet.elastic_interaction import kept_fields
+from ranknas.supernet.fused_fm import fm_interaction
 from ranknas.supernet.fused_pairs import pairwise_dots
 from ranknas.supernet.masked_base import (
     MaskedOp,
@@ -177,9 +178,7 @@ class MaskedFM(MaskedOp):
     def forward(self, x: dict[str, torch.Tensor], path: Path,
                 size: int | None = None) -> torch.Tensor:
         size = size or self.out_size
-        y = x["x"]
-        total = y.sum(dim=1)
-        fm = total * total - (y * y).sum(dim=1)  # [B, E]
+        fm = fm_interaction(x["x"])  # [B, E]
         p = self.m.proj
         if p is None:
             return resize(fm, size) * self.w[0].view(path)[:size]
