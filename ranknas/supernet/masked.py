@@ -199,7 +199,11 @@ class MaskedProgram:
         only: Region = next(iter(storage.slots.values()))[1]
         fixed = len(cands) == 1 and not only.composites and only.size >= storage.bound
         span = aligned(storage.bound)  # the segmented step may read up to this
-        port = PortIn(name, storage.kind, storage.bound, None if fixed else self.slots.i(span))
+        # padding meets zeros, so any weight column serves: distinct ones, not all column 0,
+        # spread the backward's (exactly zero) atomic adds instead of piling them on one
+        cols = None if fixed else self.slots.i(span, [i % max(storage.size, 1)
+                                                      for i in range(span)])
+        port = PortIn(name, storage.kind, storage.bound, cols)
         if len(cands) == 1:
             return _Port(port, cands, (0,), None, self.slots.f(1))
         sizes = [self.layout.bound(c, storage.kind) for c in cands]
@@ -303,11 +307,9 @@ class MaskedProgram:
                 raise InvalidArchitecture(p.name, f"merged input {merged.size} > {p.bound}")
             w.prefix(port.gather, merged)  # the rest keeps the default: the zero column
             width = merged.size
-        if p.cols is not None:
-            real = np.arange(cols.start, cols.stop) if isinstance(cols, slice) else cols
-            # padding meets zeros, so any column serves: repeating the real ones spreads the
-            # gradient's (exactly zero) adds, which on column 0 alone serialise on atomics
-            w.prefix(p.cols, np.resize(real, p.cols.size) if len(real) else real)
+        if p.cols is not None:  # padding keeps its default (distinct columns: _port)
+            w.prefix(p.cols, np.arange(cols.start, cols.stop) if isinstance(cols, slice)
+                     else cols)
         return min(width, p.bound)
 
     # -- running ---------------------------------------------------------------------------

@@ -73,9 +73,10 @@ class Slots:
         self.floats += [default] * size
         return slot
 
-    def i(self, size: int, default: int = 0) -> Slot:
+    def i(self, size: int, default: int | list[int] = 0) -> Slot:
+        """An int slot of ``size``, its default one value for all or one per position."""
         slot = Slot(len(self.ints), size, ints=True)
-        self.ints += [default] * size
+        self.ints += [default] * size if isinstance(default, int) else default
         return slot
 
     def width(self, size: int) -> tuple[Slot, Slot]:
