@@ -144,6 +144,21 @@ def test_path_nodes_carry_their_branch_flags(supernets):
     assert {("fm", True), ("dot-product", True), ("dense-to-sparse", True)} <= seen
 
 
+def test_weight_column_padding_names_distinct_columns(supernets):
+    """Padding meets zero inputs, so any column serves; distinct ones keep the backward's
+    zero adds from piling onto one column's atomics."""
+    supernet = supernets("nasrec_full")
+    prog = program(supernet)
+    _, ints = prog.slots.defaults()  # what a path's padding keeps
+    ports = [p.port for _, chains in prog.blocks for chain in chains.values()
+             for layer in chain for p in layer.ports.values() if p.port.cols is not None]
+    assert ports
+    for port in ports:
+        cols = port.cols.view((None, ints)).tolist()
+        weight_cols = max(cols) + 1
+        assert len(set(cols)) == min(len(cols), weight_cols), port.name
+
+
 def test_a_reset_writer_encodes_like_a_fresh_one(supernets):
     # CUDA encodings reuse one writer (the path is copied off it): a reset must leave no
     # trace of the previous path
