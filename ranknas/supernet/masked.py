@@ -199,8 +199,7 @@ class MaskedProgram:
         only: Region = next(iter(storage.slots.values()))[1]
         fixed = len(cands) == 1 and not only.composites and only.size >= storage.bound
         span = aligned(storage.bound)  # the segmented step may read up to this
-        # padding meets zeros, so any weight column serves: distinct ones, not all column 0,
-        # spread the backward's (exactly zero) atomic adds instead of piling them on one
+        # padding meets zeros: distinct columns spread its gradient's (zero) atomic adds
         cols = None if fixed else self.slots.i(span, [i % max(storage.size, 1)
                                                       for i in range(span)])
         port = PortIn(name, storage.kind, storage.bound, cols)
