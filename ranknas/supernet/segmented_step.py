@@ -33,14 +33,14 @@ The buffers' layout is in :mod:`ranknas.supernet.segmented_forms`, a segment var
 :mod:`ranknas.supernet.segment_run`.
 
 Each segment is captured once per variant (is it its block's output, its fixed widths, its
-branches), at
-the batch size of the first step: one forward graph (gathers, op, publishing) and one backward
-graph (``torch.autograd.grad`` of the op, the input gradients into the gradient buffers, and
-the dense optimizer update of the op's parameters, which no other segment reads). A layer's
-variants share one memory pool, and a variant keeps no autograd graph once captured
-(:meth:`SegmentedStep.pool`). The logit head includes the loss. A step is then: copy the
-inputs, replay the forward graphs in path order and the backward graphs in reverse, and
-return the loss and the gradient of the embedding rows (whose sparse update stays outside).
+branches), at the batch size of the first step: one forward graph (gathers, op, publishing)
+and one backward graph (``torch.autograd.grad`` of the op, the input gradients into the
+gradient buffers, and the dense optimizer update of the op's parameters, which no other
+segment reads). A layer's variants share one memory pool, and a variant keeps no autograd
+graph once captured (:meth:`SegmentedStep.pool`). The logit head includes the loss. A step is
+then: copy the inputs, replay the forward graphs in path order and the backward graphs in
+reverse, and return the loss and the gradient of the embedding rows (whose sparse update
+stays outside).
 Without graphs (the CPU, or another batch size) the same functions run eagerly, so the CPU
 tests check this module's data flow.
 """
