@@ -126,16 +126,22 @@ def check(device: str) -> bool:
     passed."""
     precisions = ["ieee"] if device == "cpu" else list(PRECISIONS)
     configs = [(16, 8), (8, 4), (12, 4)]  # (E, heads): head dims 2, 2, 3
-    cases = [(b, n, e, h, m, torch.float32) for (e, h), b, n, m in
+    cases = [(b, n, e, h, m, torch.float32, False) for (e, h), b, n, m in
              itertools.product(configs, (1, 5), (5, 16, 33, 64), (0, 3))]
-    cases += [(5, n, 16, 8, 3, torch.bfloat16) for n in (16, 33)]
+    cases += [(5, n, 16, 8, 3, torch.bfloat16, False) for n in (16, 33)]
+    # views, as the segmented step passes them: z a transposed layout, grad a buffer's range
+    cases += [(5, n, 16, 8, 3, torch.float32, True) for n in (16, 33)]
     worst = [0.0] * len(NAMES)
     ok = True
     print("| B | L | E | heads | masked | dtype | precision | out | att | lse | dz | dweights "
           "| |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for b, n, e, heads, masked, dtype in cases:
+    for b, n, e, heads, masked, dtype, views in cases:
         z, key_bias, row_mask, weights, grad = _inputs(b, n, e, masked, dtype, device)
         ref = _reference(z, key_bias, row_mask, weights, grad, heads)
+        if views:
+            z = z.transpose(1, 2).contiguous().transpose(1, 2)
+            grad = torch.cat([grad.new_zeros(b, 2, e), grad, grad.new_zeros(b, 5, e)],
+                             1).narrow(1, 2, n)
         for precision in precisions:
             # B=5 on 2 programs: a program loops over 3 examples, partial rows are summed
             got = _fused(z, key_bias, row_mask, weights, grad, heads, precision,
@@ -152,7 +158,8 @@ def check(device: str) -> bool:
             if dtype == torch.float32:
                 worst = [max(w, x) for w, x in zip(worst, errs, strict=True)]
             ok &= good
-            print(f"| {b} | {n} | {e} | {heads} | {masked} | {str(dtype)[6:]} | {precision} | "
+            print(f"| {b} | {n} | {e} | {heads} | {masked} | {str(dtype)[6:]}"
+                  f"{' views' if views else ''} | {precision} | "
                   + " | ".join(f"{x:.1e}" for x in errs[:4])
                   + f" | {max(errs[4:]):.1e} | {'ok' if good else 'FAIL'} |", flush=True)
     print("\nmax error per tensor over the float32 cases:")

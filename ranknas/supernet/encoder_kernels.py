@@ -16,7 +16,9 @@ direction is one kernel over ``z [B, L, E]`` (E <= 32, head dim <= 4, L <= 64):
 - the backward accumulates the 12 weight gradients in registers over the program's examples
   and writes one partial row per program, summed on the host (as ``fused_norm``'s backward).
 
-Everything is computed in float32; ``out``, ``att`` and ``dz`` come out in ``z``'s dtype.
+Everything is computed in float32; ``out``, ``att`` and ``dz`` come out in ``z``'s dtype and
+layout. ``z``, ``att`` and the gradient are read as views of any strides (the segmented step's
+``z`` is a transposed projection, its gradient a range of a buffer): no copies first.
 """
 
 from __future__ import annotations
@@ -117,6 +119,12 @@ if triton is not None:
         return kb, tl.load(rm_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
 
     @triton.jit
+    def _offs(ex, rows, cols, s0, s1, s2):
+        """Offsets of example ``ex``'s ``[NP, EP]`` tile in a ``[B, L, E]`` tensor of strides
+        ``(s0, s1, s2)`` (a view: no copy into one layout first)."""
+        return ex * s0 + rows[:, None] * s1 + cols[None, :] * s2
+
+    @triton.jit
     def _tiles(L: tl.constexpr, E: tl.constexpr, NP: tl.constexpr, EP: tl.constexpr):
         """``(rows, cols, row_ok, tile_ok, cm)`` of an ``[NP, EP]`` token tile: the live
         tokens and features, and ``cm`` the features as 0/1 floats."""
@@ -170,9 +178,10 @@ if triton is not None:
 
     @triton.jit
     def _encoder_fwd(z_ptr, kb_ptr, rm_ptr, in_w, in_b, out_w, out_b, n1_w, n1_b, f1_w, f1_b,
-                     f2_w, f2_b, n2_w, n2_b, out_ptr, att_ptr, lse_ptr, B, scale,
-                     L: tl.constexpr, H: tl.constexpr, D: tl.constexpr, NP: tl.constexpr,
-                     EP: tl.constexpr, PRECISION: tl.constexpr, UNROLL: tl.constexpr):
+                     f2_w, f2_b, n2_w, n2_b, out_ptr, att_ptr, lse_ptr, SZ0, SZ1, SZ2, SO0,
+                     SO1, SO2, B, scale, L: tl.constexpr, H: tl.constexpr, D: tl.constexpr,
+                     NP: tl.constexpr, EP: tl.constexpr, PRECISION: tl.constexpr,
+                     UNROLL: tl.constexpr):
         E: tl.constexpr = H * D
         rows, cols, row_ok, tile_ok, cm = _tiles(L, E, NP, EP)
         # padded keys score -inf; padded query rows stay finite and are never stored
@@ -186,8 +195,9 @@ if triton is not None:
         # a while loop, not range(pid, B, P): the interpreter cannot range over a tensor
         ex = tl.program_id(0).to(tl.int64)
         while ex < B:
-            offs = ex * L * E + rows[:, None] * E + cols[None, :]
-            z = tl.load(z_ptr + offs, mask=tile_ok, other=0.0).to(tl.float32)
+            offs = _offs(ex, rows, cols, SO0, SO1, SO2)  # out and att: one layout
+            z = tl.load(z_ptr + _offs(ex, rows, cols, SZ0, SZ1, SZ2), mask=tile_ok,
+                        other=0.0).to(tl.float32)
             q = _mm(z, wq, PRECISION) + bq[None, :]
             k = _mm(z, wk, PRECISION) + bk[None, :]
             v = _mm(z, wv, PRECISION) + bv[None, :]
@@ -214,8 +224,9 @@ if triton is not None:
 
     @triton.jit
     def _encoder_bwd(grad_ptr, z_ptr, att_ptr, lse_ptr, kb_ptr, rm_ptr, in_w, in_b, out_w,
-                     out_b, n1_w, n1_b, f1_w, f1_b, f2_w, f2_b, n2_w, dz_ptr, part_ptr, B,
-                     scale, L: tl.constexpr, H: tl.constexpr, D: tl.constexpr,
+                     out_b, n1_w, n1_b, f1_w, f1_b, f2_w, f2_b, n2_w, dz_ptr, part_ptr, SG0,
+                     SG1, SG2, SZ0, SZ1, SZ2, SA0, SA1, SA2, SD0, SD1, SD2, B, scale,
+                     L: tl.constexpr, H: tl.constexpr, D: tl.constexpr,
                      NP: tl.constexpr, EP: tl.constexpr, PRECISION: tl.constexpr,
                      UNROLL: tl.constexpr):
         E: tl.constexpr = H * D
@@ -248,11 +259,13 @@ if triton is not None:
         d_s2 = tl.zeros((EP,), tl.float32)
         ex = pid.to(tl.int64)
         while ex < B:
-            offs = ex * L * E + rows[:, None] * E + cols[None, :]
-            z = tl.load(z_ptr + offs, mask=tile_ok, other=0.0).to(tl.float32)
-            att = tl.load(att_ptr + offs, mask=tile_ok, other=0.0).to(tl.float32)
+            z = tl.load(z_ptr + _offs(ex, rows, cols, SZ0, SZ1, SZ2), mask=tile_ok,
+                        other=0.0).to(tl.float32)
+            att = tl.load(att_ptr + _offs(ex, rows, cols, SA0, SA1, SA2), mask=tile_ok,
+                          other=0.0).to(tl.float32)
             # masked and padded rows get zero gradient, so they add nothing to the sums below
-            dy2 = tl.load(grad_ptr + offs, mask=tile_ok, other=0.0).to(tl.float32) * rm[:, None]
+            dy2 = tl.load(grad_ptr + _offs(ex, rows, cols, SG0, SG1, SG2), mask=tile_ok,
+                          other=0.0).to(tl.float32) * rm[:, None]
             # recompute the layer from z and att (the attention's inputs only further down)
             xhat1, rstd1, y1, pre, hidden, xhat2, rstd2 = _after_attention(
                 z, att, wo, bo, g1, s1, w1, c1, w2, c2, cm, E, PRECISION)
@@ -288,7 +301,8 @@ if triton is not None:
             d_bv += tl.sum(dv, 0)
             dz = (du + _mm(dq, tl.trans(wq), PRECISION) + _mm(dk, tl.trans(wk), PRECISION)
                   + _mm(dv, tl.trans(wv), PRECISION))
-            tl.store(dz_ptr + offs, dz.to(dz_ptr.dtype.element_ty), mask=tile_ok)
+            tl.store(dz_ptr + _offs(ex, rows, cols, SD0, SD1, SD2),
+                     dz.to(dz_ptr.dtype.element_ty), mask=tile_ok)
             ex += tl.num_programs(0)
         # one partial row per program, in ENCODER_WEIGHTS order, flattened
         col_ok = cols < E
@@ -347,7 +361,8 @@ def encoder_forward(z: torch.Tensor, key_bias: torch.Tensor, row_mask: torch.Ten
     """The encoder layer over ``z [B, L, E]``, as ``encoder_reference``.
 
     Args:
-        z: Tokens ``[B, L, E]``, float32 or bfloat16 (see :func:`fits`).
+        z: Tokens ``[B, L, E]``, float32 or bfloat16 (see :func:`fits`), any strides (the
+            kernels read views in place; ``out`` and ``att`` take ``z``'s layout).
         key_bias: ``[L]`` added to every query's scores (0, or -inf for a padded token).
         row_mask: ``[L]`` 0/1 multiplied into the output rows.
         weights: The 12 parameters in ``ENCODER_WEIGHTS`` order.
@@ -362,13 +377,13 @@ def encoder_forward(z: torch.Tensor, key_bias: torch.Tensor, row_mask: torch.Ten
         ``(out [B, L, E], att [B, L, E], lse [B*heads, L])``: ``out`` and ``att`` in ``z``'s
         dtype, ``lse`` float32.
     """
-    z = z.contiguous()
     b, n, _ = z.shape
     grid, meta = _launch(z, heads, precision, programs, _FWD_PER_SM, num_warps, unroll)
-    out, att = torch.empty_like(z), torch.empty_like(z)
+    out, att = torch.empty_like(z), torch.empty_like(z)  # z's layout, if dense
     lse = torch.empty(b * heads, n, dtype=torch.float32, device=z.device)
     _encoder_fwd[(grid,)](z, *_masks(key_bias, row_mask),
-                          *(w.contiguous() for w in weights), out, att, lse, **meta)
+                          *(w.contiguous() for w in weights), out, att, lse, *z.stride(),
+                          *out.stride(), **meta)
     return out, att, lse
 
 
@@ -393,13 +408,12 @@ def encoder_backward(grad: torch.Tensor, z: torch.Tensor, key_bias: torch.Tensor
         gradients flattened in ``ENCODER_WEIGHTS`` order
         (:func:`~ranknas.supernet.fused_encoder.split_grads` views them as the weights).
     """
-    z = z.contiguous()
     grid, meta = _launch(z, heads, precision, programs, _BWD_PER_SM, num_warps, unroll)
     e = z.shape[-1]
     dz = torch.empty_like(z)
     part = torch.empty(grid, 6 * e * e + 10 * e, dtype=torch.float32, device=z.device)
     # ffn_norm.bias is not needed: LayerNorm's input gradient does not depend on it
-    _encoder_bwd[(grid,)](grad.contiguous(), z, att.contiguous(), lse.contiguous(),
-                          *_masks(key_bias, row_mask),
-                          *(w.contiguous() for w in weights[:11]), dz, part, **meta)
+    _encoder_bwd[(grid,)](grad, z, att, lse.contiguous(), *_masks(key_bias, row_mask),
+                          *(w.contiguous() for w in weights[:11]), dz, part, *grad.stride(),
+                          *z.stride(), *att.stride(), *dz.stride(), **meta)
     return dz, sum_partials(part)

@@ -180,8 +180,9 @@ def _grad(ctx: Any, grad_out: torch.Tensor | None, _grad_att: Any, _grad_lse: An
     z, key_bias, row_mask, att, lse, *weights = ctx.saved_tensors
     if grad_out is None:
         return None, None, None, [None] * len(weights), None
-    dz, flat = tiny_encoder_layer_backward(grad_out.contiguous(), z, key_bias, row_mask,
-                                           weights, ctx.heads, att, lse)
+    # any strides: the kernels read views (a range of the step's buffers) in place
+    dz, flat = tiny_encoder_layer_backward(grad_out, z, key_bias, row_mask, weights,
+                                           ctx.heads, att, lse)
     return dz, None, None, split_grads(flat, weights), None
 
 
@@ -222,7 +223,7 @@ def _(z: torch.Tensor, key_bias: torch.Tensor, row_mask: torch.Tensor,
         return encoder_reference(z, key_bias, row_mask, weights, heads)
     from ranknas.supernet.encoder_kernels import encoder_forward
 
-    return encoder_forward(z.contiguous(), key_bias, row_mask, weights, heads, _precision())
+    return encoder_forward(z, key_bias, row_mask, weights, heads, _precision())
 
 
 @tiny_encoder_layer_backward.register_kernel("cuda")
@@ -235,5 +236,4 @@ def _(grad: torch.Tensor, z: torch.Tensor, key_bias: torch.Tensor, row_mask: tor
         return dz, _flat(grads, z)
     from ranknas.supernet.encoder_kernels import encoder_backward
 
-    return encoder_backward(grad, z.contiguous(), key_bias, row_mask, weights, heads, att, lse,
-                            _precision())
+    return encoder_backward(grad, z, key_bias, row_mask, weights, heads, att, lse, _precision())

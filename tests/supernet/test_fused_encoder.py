@@ -145,21 +145,25 @@ def test_masked_and_segmented_executions_take_it(monkeypatch):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the kernels need CUDA")
-@pytest.mark.parametrize("tokens", [5, 16, 33, 64])
-def test_cuda_kernels_equal_the_reference(tokens):
+@pytest.mark.parametrize(("tokens", "views"), [(5, False), (16, False), (33, False),
+                                               (64, False), (33, True)])
+def test_cuda_kernels_equal_the_reference(tokens, views):
     """The Triton kernels (3xTF32 dots: TF32 is off by default) against the float64 reference,
-    forward and backward, with padded tokens."""
+    forward and backward, with padded tokens; ``views``: z in a transposed layout and the
+    gradient a range of a wider buffer, read in place."""
     from ranknas.supernet.fused_encoder import encoder_reference, encoder_reference_backward
 
     torch.manual_seed(2)
     z = torch.randn(64, tokens, E, device="cuda")
+    if views:
+        z = z.transpose(1, 2).contiguous().transpose(1, 2)
     layer = _Layer().cuda()
     weights = [(p + 0.3 * torch.randn_like(p)).detach()
                for p in map(layer.get_parameter, ENCODER_WEIGHTS)]
     key_bias = torch.zeros(tokens, device="cuda")
     key_bias[-2:] = float("-inf")
     row_mask = (key_bias == 0).float()
-    grad = torch.randn_like(z)
+    grad = torch.randn(64, tokens + 3, E, device="cuda").narrow(1, 1, tokens)
     out, att, lse = tiny_encoder_layer(z, key_bias, row_mask, weights, HEADS)
     got_dz, flat = torch.ops.ranknas.tiny_encoder_layer_backward(grad, z, key_bias, row_mask,
                                                                  weights, HEADS, att, lse)
