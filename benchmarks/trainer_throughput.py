@@ -57,10 +57,11 @@ for _n in (0, 1, 3):
 # of only the side a variant's fixed flag takes, or the fields of linear-3d / transformer /
 # dot-product inputs gathered [B, n, E] (then copied field-major by the op) instead of [B, E, n],
 # or the partial rows of the LayerNorm and encoder backwards summed by PyTorch, not in one pass,
-# or FM's interaction as PyTorch ops instead of ranknas.supernet.fused_fm's kernels
+# or FM's interaction as PyTorch ops instead of ranknas.supernet.fused_fm's kernels, or the
+# encoder kernels' inputs copied contiguous first (as before they read views in place)
 for _ablation in ("noalias", "densewide", "unaligned", "tcattention", "unfusedencoder",
                   "fusedencoder", "torchindex", "torchpairs", "foreachadagrad",
-                  "blendbranches", "rowmajor", "torchsums", "torchfm"):
+                  "blendbranches", "rowmajor", "torchsums", "torchfm", "contiguousencoder"):
     TRAINER_VARIANTS[f"segmented+graph+tf32+check50+{_ablation}"] = \
         TRAINER_VARIANTS["segmented+graph+tf32+check50"]
 
@@ -115,10 +116,24 @@ def ablate(variant: str) -> None:
         import ranknas.supernet.fused_fm as fused_fm
 
         fused_fm.triton = None
+    if variant.endswith("+contiguousencoder"):
+        _contiguous_encoder()
     if variant.endswith("fusedencoder"):
         import ranknas.supernet.fused_encoder as fused_encoder
 
         fused_encoder.ENABLED = not variant.endswith("+unfusedencoder")
+
+
+def _contiguous_encoder() -> None:
+    """Copy the encoder kernels' tensor inputs contiguous first (their outputs follow)."""
+    import ranknas.supernet.encoder_kernels as kernels
+
+    def contiguous(fn):
+        return lambda *args, **kw: fn(*(a.contiguous() if isinstance(a, torch.Tensor) else a
+                                        for a in args), **kw)
+
+    kernels.encoder_forward = contiguous(kernels.encoder_forward)
+    kernels.encoder_backward = contiguous(kernels.encoder_backward)
 
 
 def _tensor_core_attention() -> None:
