@@ -15,6 +15,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from ranknas.errors import ConfigError
 from ranknas.evaluator.data.schema import DataSchema
 from ranknas.spaces import load_space
+from ranknas.spaces.graph import AnyOf, Block, OperatorGraph
+from ranknas.spaces.ops import OpContext
+from ranknas.spaces.space import SearchSpace
 from ranknas.supernet import MaskedStep, Supernet, SupernetTrainConfig, fused_encoder
 from ranknas.supernet.masked import encode, program
 from ranknas.supernet.segmented import segmented, segmented_forward
@@ -165,19 +168,30 @@ def test_segmented_step_equals_masked_step(name):
         assert _close(q, p), key
 
 
-@pytest.mark.parametrize("name", SPACES)
+def _dcn_space() -> SearchSpace:
+    """DCN whose supernet op holds both full-rank (width None) and low-rank weights: a
+    branch. Paths run it low rank (a space's check rejects a None width), so its full-rank
+    weight is the side not taken, which must not decay."""
+    blocks = [Block("b1", ("dcn-cross",), (None, 4), inputs={"x": AnyOf(("dense",), 1, 1)}),
+              Block("b2", ("dcn-cross", "linear-2d"), (4, 8),
+                    inputs={"x": AnyOf(("dense", "b1"), 1, 2)})]
+    return SearchSpace("dcn_tiny", OperatorGraph(blocks, ("b2",)), OpContext(embedding_dim=8))
+
+
+@pytest.mark.parametrize("name", [*SPACES, "dcn"])
 def test_segmented_step_with_decay_equals_sliced_adagrad(name):
     """Decay as ``torch.optim.Adagrad`` on the sliced path: a parameter the path leaves
     without a gradient (a projection its op skips: a branch the variant does not run) does not
     decay, unlike the masked step's zero gradient."""
-    ref = Supernet(load_space(name), SCHEMA, seed=0).train()
+    space = _dcn_space() if name == "dcn" else load_space(name)
+    ref = Supernet(space, SCHEMA, seed=0).train()
     seg = _twin(ref)
     dense, sparse, labels = _data()
     seg_step = MaskedStep(seg, lr=0.05, eps=0.1, weight_decay=0.01, segmented=True)
     opts = [torch.optim.Adagrad(ref.dense_parameters(), lr=0.05, eps=0.1, weight_decay=0.01),
             torch.optim.Adagrad(ref.sparse_parameters(), lr=0.05, eps=0.1)]
     rng = random.Random(4)
-    for _ in range(3):
+    for _ in range(6 if name == "dcn" else 3):
         arch = ref.space.sample(rng)
         for opt in opts:
             opt.zero_grad(set_to_none=True)
