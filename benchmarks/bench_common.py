@@ -4,6 +4,7 @@ architecture at its widest widths and a device sync."""
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import math
 import os
@@ -138,6 +139,27 @@ def kernel_device() -> str:
     interpreter (which runs on CPU tensors only, even on a CUDA machine)."""
     interpret = os.environ.get("TRITON_INTERPRET") == "1"
     return "cuda" if torch.cuda.is_available() and not interpret else "cpu"
+
+
+def kernel_check_main(doc: str, name: str, check: Callable[[str], bool],
+                      bench: Callable[[argparse.Namespace], None],
+                      options: Callable[[argparse.ArgumentParser], None] | None = None) -> None:
+    """The command line of a kernel check script: ``check(device)`` on
+    :func:`kernel_device`, then with ``--bench`` (CUDA only) ``bench(args)``; exits non-zero
+    when the check failed. ``options`` adds the script's own arguments."""
+    parser = argparse.ArgumentParser(description=doc)
+    parser.add_argument("--bench", action="store_true", help="time the kernels (CUDA only)")
+    if options is not None:
+        options(parser)
+    args = parser.parse_args()
+    device = kernel_device()
+    good = check(device)
+    if args.bench:
+        if device != "cuda":
+            raise SystemExit("--bench needs a CUDA device (and TRITON_INTERPRET unset)")
+        bench(args)
+    if not good:
+        raise SystemExit(f"{name}: the kernels disagree with the reference")
 
 
 def graph_replay_us(fn: Callable[[], object], reps: int = 20) -> float:

@@ -14,10 +14,8 @@ sorted random columns, as a merged input's storage positions are.
 
 from __future__ import annotations
 
-import argparse
-
 import torch
-from bench_common import graph_replay_us, kernel_device
+from bench_common import graph_replay_us, kernel_check_main
 
 from ranknas.supernet import column_index as ci
 
@@ -30,8 +28,9 @@ BENCH = (("fields [4096, 400 -> 170, 16]", 4096, 400, 170, (16,)),
          ("pairs [4096, 2116 -> 1035]", 4096, 2116, 1035, ()))
 
 
-def check(device: str) -> None:
+def check(device: str) -> bool:
     gen = torch.Generator().manual_seed(0)
+    good = True
     for rows, big, n, tail in CHECKS:
         src = torch.randn(rows, big, *tail, generator=gen).to(device)
         index = torch.randint(0, big, (n,), generator=gen).to(device)
@@ -50,9 +49,12 @@ def check(device: str) -> None:
                 ci._launch(dst, small, index, skip, scatter=True, transposed=transposed)
                 keep = slice(None) if skip is None else slice(0, big - 1)
                 err = (dst[:, keep] - want[:, keep]).abs().max().item()
+                gathered = torch.equal(out, want_out)
+                good &= gathered and err < 1e-5
                 print(f"[{rows}, {big} -> {n}, {tail}] transposed={transposed} skip={skip}: "
-                      f"gather {'ok' if torch.equal(out, want_out) else 'FAIL'}, "
+                      f"gather {'ok' if gathered else 'FAIL'}, "
                       f"scatter-add max err {err:.1e} {'ok' if err < 1e-5 else 'FAIL'}")
+    return good
 
 
 def bench() -> None:
@@ -88,15 +90,7 @@ def _bench_case(name: str, rows: int, big: int, n: int, tail: tuple[int, ...]) -
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--bench", action="store_true")
-    args = parser.parse_args()
-    device = kernel_device()
-    check(device)
-    if args.bench:
-        if device != "cuda":
-            raise SystemExit("--bench needs a CUDA device")
-        bench()
+    kernel_check_main(__doc__, "column_index", check, lambda args: bench())
 
 
 if __name__ == "__main__":

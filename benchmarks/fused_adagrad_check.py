@@ -10,10 +10,8 @@ replayed (host launch costs do not count).
 
 from __future__ import annotations
 
-import argparse
-
 import torch
-from bench_common import criteo_schema, graph_replay_us, kernel_device
+from bench_common import criteo_schema, graph_replay_us, kernel_check_main
 
 from ranknas.evaluator import fused_adagrad as fa
 from ranknas.spaces import load_space
@@ -68,13 +66,7 @@ def bench() -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--bench", action="store_true")
-    args = parser.parse_args()
-    if not check(kernel_device()):
-        raise SystemExit("fused_adagrad: the kernel disagrees with the reference")
-    if args.bench:
-        bench()
+    kernel_check_main(__doc__, "fused_adagrad", check, lambda args: bench())
 
 
 if __name__ == "__main__":

@@ -11,10 +11,8 @@ segmented step passes it.
 
 from __future__ import annotations
 
-import argparse
-
 import torch
-from bench_common import graph_replay_us, kernel_device
+from bench_common import graph_replay_us, kernel_check_main
 
 from ranknas.supernet import fused_fm as ff
 
@@ -76,17 +74,7 @@ def bench() -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--bench", action="store_true")
-    args = parser.parse_args()
-    device = kernel_device()
-    good = check(device)
-    if args.bench:
-        if device != "cuda":
-            raise SystemExit("--bench needs a CUDA device")
-        bench()
-    if not good:
-        raise SystemExit("FAIL")
+    kernel_check_main(__doc__, "fused_fm", check, lambda args: bench())
 
 
 if __name__ == "__main__":

@@ -10,10 +10,8 @@ replayed (host launch costs do not count).
 
 from __future__ import annotations
 
-import argparse
-
 import torch
-from bench_common import graph_replay_us, kernel_device
+from bench_common import graph_replay_us, kernel_check_main
 
 from ranknas.supernet import fused_pairs as fp
 
@@ -67,15 +65,8 @@ def bench(batch: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--bench", action="store_true")
-    parser.add_argument("--batch-size", type=int, default=4096)
-    args = parser.parse_args()
-    device = kernel_device()
-    if not check(device):
-        raise SystemExit("fused_pairs: the kernels disagree with the reference")
-    if args.bench:
-        bench(args.batch_size)
+    kernel_check_main(__doc__, "fused_pairs", check, lambda args: bench(args.batch_size),
+                      lambda parser: parser.add_argument("--batch-size", type=int, default=4096))
 
 
 if __name__ == "__main__":
