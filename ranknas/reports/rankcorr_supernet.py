@@ -94,18 +94,15 @@ def score_replicate(job: Any, ev: Any, sample: Sequence[Any], base: int, *,
             say(f"supernet {base}: reused from {journal.weights.name}, "
                 f"{len(sample) - len(todo)} scores journaled, {len(todo)} to go")
         else:
-            trainer = SupernetTrainer(
-                supernet, data,
-                make_sampler(sampler[0], space, derived_seed(base, "sampler"),
-                             schema=data.schema, **sampler[1]),
-                SupernetTrainConfig.following(
-                    cfg, supernet_examples, derived_seed(base, "supernet-train"),
-                    lr=None if supernet_lr is None else float(supernet_lr),
-                    **(supernet_train or {})))
-            try:
+            with SupernetTrainer(  # closing stops its path prefetch worker, if any
+                    supernet, data,
+                    make_sampler(sampler[0], space, derived_seed(base, "sampler"),
+                                 schema=data.schema, **sampler[1]),
+                    SupernetTrainConfig.following(
+                        cfg, supernet_examples, derived_seed(base, "supernet-train"),
+                        lr=None if supernet_lr is None else float(supernet_lr),
+                        **(supernet_train or {}))) as trainer:
                 trained = trainer.train(supernet_examples)
-            finally:
-                trainer.close()  # its path prefetch worker, if any
             say(f"supernet {base}: {trained['examples']:,} examples, loss "
                 f"{trained['loss']:.4f}, {time.perf_counter() - start:.1f} s")
             sums = trainer.adagrad_sums() if finetune_continue else None

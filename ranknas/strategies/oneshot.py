@@ -135,12 +135,9 @@ class OneShot(Strategy):
         if finetune != "none" and finetune_examples == 0:
             raise ConfigError(f"{WHERE}.finetune_examples", f"finetune={finetune!r} needs "
                               "finetune_examples >= 1")
-        if supernet_lr is not None and not (supernet_lr > 0 and math.isfinite(supernet_lr)):
-            raise ConfigError(f"{WHERE}.supernet_lr", f"expected a finite number > 0, got "
-                              f"{supernet_lr!r}")
-        if finetune_lr is not None and not (finetune_lr > 0 and math.isfinite(finetune_lr)):
-            raise ConfigError(f"{WHERE}.finetune_lr", f"expected a finite number > 0, got "
-                              f"{finetune_lr!r}")
+        for name, lr in (("supernet_lr", supernet_lr), ("finetune_lr", finetune_lr)):
+            if lr is not None and not (lr > 0 and math.isfinite(lr)):
+                raise ConfigError(f"{WHERE}.{name}", f"expected a finite number > 0, got {lr!r}")
         if inner == self.name:
             raise ConfigError(f"{WHERE}.inner", "the inner strategy cannot be oneshot itself")
         self.supernet_examples = supernet_examples
@@ -282,8 +279,9 @@ class OneShot(Strategy):
                                           cfg, seed=_derived_seed(self.seed, "train"),
                                           log_every=self._log_every(cfg.batch_size)))
             try:
-                out = trainer.train(self.supernet_examples, progress=lambda p: self._record(
-                    "supernet.loss", p["step"], p["loss"]))
+                with trainer:  # closing stops its path prefetch worker, if any
+                    out = trainer.train(self.supernet_examples, progress=lambda p: (
+                        self._record("supernet.loss", p["step"], p["loss"])))
             except TrainingDiverged as err:
                 self.stages.append({"stage": "supernet", "status": "failed",
                                     "reason": f"supernet training diverged: {err}",
@@ -291,8 +289,6 @@ class OneShot(Strategy):
                                     "seconds": time.perf_counter() - start})
                 self.pending_cost, self.queue, self.stage = trainer.examples, [], "retrain"
                 return
-            finally:
-                trainer.close()  # its path prefetch worker, if any
             self.stages.append({"stage": "supernet", "status": "ok",
                                 "examples": out["examples"], "steps": out["steps"],
                                 "loss": out["loss"], "seconds": time.perf_counter() - start,

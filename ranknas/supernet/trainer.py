@@ -391,3 +391,9 @@ class SupernetTrainer:
         """Stop the path prefetch worker, if any (``train`` starts it again)."""
         if self.prefetcher is not None:
             self.prefetcher.close()
+
+    def __enter__(self) -> SupernetTrainer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -53,8 +53,7 @@ def _assert_same(a: SupernetTrainer, b: SupernetTrainer) -> None:
 @pytest.mark.parametrize("execution", ["segmented", "sliced"])
 def test_prefetched_paths_train_like_paths_drawn_on_the_spot(space, data, execution):
     spot = _trainer(space, data, execution=execution)
-    ahead = _trainer(space, data, prefetch=2, execution=execution)
-    try:
+    with _trainer(space, data, prefetch=2, execution=execution) as ahead:
         for examples in (600, 400):  # two train calls: the worker's queue carries over
             spot.train(examples)
             ahead.train(examples)
@@ -65,8 +64,8 @@ def test_prefetched_paths_train_like_paths_drawn_on_the_spot(space, data, execut
         spot.train(400)
         ahead.train(400)
         _assert_same(spot, ahead)
-    finally:
-        ahead.close()
+        assert ahead.prefetcher._proc is not None
+    assert ahead.prefetcher._proc is None  # leaving the block stopped the worker
 
 
 def test_prefetched_checkpoint_resumes_like_an_uninterrupted_run(space, data, tmp_path):
