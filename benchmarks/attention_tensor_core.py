@@ -17,8 +17,8 @@ of padding each head we *mask* the other heads' columns to zero:
 
 Tiles are ``[NP, EP]`` with ``NP = max(16, next_pow2(L))`` tokens and
 ``EP = max(16, next_pow2(E))`` columns; padded rows / columns load as 0, padded keys get a
-``-inf`` score. The backward's loop over heads is ``ranknas.supernet.encoder_kernels``'
-``_heads_backward``, which the fused encoder layer's backward runs as well.
+``-inf`` score. The backward's loop over heads is ``ranknas.supernet.encoder_tiles``'
+``heads_backward``, which the fused encoder layer's backward runs as well.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ranknas.supernet.encoder_kernels import _heads_backward, _tiles
+from ranknas.supernet.encoder_tiles import heads_backward, token_tiles
 
 __all__ = ["tc_backward", "tc_forward"]
 
@@ -57,7 +57,7 @@ def _tc_fwd(qkv_ptr, out_ptr, lse_ptr, bias_ptr, scale,
     """One example: ``qkv [L, 3E]`` -> ``out [L, E]`` and ``lse [H, L]`` (float32)."""
     E: tl.constexpr = H * D
     b = tl.program_id(0).to(tl.int64)
-    rows, cols, row_ok, tile_ok, _ = _tiles(L, E, NP, EP)
+    rows, cols, row_ok, tile_ok, _ = token_tiles(L, E, NP, EP)
     src = qkv_ptr + b * L * 3 * E + rows[:, None] * 3 * E + cols[None, :]
     # the scale is folded into q once instead of into every [NP, NP] score tile
     q = tl.load(src, mask=tile_ok, other=0.0).to(tl.float32) * scale
@@ -94,7 +94,7 @@ def _tc_bwd(qkv_ptr, o_ptr, do_ptr, lse_ptr, dqkv_ptr, bias_ptr, scale,
     ``dqkv [L, 3E]``, probabilities recomputed from ``lse``."""
     E: tl.constexpr = H * D
     b = tl.program_id(0).to(tl.int64)
-    rows, cols, row_ok, tile_ok, _ = _tiles(L, E, NP, EP)
+    rows, cols, row_ok, tile_ok, _ = token_tiles(L, E, NP, EP)
     qkv_offs = b * L * 3 * E + rows[:, None] * 3 * E + cols[None, :]
     o_offs = b * L * E + rows[:, None] * E + cols[None, :]
     # scaled q gives the scores and, as dk = dS^T @ (scale q), dk's scale for free
@@ -104,7 +104,7 @@ def _tc_bwd(qkv_ptr, o_ptr, do_ptr, lse_ptr, dqkv_ptr, bias_ptr, scale,
     o = tl.load(o_ptr + o_offs, mask=tile_ok, other=0.0).to(tl.float32)
     do = tl.load(do_ptr + o_offs, mask=tile_ok, other=0.0).to(tl.float32)
     key_bias = _key_bias(bias_ptr, rows, row_ok, HAS_BIAS)
-    dq, dk, dv = _heads_backward(q, k, v, o, do, key_bias, lse_ptr + b * H * L, rows, row_ok,
+    dq, dk, dv = heads_backward(q, k, v, o, do, key_bias, lse_ptr + b * H * L, rows, row_ok,
                                  cols, L, H, D, NP, EP, PRECISION, UNROLL)
     dst = dqkv_ptr + qkv_offs
     ty = dqkv_ptr.dtype.element_ty

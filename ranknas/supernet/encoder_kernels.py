@@ -11,10 +11,11 @@ direction is one kernel over ``z [B, L, E]`` (E <= 32, head dim <= 4, L <= 64):
   tiles, so every projection is a ``tl.dot`` (tensor cores, K >= 16);
 - attention is the tensor-core scheme of ``benchmarks/attention_tensor_core.py``: a head's 2-4
   columns are far below ``tl.dot``'s minimum K, so each head's dot sees the other heads'
-  columns masked to zero, and the heads' outputs add up into one ``[NP, EP]`` tile (that
-  experiment's backward calls this module's ``_heads_backward`` too);
+  columns masked to zero, and the heads' outputs add up into one ``[NP, EP]`` tile;
+- those per-example tile functions are in :mod:`ranknas.supernet.encoder_tiles`;
 - the backward accumulates the 12 weight gradients in registers over the program's examples
-  and writes one partial row per program, summed on the host (as ``fused_norm``'s backward).
+  and writes one partial row per program, then
+  :func:`~ranknas.supernet.partial_sums.sum_partials` adds the rows up.
 
 Everything is computed in float32; ``out``, ``att`` and ``dz`` come out in ``z``'s dtype and
 layout. ``z``, ``att`` and the gradient are read as views of any strides (the segmented step's
@@ -27,6 +28,19 @@ import math
 
 import torch
 
+from ranknas.supernet.encoder_tiles import (
+    after_attention,
+    heads_backward,
+    in_proj,
+    ln_backward,
+    mm,
+    store_mat,
+    tile_offsets,
+    token_masks,
+    token_tiles,
+    vec,
+    wt,
+)
 from ranknas.supernet.partial_sums import sum_partials
 
 try:  # only for the CUDA kernels; CPU-only installs have no Triton
@@ -61,162 +75,46 @@ def fits(z: torch.Tensor, heads: int) -> bool:
 
 if triton is not None:
     @triton.jit
-    def _mm(a, b, PRECISION: tl.constexpr):
-        return tl.dot(a, b, input_precision=PRECISION)
-
-    @triton.jit
-    def _wt(w_ptr, E: tl.constexpr, EP: tl.constexpr):
-        """``W^T [EP in, EP out]`` of a row-major ``W [E out, E in]``, zero padded: ``x @ W^T``
-        is then one ``tl.dot``."""
-        i = tl.arange(0, EP)
-        o = tl.arange(0, EP)
-        ok = (i < E)[:, None] & (o < E)[None, :]
-        return tl.load(w_ptr + o[None, :] * E + i[:, None], mask=ok, other=0.0).to(tl.float32)
-
-    @triton.jit
-    def _vec(ptr, E: tl.constexpr, EP: tl.constexpr):
-        cols = tl.arange(0, EP)
-        return tl.load(ptr + cols, mask=cols < E, other=0.0).to(tl.float32)
-
-    @triton.jit
-    def _stats(x, cm, E: tl.constexpr):
-        """``(xhat, rstd)`` of LayerNorm rows; ``x``'s padded columns are 0 and ``cm`` (0/1
-        per column) keeps them out of the variance."""
-        mean = tl.sum(x, 1) / E
-        d = (x - mean[:, None]) * cm[None, :]
-        rstd = 1.0 / tl.sqrt(tl.sum(d * d, 1) / E + 1e-5)
-        return d * rstd[:, None], rstd
-
-    @triton.jit
-    def _norm_bwd(xhat, rstd, g, w, cm, E: tl.constexpr):
-        """``d x`` of LayerNorm from ``g = d y``; padded columns come out 0."""
-        dxhat = g * w[None, :]
-        c1 = tl.sum(dxhat * xhat, 1) / E
-        c2 = tl.sum(dxhat, 1) / E
-        return (dxhat - c2[:, None] - xhat * c1[:, None]) * rstd[:, None] * cm[None, :]
-
-    @triton.jit
-    def _store_mat(ptr, x, E: tl.constexpr, EP: tl.constexpr):
-        """Stores an ``[EP out, EP in]`` tile as row-major ``[E, E]``."""
-        o = tl.arange(0, EP)
-        i = tl.arange(0, EP)
-        tl.store(ptr + o[:, None] * E + i[None, :], x, mask=(o < E)[:, None] & (i < E)[None, :])
-
-    @triton.jit
-    def _in_proj(in_w, in_b, scale, E: tl.constexpr, EP: tl.constexpr):
-        """``(wq, wk, wv, bq, bk, bv)``: the in-projection's transposed tiles and biases, the
-        score scale folded into q's (once per program, not into every score tile)."""
-        wq = _wt(in_w, E, EP) * scale
-        wk = _wt(in_w + E * E, E, EP)
-        wv = _wt(in_w + 2 * E * E, E, EP)
-        bq = _vec(in_b, E, EP) * scale
-        return wq, wk, wv, bq, _vec(in_b + E, E, EP), _vec(in_b + 2 * E, E, EP)
-
-    @triton.jit
-    def _token_masks(kb_ptr, rm_ptr, rows, row_ok):
-        """``(key bias, row mask)`` per token; padded tokens score -inf and are masked out."""
-        kb = tl.load(kb_ptr + rows, mask=row_ok, other=float("-inf")).to(tl.float32)
-        return kb, tl.load(rm_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
-
-    @triton.jit
-    def _offs(ex, rows, cols, s0, s1, s2):
-        """Offsets of example ``ex``'s ``[NP, EP]`` tile in a ``[B, L, E]`` tensor of strides
-        ``(s0, s1, s2)`` (a view: no copy into one layout first)."""
-        return ex * s0 + rows[:, None] * s1 + cols[None, :] * s2
-
-    @triton.jit
-    def _tiles(L: tl.constexpr, E: tl.constexpr, NP: tl.constexpr, EP: tl.constexpr):
-        """``(rows, cols, row_ok, tile_ok, cm)`` of an ``[NP, EP]`` token tile: the live
-        tokens and features, and ``cm`` the features as 0/1 floats."""
-        rows = tl.arange(0, NP)
-        cols = tl.arange(0, EP)
-        row_ok = rows < L
-        tile_ok = row_ok[:, None] & (cols < E)[None, :]
-        return rows, cols, row_ok, tile_ok, (cols < E).to(tl.float32)
-
-    @triton.jit
-    def _heads_backward(q, k, v, att, datt, key_bias, lse_ptr, rows, row_ok, cols,
-                        L: tl.constexpr, H: tl.constexpr, D: tl.constexpr, NP: tl.constexpr,
-                        EP: tl.constexpr, PRECISION: tl.constexpr, UNROLL: tl.constexpr):
-        """``(dq, dk, dv)`` ``[NP, EP]`` of the H heads' softmax attention (D columns each)
-        from the scaled ``q``, ``k``, ``v``, the output ``att`` and its gradient ``datt``;
-        each head's probabilities are recomputed from its log-sum-exp at ``lse_ptr + h * L``.
-        ``dq`` is the gradient of the scaled ``q``."""
-        kt = tl.trans(k)
-        vt = tl.trans(v)
-        dq = tl.zeros((NP, EP), tl.float32)
-        dk = tl.zeros((NP, EP), tl.float32)
-        dv = tl.zeros((NP, EP), tl.float32)
-        for h in tl.range(H, loop_unroll_factor=UNROLL):
-            head = (cols // D) == h
-            qh = tl.where(head[None, :], q, 0.0)
-            doh = tl.where(head[None, :], datt, 0.0)
-            # padded query rows read lse = +inf: p = exp(s - inf) = 0 even where s = -inf
-            # (other=-inf would give -inf - -inf = NaN)
-            lse = tl.load(lse_ptr + h * L + rows, mask=row_ok, other=float("inf"))
-            p = tl.exp(_mm(qh, kt, PRECISION) + key_bias[None, :] - lse[:, None])
-            dv += _mm(tl.trans(p), doh, PRECISION)
-            # doh is head-masked, so dp and delta only see head h's columns
-            delta = tl.sum(doh * att, 1)
-            ds = p * (_mm(doh, vt, PRECISION) - delta[:, None])
-            dq += _mm(ds, tl.where(head[None, :], k, 0.0), PRECISION)
-            dk += _mm(tl.trans(ds), qh, PRECISION)
-        return dq, dk, dv
-
-    @triton.jit
-    def _after_attention(z, att, wo, bo, g1, s1, w1, c1, w2, c2, cm, E: tl.constexpr,
-                         PRECISION: tl.constexpr):
-        """The layer from the attention's output on: ``(xhat1, rstd1, y1, pre, hidden, xhat2,
-        rstd2)``; the output is ``xhat2 * g2 + s2``. One function, so that the backward
-        recomputes exactly what the forward computed."""
-        xhat1, rstd1 = _stats(z + _mm(att, wo, PRECISION) + bo[None, :], cm, E)
-        y1 = xhat1 * g1[None, :] + s1[None, :]
-        pre = _mm(y1, w1, PRECISION) + c1[None, :]
-        hidden = tl.maximum(pre, 0.0)
-        xhat2, rstd2 = _stats(y1 + _mm(hidden, w2, PRECISION) + c2[None, :], cm, E)
-        return xhat1, rstd1, y1, pre, hidden, xhat2, rstd2
-
-    @triton.jit
     def _encoder_fwd(z_ptr, kb_ptr, rm_ptr, in_w, in_b, out_w, out_b, n1_w, n1_b, f1_w, f1_b,
                      f2_w, f2_b, n2_w, n2_b, out_ptr, att_ptr, lse_ptr, SZ0, SZ1, SZ2, SO0,
                      SO1, SO2, B, scale, L: tl.constexpr, H: tl.constexpr, D: tl.constexpr,
                      NP: tl.constexpr, EP: tl.constexpr, PRECISION: tl.constexpr,
                      UNROLL: tl.constexpr):
         E: tl.constexpr = H * D
-        rows, cols, row_ok, tile_ok, cm = _tiles(L, E, NP, EP)
+        rows, cols, row_ok, tile_ok, cm = token_tiles(L, E, NP, EP)
         # padded keys score -inf; padded query rows stay finite and are never stored
-        kb, rm = _token_masks(kb_ptr, rm_ptr, rows, row_ok)
-        wq, wk, wv, bq, bk, bv = _in_proj(in_w, in_b, scale, E, EP)
-        wo, bo = _wt(out_w, E, EP), _vec(out_b, E, EP)
-        w1, c1 = _wt(f1_w, E, EP), _vec(f1_b, E, EP)
-        w2, c2 = _wt(f2_w, E, EP), _vec(f2_b, E, EP)
-        g1, s1 = _vec(n1_w, E, EP), _vec(n1_b, E, EP)
-        g2, s2 = _vec(n2_w, E, EP), _vec(n2_b, E, EP)
+        kb, rm = token_masks(kb_ptr, rm_ptr, rows, row_ok)
+        wq, wk, wv, bq, bk, bv = in_proj(in_w, in_b, scale, E, EP)
+        wo, bo = wt(out_w, E, EP), vec(out_b, E, EP)
+        w1, c1 = wt(f1_w, E, EP), vec(f1_b, E, EP)
+        w2, c2 = wt(f2_w, E, EP), vec(f2_b, E, EP)
+        g1, s1 = vec(n1_w, E, EP), vec(n1_b, E, EP)
+        g2, s2 = vec(n2_w, E, EP), vec(n2_b, E, EP)
         # a while loop, not range(pid, B, P): the interpreter cannot range over a tensor
         ex = tl.program_id(0).to(tl.int64)
         while ex < B:
-            offs = _offs(ex, rows, cols, SO0, SO1, SO2)  # out and att: one layout
-            z = tl.load(z_ptr + _offs(ex, rows, cols, SZ0, SZ1, SZ2), mask=tile_ok,
+            offs = tile_offsets(ex, rows, cols, SO0, SO1, SO2)  # out and att: one layout
+            z = tl.load(z_ptr + tile_offsets(ex, rows, cols, SZ0, SZ1, SZ2), mask=tile_ok,
                         other=0.0).to(tl.float32)
-            q = _mm(z, wq, PRECISION) + bq[None, :]
-            k = _mm(z, wk, PRECISION) + bk[None, :]
-            v = _mm(z, wv, PRECISION) + bv[None, :]
+            q = mm(z, wq, PRECISION) + bq[None, :]
+            k = mm(z, wk, PRECISION) + bk[None, :]
+            v = mm(z, wv, PRECISION) + bv[None, :]
             kt = tl.trans(k)
             att = tl.zeros((NP, EP), tl.float32)
             # a runtime head loop (UNROLL = 1) holds one [NP, NP] score tile at a time
             for h in tl.range(H, loop_unroll_factor=UNROLL):
                 head = (cols // D) == h  # padded columns match no head
-                s = _mm(tl.where(head[None, :], q, 0.0), kt, PRECISION) + kb[None, :]
+                s = mm(tl.where(head[None, :], q, 0.0), kt, PRECISION) + kb[None, :]
                 m = tl.max(s, 1)
                 p = tl.exp(s - m[:, None])
                 total = tl.sum(p, 1)
-                pv = _mm(p, tl.where(head[None, :], v, 0.0), PRECISION)
+                pv = mm(p, tl.where(head[None, :], v, 0.0), PRECISION)
                 att += pv * (1.0 / total)[:, None]  # normalise [NP, EP], not [NP, NP]
                 tl.store(lse_ptr + (ex * H + h) * L + rows, m + tl.log(total), mask=row_ok)
             tl.store(att_ptr + offs, att.to(att_ptr.dtype.element_ty), mask=tile_ok)
             # project att as stored (rounded to z's dtype), as the backward recomputes it
             att = att.to(att_ptr.dtype.element_ty).to(tl.float32)
-            _, _, _, _, _, xhat2, _ = _after_attention(z, att, wo, bo, g1, s1, w1, c1, w2, c2,
+            _, _, _, _, _, xhat2, _ = after_attention(z, att, wo, bo, g1, s1, w1, c1, w2, c2,
                                                        cm, E, PRECISION)
             out = (xhat2 * g2[None, :] + s2[None, :]) * rm[:, None]
             tl.store(out_ptr + offs, out.to(out_ptr.dtype.element_ty), mask=tile_ok)
@@ -232,14 +130,14 @@ if triton is not None:
         E: tl.constexpr = H * D
         EE: tl.constexpr = E * E
         pid = tl.program_id(0)
-        rows, cols, row_ok, tile_ok, cm = _tiles(L, E, NP, EP)
-        kb, rm = _token_masks(kb_ptr, rm_ptr, rows, row_ok)
-        wq, wk, wv, bq, bk, bv = _in_proj(in_w, in_b, scale, E, EP)  # q below is the scaled q
-        wo, bo = _wt(out_w, E, EP), _vec(out_b, E, EP)
-        w1, c1 = _wt(f1_w, E, EP), _vec(f1_b, E, EP)
-        w2, c2 = _wt(f2_w, E, EP), _vec(f2_b, E, EP)
-        g1, s1 = _vec(n1_w, E, EP), _vec(n1_b, E, EP)
-        g2 = _vec(n2_w, E, EP)
+        rows, cols, row_ok, tile_ok, cm = token_tiles(L, E, NP, EP)
+        kb, rm = token_masks(kb_ptr, rm_ptr, rows, row_ok)
+        wq, wk, wv, bq, bk, bv = in_proj(in_w, in_b, scale, E, EP)  # q below is the scaled q
+        wo, bo = wt(out_w, E, EP), vec(out_b, E, EP)
+        w1, c1 = wt(f1_w, E, EP), vec(f1_b, E, EP)
+        w2, c2 = wt(f2_w, E, EP), vec(f2_b, E, EP)
+        g1, s1 = vec(n1_w, E, EP), vec(n1_b, E, EP)
+        g2 = vec(n2_w, E, EP)
         # weight-gradient accumulators, [out, in] like the weights
         d_wq = tl.zeros((EP, EP), tl.float32)
         d_wk = tl.zeros((EP, EP), tl.float32)
@@ -259,72 +157,72 @@ if triton is not None:
         d_s2 = tl.zeros((EP,), tl.float32)
         ex = pid.to(tl.int64)
         while ex < B:
-            z = tl.load(z_ptr + _offs(ex, rows, cols, SZ0, SZ1, SZ2), mask=tile_ok,
+            z = tl.load(z_ptr + tile_offsets(ex, rows, cols, SZ0, SZ1, SZ2), mask=tile_ok,
                         other=0.0).to(tl.float32)
-            att = tl.load(att_ptr + _offs(ex, rows, cols, SA0, SA1, SA2), mask=tile_ok,
+            att = tl.load(att_ptr + tile_offsets(ex, rows, cols, SA0, SA1, SA2), mask=tile_ok,
                           other=0.0).to(tl.float32)
             # masked and padded rows get zero gradient, so they add nothing to the sums below
-            dy2 = tl.load(grad_ptr + _offs(ex, rows, cols, SG0, SG1, SG2), mask=tile_ok,
+            dy2 = tl.load(grad_ptr + tile_offsets(ex, rows, cols, SG0, SG1, SG2), mask=tile_ok,
                           other=0.0).to(tl.float32) * rm[:, None]
             # recompute the layer from z and att (the attention's inputs only further down)
-            xhat1, rstd1, y1, pre, hidden, xhat2, rstd2 = _after_attention(
+            xhat1, rstd1, y1, pre, hidden, xhat2, rstd2 = after_attention(
                 z, att, wo, bo, g1, s1, w1, c1, w2, c2, cm, E, PRECISION)
             # second LayerNorm, FFN, first LayerNorm, out-projection
-            dv2 = _norm_bwd(xhat2, rstd2, dy2, g2, cm, E)
+            dv2 = ln_backward(xhat2, rstd2, dy2, g2, cm, E)
             d_g2 += tl.sum(dy2 * xhat2, 0)
             d_s2 += tl.sum(dy2, 0)
-            d_w2 += _mm(tl.trans(dv2), hidden, PRECISION)
+            d_w2 += mm(tl.trans(dv2), hidden, PRECISION)
             d_c2 += tl.sum(dv2, 0)
-            dpre = tl.where(pre > 0, _mm(dv2, tl.trans(w2), PRECISION), 0.0)
-            d_w1 += _mm(tl.trans(dpre), y1, PRECISION)
+            dpre = tl.where(pre > 0, mm(dv2, tl.trans(w2), PRECISION), 0.0)
+            d_w1 += mm(tl.trans(dpre), y1, PRECISION)
             d_c1 += tl.sum(dpre, 0)
-            dy1 = dv2 + _mm(dpre, tl.trans(w1), PRECISION)
-            du = _norm_bwd(xhat1, rstd1, dy1, g1, cm, E)
+            dy1 = dv2 + mm(dpre, tl.trans(w1), PRECISION)
+            du = ln_backward(xhat1, rstd1, dy1, g1, cm, E)
             d_g1 += tl.sum(dy1 * xhat1, 0)
             d_s1 += tl.sum(dy1, 0)
-            d_wo += _mm(tl.trans(du), att, PRECISION)
+            d_wo += mm(tl.trans(du), att, PRECISION)
             d_bo += tl.sum(du, 0)
-            datt = _mm(du, tl.trans(wo), PRECISION)
+            datt = mm(du, tl.trans(wo), PRECISION)
             # attention backward, probabilities recomputed from lse
-            q = _mm(z, wq, PRECISION) + bq[None, :]
-            k = _mm(z, wk, PRECISION) + bk[None, :]
-            v = _mm(z, wv, PRECISION) + bv[None, :]
-            dq, dk, dv = _heads_backward(q, k, v, att, datt, kb, lse_ptr + ex * H * L, rows,
+            q = mm(z, wq, PRECISION) + bq[None, :]
+            k = mm(z, wk, PRECISION) + bk[None, :]
+            v = mm(z, wv, PRECISION) + bv[None, :]
+            dq, dk, dv = heads_backward(q, k, v, att, datt, kb, lse_ptr + ex * H * L, rows,
                                          row_ok, cols, L, H, D, NP, EP, PRECISION, UNROLL)
             # dq is d/d(scaled q): through the scaled wq it gives dz directly, and the true
             # in-projection gradients are its sums times scale (applied once, at the end)
-            d_wq += _mm(tl.trans(dq), z, PRECISION)
-            d_wk += _mm(tl.trans(dk), z, PRECISION)
-            d_wv += _mm(tl.trans(dv), z, PRECISION)
+            d_wq += mm(tl.trans(dq), z, PRECISION)
+            d_wk += mm(tl.trans(dk), z, PRECISION)
+            d_wv += mm(tl.trans(dv), z, PRECISION)
             d_bq += tl.sum(dq, 0)
             d_bk += tl.sum(dk, 0)
             d_bv += tl.sum(dv, 0)
-            dz = (du + _mm(dq, tl.trans(wq), PRECISION) + _mm(dk, tl.trans(wk), PRECISION)
-                  + _mm(dv, tl.trans(wv), PRECISION))
-            tl.store(dz_ptr + _offs(ex, rows, cols, SD0, SD1, SD2),
+            dz = (du + mm(dq, tl.trans(wq), PRECISION) + mm(dk, tl.trans(wk), PRECISION)
+                  + mm(dv, tl.trans(wv), PRECISION))
+            tl.store(dz_ptr + tile_offsets(ex, rows, cols, SD0, SD1, SD2),
                      dz.to(dz_ptr.dtype.element_ty), mask=tile_ok)
             ex += tl.num_programs(0)
         # one partial row per program, in ENCODER_WEIGHTS order, flattened
         col_ok = cols < E
         row = part_ptr + pid.to(tl.int64) * (6 * EE + 10 * E)
-        _store_mat(row, d_wq * scale, E, EP)
-        _store_mat(row + EE, d_wk, E, EP)
-        _store_mat(row + 2 * EE, d_wv, E, EP)
+        store_mat(row, d_wq * scale, E, EP)
+        store_mat(row + EE, d_wk, E, EP)
+        store_mat(row + 2 * EE, d_wv, E, EP)
         row += 3 * EE
         tl.store(row + cols, d_bq * scale, mask=col_ok)
         tl.store(row + E + cols, d_bk, mask=col_ok)
         tl.store(row + 2 * E + cols, d_bv, mask=col_ok)
         row += 3 * E
-        _store_mat(row, d_wo, E, EP)
+        store_mat(row, d_wo, E, EP)
         row += EE
         tl.store(row + cols, d_bo, mask=col_ok)
         tl.store(row + E + cols, d_g1, mask=col_ok)
         tl.store(row + 2 * E + cols, d_s1, mask=col_ok)
         row += 3 * E
-        _store_mat(row, d_w1, E, EP)
+        store_mat(row, d_w1, E, EP)
         tl.store(row + EE + cols, d_c1, mask=col_ok)
         row += EE + E
-        _store_mat(row, d_w2, E, EP)
+        store_mat(row, d_w2, E, EP)
         tl.store(row + EE + cols, d_c2, mask=col_ok)
         tl.store(row + EE + E + cols, d_g2, mask=col_ok)
         tl.store(row + EE + 2 * E + cols, d_s2, mask=col_ok)
