@@ -22,7 +22,8 @@ from ranknas.supernet.elastic_base import (
     register_elastic,
 )
 from ranknas.supernet.layout import SpaceLayout, module_key
-from ranknas.supernet.masked import MaskedSupernet, PathTensors, masked_forward
+from ranknas.supernet.masked import MaskedSupernet, masked_forward
+from ranknas.supernet.masked_path import PathTensors
 from ranknas.supernet.masked_step import MaskedStep
 from ranknas.supernet.samplers import (
     SAMPLERS,

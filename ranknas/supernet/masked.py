@@ -62,7 +62,7 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple, TypeVar
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -76,7 +76,6 @@ from ranknas.supernet import masked_interaction, masked_ops  # noqa: F401 - regi
 from ranknas.supernet.layout import PortStorage, Region, module_key, units
 from ranknas.supernet.masked_base import (
     MaskedOp,
-    Path,
     PortIn,
     Slot,
     Slots,
@@ -87,59 +86,12 @@ from ranknas.supernet.masked_base import (
     masked_class,
     resize,
 )
+from ranknas.supernet.masked_path import PathNode, PathTensors
 from ranknas.supernet.supernet import Supernet
 
-__all__ = ["MaskedProgram", "MaskedSupernet", "PathNode", "PathTensors", "encode",
-           "masked_forward", "program"]
+__all__ = ["MaskedProgram", "MaskedSupernet", "encode", "masked_forward", "program"]
 
 _PREV = "#prev"  # the source of a stacked layer's port: the previous layer of its op
-
-
-class PathNode(NamedTuple):
-    """One layer an architecture runs (what the segmented execution runs).
-
-    Attributes:
-        block: Block id.
-        op: Op name.
-        k: Layer index in the op's stack.
-        is_out: The layer's output is the block's output.
-        widths: Merged input width of each of the layer's ports (in the order of its
-            ``_Layer.ports``), in the port's units; its bound where the port is a stacked
-            layer's (``#prev``), 0 where the architecture leaves the port unconnected.
-        width: The node's chosen width (None where the op has none).
-        branches: The values of its op's :attr:`~ranknas.supernet.masked_base.MaskedOp.branches`.
-    """
-
-    block: str
-    op: str
-    k: int
-    is_out: bool
-    widths: tuple[int, ...] = ()
-    width: int | None = None
-    branches: tuple[bool, ...] = ()
-
-
-@dataclass(frozen=True)
-class PathTensors:
-    """One architecture as data: fixed-size tensors per space, on the supernet's device.
-
-    Attributes:
-        arch_id: The architecture encoded.
-        floats: Selectors, flags, width masks and 1/width, key biases ``[Nf]``.
-        ints: Gather indices and storage positions ``[Ni]``.
-        nodes: The layers the architecture runs, in order.
-        head_width: The merged width of the logit head's input (features).
-    """
-
-    arch_id: str
-    floats: torch.Tensor
-    ints: torch.Tensor
-    nodes: tuple[PathNode, ...] = ()
-    head_width: int = 0
-
-    @property
-    def tensors(self) -> Path:
-        return self.floats, self.ints
 
 
 @dataclass(frozen=True)

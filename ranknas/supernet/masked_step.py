@@ -44,8 +44,9 @@ from ranknas.evaluator.fast_train import (
 )
 from ranknas.evaluator.fused_adagrad import dense_update_
 from ranknas.spaces.architecture import Architecture
-from ranknas.supernet.masked import PathTensors, program
+from ranknas.supernet.masked import program
 from ranknas.supernet.masked_base import Slot
+from ranknas.supernet.masked_path import PathTensors
 from ranknas.supernet.segmented_step import SegmentedStep
 from ranknas.supernet.supernet import Supernet
 

@@ -34,8 +34,9 @@ import torch.multiprocessing as mp
 
 from ranknas.errors import ConfigError
 from ranknas.spaces.architecture import Architecture
-from ranknas.supernet.masked import PathTensors, program
+from ranknas.supernet.masked import program
 from ranknas.supernet.masked_base import Writer, host_copy
+from ranknas.supernet.masked_path import PathTensors
 from ranknas.supernet.samplers import PathSampler
 from ranknas.supernet.supernet import Supernet
 

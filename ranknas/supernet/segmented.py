@@ -36,13 +36,13 @@ from ranknas.spaces.ops import Kind
 from ranknas.supernet.masked import (
     _PREV,
     MaskedProgram,
-    PathTensors,
     _Layer,
     _Port,
     per_supernet,
     program,
 )
 from ranknas.supernet.masked_base import as_kind, resize
+from ranknas.supernet.masked_path import PathTensors
 from ranknas.supernet.supernet import Supernet
 
 __all__ = ["HEAD", "SegmentedProgram", "publish", "segmented", "segmented_forward"]

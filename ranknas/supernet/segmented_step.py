@@ -52,8 +52,9 @@ from contextlib import AbstractContextManager, nullcontext
 
 import torch
 
-from ranknas.supernet.masked import _PREV, PathTensors, _Port
+from ranknas.supernet.masked import _PREV, _Port
 from ranknas.supernet.masked_base import aligned
+from ranknas.supernet.masked_path import PathTensors
 from ranknas.supernet.segment_run import SegmentRun
 from ranknas.supernet.segmented import HEAD, Source, segmented
 from ranknas.supernet.segmented_forms import Buffers, FormLayout
