@@ -15,16 +15,24 @@ def _state(device: str):
     return [[torch.randn(s, generator=gen).to(device) for s in SHAPES] for _ in range(2)]
 
 
-@pytest.mark.parametrize("decay", [0.0, 0.1])
-def test_matches_torch_optim_adagrad(decay):
-    params, grads = _state("cpu")
+def _torch_optim(cls, params, grads, steps: int, **options):
+    """``(copies of params, optimizer)`` after ``steps`` steps of ``cls`` on ``grads``."""
     reference = [torch.nn.Parameter(p.clone()) for p in params]
-    opt = torch.optim.Adagrad(reference, lr=0.05, eps=1e-6, weight_decay=decay)
-    sums = [torch.zeros_like(p) for p in params]
-    for _ in range(3):
+    opt = cls(reference, **options)
+    for _ in range(steps):
         for p, g in zip(reference, grads, strict=True):
             p.grad = g.clone()
         opt.step()
+    return reference, opt
+
+
+@pytest.mark.parametrize("decay", [0.0, 0.1])
+def test_matches_torch_optim_adagrad(decay):
+    params, grads = _state("cpu")
+    reference, opt = _torch_optim(torch.optim.Adagrad, params, grads, 3, lr=0.05, eps=1e-6,
+                                  weight_decay=decay)
+    sums = [torch.zeros_like(p) for p in params]
+    for _ in range(3):
         adagrad_(params, grads, sums, 0.05, 1e-6, decay)
     for got, want in zip(params, reference, strict=True):
         torch.testing.assert_close(got, want.detach(), rtol=1e-6, atol=1e-7)
@@ -50,11 +58,7 @@ def test_cuda_kernel_matches_the_reference(decay):
 @pytest.mark.parametrize("decay", [0.0, 0.1])
 def test_dense_update_without_sums_is_sgd(decay):
     params, grads = _state("cpu")
-    reference = [torch.nn.Parameter(p.clone()) for p in params]
-    opt = torch.optim.SGD(reference, lr=0.05, weight_decay=decay)
-    for p, g in zip(reference, grads, strict=True):
-        p.grad = g.clone()
-    opt.step()
+    reference, _ = _torch_optim(torch.optim.SGD, params, grads, 1, lr=0.05, weight_decay=decay)
     dense_update_(params, grads, None, 0.05, 1e-8, decay)
     for got, want in zip(params, reference, strict=True):
         torch.testing.assert_close(got, want.detach(), rtol=1e-6, atol=1e-7)
