@@ -58,10 +58,13 @@ for _n in (0, 1, 3):
 # dot-product inputs gathered [B, n, E] (then copied field-major by the op) instead of [B, E, n],
 # or the partial rows of the LayerNorm and encoder backwards summed by PyTorch, not in one pass,
 # or FM's interaction as PyTorch ops instead of ranknas.supernet.fused_fm's kernels, or the
-# encoder kernels' inputs copied contiguous first (as before they read views in place)
+# encoder kernels' inputs copied contiguous first (as before they read views in place), or
+# the embedding rows gathered and updated by PyTorch's index ops instead of
+# ranknas.evaluator.sparse_rows' kernels
 for _ablation in ("noalias", "densewide", "unaligned", "tcattention", "unfusedencoder",
                   "fusedencoder", "torchindex", "torchpairs", "foreachadagrad",
-                  "blendbranches", "rowmajor", "torchsums", "torchfm", "contiguousencoder"):
+                  "blendbranches", "rowmajor", "torchsums", "torchfm", "contiguousencoder",
+                  "torchrows"):
     TRAINER_VARIANTS[f"segmented+graph+tf32+check50+{_ablation}"] = \
         TRAINER_VARIANTS["segmented+graph+tf32+check50"]
 
@@ -118,6 +121,10 @@ def ablate(variant: str) -> None:
         fused_fm.triton = None
     if variant.endswith("+contiguousencoder"):
         _contiguous_encoder()
+    if variant.endswith("+torchrows"):
+        import ranknas.evaluator.sparse_rows as sparse_rows
+
+        sparse_rows.ENABLED = False
     if variant.endswith("fusedencoder"):
         import ranknas.supernet.fused_encoder as fused_encoder
 

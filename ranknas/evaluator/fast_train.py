@@ -35,6 +35,7 @@ from torch import nn
 from ranknas.errors import ConfigError
 from ranknas.evaluator.data.schema import Batch
 from ranknas.evaluator.fused_adagrad import dense_update_
+from ranknas.evaluator.sparse_rows import adagrad_rows_, gather_rows, segment_sums
 from ranknas.evaluator.tiny_attention import fused_self_attention, tiny_head_attention
 
 __all__ = ["IndexAdagrad", "TrainStep", "build_optimizers", "clip_grad_norm_", "dense_adagrad",
@@ -172,21 +173,15 @@ class IndexAdagrad:
         is_new = torch.ones_like(sorted_keys, dtype=torch.bool)
         is_new[1:] = sorted_keys[1:] != sorted_keys[:-1]
         segment = torch.cumsum(is_new, 0) - 1
-        sums = torch.zeros_like(grad).index_add_(0, segment, grad.index_select(0, order))
+        sums = segment_sums(grad, order, segment)
         # Padding entries (past the distinct rows) point at row ``i % rows``, not all at one
         # row, so their zero updates do not serialise on one address.
         rows = torch.arange(flat.numel(), device=flat.device) % self.weight.shape[0]
         rows.scatter_(0, segment, flat.index_select(0, order))
         return rows, sums
 
-    @torch.no_grad()
     def step(self, rows: torch.Tensor, sums: torch.Tensor) -> None:
-        if self.state is None:  # SGD
-            self.weight.index_add_(0, rows, sums, alpha=-self.lr)
-            return
-        self.state.index_add_(0, rows, sums * sums)
-        std = self.state.index_select(0, rows).sqrt_().add_(self.eps)
-        self.weight.index_add_(0, rows, sums / std, alpha=-self.lr)
+        adagrad_rows_(self.weight, self.state, rows, sums, self.lr, self.eps)
 
 
 def _grad(rows: torch.Tensor) -> torch.Tensor:
@@ -272,7 +267,7 @@ class TrainStep:
 
     def _leaf_lookup(self, module: nn.Embedding) -> Any:
         def lookup(ids: torch.Tensor) -> torch.Tensor:
-            rows = F.embedding(ids, module.weight.detach()).requires_grad_()
+            rows = gather_rows(module.weight.detach(), ids).requires_grad_()
             self._lookups.setdefault(module, []).append((ids, rows))
             return rows
         return lookup

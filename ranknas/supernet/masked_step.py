@@ -43,6 +43,7 @@ from ranknas.evaluator.fast_train import (
     precision_context,
 )
 from ranknas.evaluator.fused_adagrad import dense_update_
+from ranknas.evaluator.sparse_rows import gather_rows
 from ranknas.spaces.architecture import Architecture
 from ranknas.supernet.masked import program
 from ranknas.supernet.masked_base import Slot
@@ -172,7 +173,7 @@ class MaskedStep:
               fn: Callable[..., torch.Tensor]) -> torch.Tensor:
         emb = self.supernet.embedding
         ids = sparse + emb.offsets
-        rows = F.embedding(ids, emb.table.weight.detach()).requires_grad_()
+        rows = gather_rows(emb.table.weight.detach(), ids).requires_grad_()
         for p in self.params:
             p.grad = None
         with self.autocast, record_function("ranknas.forward"):
@@ -189,7 +190,7 @@ class MaskedStep:
                         path: PathTensors) -> torch.Tensor:
         emb = self.supernet.embedding
         ids = sparse + emb.offsets
-        rows = F.embedding(ids, emb.table.weight.detach())
+        rows = gather_rows(emb.table.weight.detach(), ids)
         with record_function("ranknas.forward"):  # and backward, and the dense update
             loss, grad = self.segments(dense, rows, labels, path)
         with record_function("ranknas.update"):

@@ -30,6 +30,25 @@ class CTRData:
     valid: Batch
     test: Batch
 
+    def __post_init__(self) -> None:
+        # checked once here: the training steps gather embedding rows without bounds checks
+        cards = torch.tensor(self.schema.cardinalities)
+        for name in ("train", "valid", "test"):
+            sparse = getattr(self, name).sparse
+            if sparse.dim() != 2 or sparse.shape[1] != self.schema.num_sparse:
+                raise DataError(f"{name}.sparse", f"must be [N, {self.schema.num_sparse}] "
+                                f"(one id per sparse field), got {tuple(sparse.shape)}")
+            if not len(sparse):
+                continue
+            low, high = sparse.amin(0).cpu(), sparse.amax(0).cpu()
+            bad = ((low < 0) | (high >= cards)).nonzero().flatten().tolist()
+            if bad:
+                f = bad[0]
+                raise DataError(f"{name}.sparse[:, {f}]", f"ids must lie in [0, "
+                                f"{self.schema.cardinalities[f]}) (the field's cardinality), got "
+                                f"{int(low[f])}..{int(high[f])}; hash or remap the ids, or raise "
+                                f"the cardinality")
+
     def split(self, name: str) -> Batch:
         if name not in ("train", "valid", "test"):
             raise DataError("split", f"unknown split {name!r} (known: train, valid, test)")
