@@ -2,10 +2,10 @@
 
 Each works on one example's ``[NP, EP]`` tiles in registers (``NP`` tokens, ``EP`` features,
 both padded to powers of two and at least 16, so that every product is a ``tl.dot``): the
-weights as transposed tiles, LayerNorm statistics and their backward, the masks of padded
-tokens, the attention's backward over the heads (shared with the tensor-core experiment of
-``benchmarks/attention_tensor_core.py``) and the layer after the attention, which the backward
-recomputes exactly as the forward computed it.
+weights as transposed tiles, sums added into memory, LayerNorm statistics and their
+backward, the masks of padded tokens, the attention's backward over the heads (shared with
+the tensor-core experiment of ``benchmarks/attention_tensor_core.py``) and the layer after
+the attention, which the backward recomputes exactly as the forward computed it.
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ try:  # only for the CUDA kernels; CPU-only installs have no Triton
 except ImportError:
     triton = tl = None
 
-__all__ = ["after_attention", "heads_backward", "in_proj", "ln_backward", "ln_stats", "mm",
-           "store_mat", "tile_offsets", "token_masks", "token_tiles", "vec", "wt"]
+__all__ = ["add_mat", "add_vec", "after_attention", "heads_backward", "in_proj", "ln_backward",
+           "ln_stats", "mm", "tile_offsets", "token_masks", "token_tiles", "vec", "wt",
+           "zero_row"]
 
 if triton is not None:
     @triton.jit
@@ -56,11 +57,28 @@ if triton is not None:
         return (dxhat - c2[:, None] - xhat * c1[:, None]) * rstd[:, None] * cm[None, :]
 
     @triton.jit
-    def store_mat(ptr, x, E: tl.constexpr, EP: tl.constexpr):
-        """Stores an ``[EP out, EP in]`` tile as row-major ``[E, E]``."""
+    def add_mat(ptr, x, E: tl.constexpr, EP: tl.constexpr):
+        """Adds an ``[EP out, EP in]`` tile into row-major ``[E, E]`` floats at ``ptr``."""
         o = tl.arange(0, EP)
         i = tl.arange(0, EP)
-        tl.store(ptr + o[:, None] * E + i[None, :], x, mask=(o < E)[:, None] & (i < E)[None, :])
+        offs = o[:, None] * E + i[None, :]
+        ok = (o < E)[:, None] & (i < E)[None, :]
+        tl.store(ptr + offs, tl.load(ptr + offs, mask=ok, other=0.0) + x, mask=ok)
+
+    @triton.jit
+    def add_vec(ptr, x, E: tl.constexpr, EP: tl.constexpr):
+        """Adds an ``[EP]`` vector into ``E`` floats at ``ptr``."""
+        c = tl.arange(0, EP)
+        tl.store(ptr + c, tl.load(ptr + c, mask=c < E, other=0.0) + x, mask=c < E)
+
+    @triton.jit
+    def zero_row(ptr, n):
+        """Zeroes ``n`` floats at ``ptr``."""
+        o = 0
+        while o < n:
+            offs = o + tl.arange(0, 256)
+            tl.store(ptr + offs, tl.zeros((256,), tl.float32), mask=offs < n)
+            o += 256
 
     @triton.jit
     def in_proj(in_w, in_b, scale, E: tl.constexpr, EP: tl.constexpr):
