@@ -248,7 +248,8 @@ def bench(sweep: bool, b: int = 4096) -> bool:
             fwd, step = _fused_steps(z, key_bias, row_mask, weights, grad, heads, precision,
                                      fwd_kw, bwd_kw)
             out, att, lse = fwd()
-            got = [out, att, lse, *step()]
+            dz, flat = step()
+            got = [out, att, lse, dz, *split_grads(flat, weights)]
             errs, good = _compare(got, ref, z, weights, TOLERANCE[precision])
             ok &= good
             (fg, fe), (sg, se) = kernel_time_us(fwd), kernel_time_us(step)
