@@ -32,7 +32,7 @@ def test_gather_rows_is_embedding(device):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_segment_sums_add_each_rows_duplicates(device):
-    table, ids, grad = _case(device)
+    _, ids, grad = _case(device)
     order = torch.argsort(ids.reshape(-1))
     segment = ids.reshape(-1)[order]  # the output row of an entry: its id
     got = segment_sums(grad, order, segment)
