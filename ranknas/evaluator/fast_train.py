@@ -5,10 +5,11 @@ optimizers. The opt-in fast paths (``TrainConfig`` fields, see ``training.py``) 
 
 - ``embedding_update="index"``: every sparse ``nn.Embedding`` lookup returns a detached leaf,
   so backward stops at the ``[.., E]`` rows looked up; :class:`IndexAdagrad` then sums duplicate
-  rows with a sort, a cumsum and ``index_add_`` (fixed shapes: no ``unique``/``coalesce``, no
-  host sync) and applies exactly the update of ``torch.optim.Adagrad`` (or SGD) on a sparse
-  gradient. Dense parameters get the same math from
-  :func:`~ranknas.evaluator.fused_adagrad.adagrad_` (one pass per tensor on CUDA).
+  rows with a sort, a cumsum and per-row sums (fixed shapes: no ``unique``/``coalesce``, no
+  host sync; :mod:`~ranknas.evaluator.sparse_rows`' kernels on CUDA) and applies exactly the
+  update of ``torch.optim.Adagrad`` (or SGD) on a sparse gradient. Dense parameters get the
+  same math from :func:`~ranknas.evaluator.fused_adagrad.adagrad_` (one pass per tensor on
+  CUDA).
 - ``compile=True``: ``torch.compile`` of the model; the embedding lookup is kept out of the
   compiled region (a sparse gradient cannot be compiled), everything after it is one graph.
 - ``precision``: ``tf32`` matmuls, or ``bf16`` autocast of the forward (loss in float32).
@@ -149,9 +150,10 @@ class IndexAdagrad:
 
     Same math as ``torch.optim.Adagrad`` on a sparse gradient (``lr_decay=0``): duplicate rows
     are summed first, then ``state += g*g`` and ``w -= lr * g / (sqrt(state) + eps)``. Built
-    from fixed-shape ops (sort, cumsum, ``index_add_``), so it never syncs with the host and can
-    be captured in a CUDA graph. The row list is padded to the number of lookups with zero
-    gradients, which leave the rows they point at unchanged.
+    from fixed-shape ops (sort, cumsum, per-row sums), so it never syncs with the host and can
+    be captured in a CUDA graph; on CUDA the row sums and the update are
+    :mod:`~ranknas.evaluator.sparse_rows`' kernels. The row list is padded to the number of
+    lookups with zero gradients, which leave the rows they point at unchanged.
     """
 
     def __init__(self, weight: nn.Parameter, lr: float, eps: float, adagrad: bool = True) -> None:
