@@ -35,7 +35,8 @@ def _err(got: torch.Tensor, want: torch.Tensor) -> float:
 
 def check(device: str) -> bool:
     good = True
-    for rows, lookups, e in ((50, 37, 16), (1000, 300, 16), (64, 130, 5), (10, 4, 1)):
+    for rows, lookups, e in ((50, 37, 16), (1000, 300, 16), (64, 130, 5), (10, 4, 1),
+                             (40, 90, 200)):
         table, state, ids, grad = _case(rows, lookups, e, device)
         gather = _err(sr.launch_gather(table, ids), table.index_select(0, ids))
         coalesce = IndexAdagrad(torch.nn.Parameter(table.clone()), 0.05, 1e-8)

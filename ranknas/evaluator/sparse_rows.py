@@ -38,7 +38,7 @@ __all__ = ["ENABLED", "adagrad_rows_", "gather_rows", "launch_adagrad_rows", "la
 
 #: Whether the kernels run where they fit (False: always the PyTorch ops; an A/B switch).
 ENABLED = True
-_ROWS = 128  # rows per program
+_ROWS = 128  # rows per program (E <= 32)
 _MAX_E = 256
 
 
@@ -105,20 +105,22 @@ def adagrad_rows_(weight: torch.Tensor, state: torch.Tensor | None, rows: torch.
 
 
 # -- the launches (any device under TRITON_INTERPRET=1: benchmarks/sparse_rows_check.py) -------
-def _grid(n: int) -> tuple[int]:
-    return (triton.cdiv(n, _ROWS),)
+def _grid(n: int, e: int) -> tuple[int]:
+    return (triton.cdiv(n, _meta(e)["ROWS"]),)
 
 
 def _meta(e: int) -> dict:
-    return {"E": e, "EP": triton.next_power_of_2(e), "ROWS": _ROWS}
+    ep = triton.next_power_of_2(e)
+    # wide rows: fewer of them a program, so a block stays ~4k floats (registers)
+    return {"E": e, "EP": ep, "ROWS": min(_ROWS, 4096 // ep)}
 
 
 def launch_gather(table: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
     """The kernel of :func:`gather_rows` on ``[N]`` ids: ``[N, E]``."""
-    out = table.new_empty(flat.numel(), table.shape[1])
-    if flat.numel():
-        _gather[_grid(flat.numel())](table, flat.contiguous(), out, flat.numel(),
-                                     **_meta(table.shape[1]))
+    n, e = flat.numel(), table.shape[1]
+    out = table.new_empty(n, e)
+    if n:
+        _gather[_grid(n, e)](table, flat.contiguous(), out, n, **_meta(e))
     return out
 
 
@@ -128,8 +130,8 @@ def launch_segment_sums(grad: torch.Tensor, order: torch.Tensor, segment: torch.
     n, e = grad.shape
     out = torch.zeros_like(grad)
     if n:
-        _segment_sums[_grid(n)](grad, order.contiguous(), segment.contiguous(), out, n,
-                                **_meta(e))
+        _segment_sums[_grid(n, e)](grad, order.contiguous(), segment.contiguous(), out, n,
+                                   **_meta(e))
     return out
 
 
@@ -139,8 +141,8 @@ def launch_adagrad_rows(weight: torch.Tensor, state: torch.Tensor, rows: torch.T
     n, e = grad.shape
     if n:
         # no fused multiply-adds: the PyTorch ops round g * g before adding it
-        _adagrad_rows[_grid(n)](weight, state, rows.contiguous(), grad, n, -lr, eps,
-                                enable_fp_fusion=False, **_meta(e))
+        _adagrad_rows[_grid(n, e)](weight, state, rows.contiguous(), grad, n, -lr, eps,
+                                   enable_fp_fusion=False, **_meta(e))
 
 
 if triton is not None:
