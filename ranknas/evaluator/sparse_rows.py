@@ -1,10 +1,10 @@
 """The rows of an embedding table that a step looks up: gather them, sum their gradients per
 row, and apply Adagrad to them, each as one Triton kernel.
 
-A fused table (``nasrec_full`` on Criteo: 26 fields, ~13M rows of E = 16 floats) is read and
-updated at ``B * F`` rows a step (~106k at B=4096). PyTorch's ``index_select`` on CUDA
-(``vectorized_gather_kernel``) gives each index its own block, four threads for a 64-byte
-row, and took ~50 us per call there (~140 GB/s, H200); a step made four such calls, and
+A fused table (``nasrec_full`` on Criteo, 0.5M rows a field at most: 26 fields, 3.1M rows of
+E = 16 floats) is read and updated at ``B * F`` rows a step (~106k at B=4096). PyTorch's
+``index_select`` on CUDA (``vectorized_gather_kernel``) gives each index its own block, four
+threads for a 64-byte row, and took 50-65 us a call there (H200); a step made four, and
 :class:`~ranknas.evaluator.fast_train.IndexAdagrad`'s update was three index ops and four
 elementwise passes. Here:
 
@@ -148,7 +148,7 @@ def launch_adagrad_rows(weight: torch.Tensor, state: torch.Tensor, rows: torch.T
 if triton is not None:
     @triton.jit
     def _block(n, E: tl.constexpr, EP: tl.constexpr, ROWS: tl.constexpr):
-        """``(entries [ROWS], their 0/1 mask, columns [EP], the [ROWS, EP] mask)``."""
+        """``(entries [ROWS], their mask, columns [EP], the [ROWS, EP] mask)``."""
         r = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
         c = tl.arange(0, EP)
         ok = r < n
