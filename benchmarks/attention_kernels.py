@@ -29,7 +29,11 @@ if not torch.cuda.is_available():  # must precede the first import of triton
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from attention_tensor_core import PRECISIONS, tc_backward, tc_forward
-from bench_common import kernel_device, kernel_time_us  # imports ranknas, so triton
+from bench_common import (  # imports ranknas, so triton
+    kernel_device,
+    kernel_time_us,
+    rel_error,
+)
 
 from ranknas.evaluator.tiny_attention import (
     _attention_reference,
@@ -42,12 +46,6 @@ TOLERANCE = {(torch.float32, "ieee"): 1e-5, (torch.float32, "tf32x3"): 1e-4,
              (torch.bfloat16, "tf32x3"): 2e-2, (torch.bfloat16, "tf32"): 2e-2}
 #: backward chains more products than forward: a looser TF32 bound (printed either way)
 TF32_BACKWARD_TOLERANCE = 5e-3
-
-
-def _error(x: torch.Tensor, ref: torch.Tensor) -> float:
-    """Max abs error, relative to the reference's magnitude when that exceeds 1."""
-    ref = ref.double()
-    return ((x.double() - ref).abs().max() / ref.abs().max().clamp(min=1)).item()
 
 
 def _inputs(b: int, n: int, heads: int, d: int, masked: int, dtype: torch.dtype,
@@ -94,7 +92,8 @@ def check(device: str) -> bool:
                     # backward from the forward's own out / lse, as in training
                     dqkv = tc_backward(qkv, out, grad, lse, heads, bias, precision,
                                        unroll=unroll)
-                    errs = [_error(out, ref_out), _error(lse, ref_lse), _error(dqkv, ref_dqkv)]
+                    errs = [rel_error(*pair) for pair in
+                            ((out, ref_out), (lse, ref_lse), (dqkv, ref_dqkv))]
                     tol = TOLERANCE[dtype, precision]
                     bwd_tol = (TF32_BACKWARD_TOLERANCE if (dtype, precision)
                                == (torch.float32, "tf32") else tol)
@@ -148,7 +147,8 @@ def bench(dtype: torch.dtype, sweep: bool) -> bool:
             for name, (fwd, bwd, tol) in kernels.items():
                 out, lse = fwd()
                 dqkv = bwd()
-                errs = [_error(out, ref_out), _error(lse, ref_lse), _error(dqkv, ref_dqkv)]
+                errs = [rel_error(*pair) for pair in
+                        ((out, ref_out), (lse, ref_lse), (dqkv, ref_dqkv))]
                 if dtype == torch.bfloat16:
                     tol = 2e-2
                 bwd_tol = TF32_BACKWARD_TOLERANCE if tol == 2e-3 else tol

@@ -162,6 +162,21 @@ def kernel_check_main(doc: str, name: str, check: Callable[[str], bool],
         raise SystemExit(f"{name}: the kernels disagree with the reference")
 
 
+def rel_error(x: torch.Tensor, ref: torch.Tensor) -> float:
+    """Max abs error of ``x`` against ``ref`` (in float64), relative to the reference's
+    magnitude where that exceeds 1: the kernel checks' error measure."""
+    ref = ref.double()
+    return ((x.double() - ref).abs().max() / ref.abs().max().clamp(min=1)).item()
+
+
+def report_errors(label: str, errs: list[float], tol: float) -> bool:
+    """Prints ``label: max rel err e1 e2 ... ok`` (or ``FAIL``); whether all are < ``tol``."""
+    ok = max(errs) < tol
+    print(f"{label}: max rel err {' '.join(f'{e:.1e}' for e in errs)} "
+          f"{'ok' if ok else 'FAIL'}", flush=True)
+    return ok
+
+
 def graph_replay_us(fn: Callable[[], object], reps: int = 20) -> float:
     """Mean GPU microseconds per call of ``fn``: ``reps`` calls captured in one CUDA graph
     (after three eager warm-up calls on a side stream), the graph replayed ten times. No L2

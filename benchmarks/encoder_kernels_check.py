@@ -31,7 +31,11 @@ if not torch.cuda.is_available():  # must precede the first import of triton
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import torch.nn.functional as F
-from bench_common import kernel_device, kernel_time_us  # imports ranknas, so triton
+from bench_common import (  # imports ranknas, so triton
+    kernel_device,
+    kernel_time_us,
+    rel_error,
+)
 
 from ranknas.evaluator.tiny_attention import tiny_head_attention
 from ranknas.supernet.encoder_kernels import PRECISIONS, encoder_backward, encoder_forward
@@ -49,12 +53,6 @@ from ranknas.supernet.masked_base import layer_norm
 TOLERANCE = {"ieee": 1e-4, "tf32x3": 1e-4, "tf32": 3e-1}
 BF16_TOLERANCE = 3e-2
 NAMES = ("out", "att", "lse", "dz", *(w.replace("attn.", "") for w in ENCODER_WEIGHTS))
-
-
-def _error(x: torch.Tensor, ref: torch.Tensor) -> float:
-    """Max abs error, relative to the reference's magnitude when that exceeds 1."""
-    ref = ref.double()
-    return ((x.double() - ref).abs().max() / ref.abs().max().clamp(min=1)).item()
 
 
 def _inputs(b: int, n: int, e: int, masked: int, dtype: torch.dtype, device: str,
@@ -113,7 +111,7 @@ def _fused(z: torch.Tensor, key_bias: torch.Tensor, row_mask: torch.Tensor,
 def _compare(got: list[torch.Tensor], ref: list[torch.Tensor], z: torch.Tensor,
              weights: list[torch.Tensor], tol: float) -> tuple[list[float], bool]:
     """Per-tensor errors, and whether all are finite, typed, shaped and within ``tol``."""
-    errs = [_error(g, r) for g, r in zip(got, ref, strict=True)]
+    errs = [rel_error(g, r) for g, r in zip(got, ref, strict=True)]
     typed = ([g.dtype for g in got[:4]] == [z.dtype, z.dtype, torch.float32, z.dtype]
              and all(g.dtype == w.dtype and g.shape == w.shape
                      for g, w in zip(got[4:], weights, strict=True)))
@@ -228,8 +226,8 @@ def bench(sweep: bool, b: int = 4096) -> bool:
             fwd, step = _torch_steps(z, key_bias, row_mask, weights, grad, heads)
             # the same errors as the fused rows', out only (no att / lse), for a like baseline
             dz, *dweights = step()
-            errs = (_error(fwd(), ref[0]), _error(dz, ref[3]),
-                    max(_error(g, r) for g, r in zip(dweights, ref[4:], strict=True)))
+            errs = (rel_error(fwd(), ref[0]), rel_error(dz, ref[3]),
+                    max(rel_error(g, r) for g, r in zip(dweights, ref[4:], strict=True)))
             (fg, fe), (sg, se) = kernel_time_us(fwd), kernel_time_us(step)
             print(f"| {n} | unfused ops {'tf32' if tf32 else 'fp32'} | {fg:.1f} ({fe:.1f}) "
                   f"| {sg:.1f} ({se:.1f}) | " + " | ".join(f"{x:.1e}" for x in errs) + " | |",

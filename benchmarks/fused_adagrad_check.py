@@ -11,7 +11,13 @@ replayed (host launch costs do not count).
 from __future__ import annotations
 
 import torch
-from bench_common import criteo_schema, graph_replay_us, kernel_check_main
+from bench_common import (
+    criteo_schema,
+    graph_replay_us,
+    kernel_check_main,
+    rel_error,
+    report_errors,
+)
 
 from ranknas.evaluator import fused_adagrad as fa
 from ranknas.spaces import load_space
@@ -37,12 +43,8 @@ def check(device: str) -> bool:
             fa.adagrad_reference(want_p, grads, want_s, 0.05, 1e-8, decay)
             for p, g, s in zip(got_p, grads, got_s, strict=True):
                 fa._launch(p, g, s, 0.05, 1e-8, decay)
-        errs = [((g - w).abs().max() / w.abs().max().clamp(min=1)).item()
-                for g, w in zip(got_p + got_s, want_p + want_s, strict=True)]
-        ok = max(errs) < 1e-6
-        good &= ok
-        print(f"weight_decay={decay}: max rel err over {len(errs)} tensors {max(errs):.1e} "
-              f"{'ok' if ok else 'FAIL'}")
+        errs = [rel_error(g, w) for g, w in zip(got_p + got_s, want_p + want_s, strict=True)]
+        good &= report_errors(f"weight_decay={decay}, {len(errs)} tensors", errs, 1e-6)
     return good
 
 

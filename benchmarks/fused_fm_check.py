@@ -12,7 +12,7 @@ segmented step passes it.
 from __future__ import annotations
 
 import torch
-from bench_common import graph_replay_us, kernel_check_main
+from bench_common import graph_replay_us, kernel_check_main, rel_error, report_errors
 
 from ranknas.supernet import fused_fm as ff
 
@@ -50,12 +50,8 @@ def check(device: str) -> bool:
         want = _reference(y)
         (want_dy,) = torch.autograd.grad(want, y, grad)
         got, dy = _kernels(y.detach(), grad)
-        errs = [((g - w).abs().max() / w.abs().max().clamp(min=1)).item()
-                for g, w in ((got, want), (dy, want_dy))]
-        ok = max(errs) < 1e-5
-        good &= ok
-        print(f"B={batch} fields {n} of {width}, E={e}: max rel err "
-              f"{' '.join(f'{x:.1e}' for x in errs)} {'ok' if ok else 'FAIL'}")
+        errs = [rel_error(got, want), rel_error(dy, want_dy)]
+        good &= report_errors(f"B={batch} fields {n} of {width}, E={e}", errs, 1e-5)
     return good
 
 

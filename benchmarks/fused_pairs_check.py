@@ -11,7 +11,7 @@ replayed (host launch costs do not count).
 from __future__ import annotations
 
 import torch
-from bench_common import graph_replay_us, kernel_check_main
+from bench_common import graph_replay_us, kernel_check_main, rel_error, report_errors
 
 from ranknas.supernet import fused_pairs as fp
 
@@ -43,12 +43,9 @@ def check(device: str) -> bool:
         grad = torch.randn(64, cols, device=device)
         want = _fwd_bwd(fp.pairs_reference, y, d, flag, index, cols, grad)
         got = _fwd_bwd(lambda *a: fp._Pairs.apply(*a[:3], a[4]), y, d, flag, index, cols, grad)
-        errs = [((g - w).abs().max() / w.abs().max().clamp(min=1)).item()
-                for g, w in zip(got, want, strict=True)]
-        ok = max(errs) < 1e-5
-        good &= ok
-        print(f"fields={fields} dense={dense} on={on} cols={cols}: max rel err "
-              f"{' '.join(f'{e:.1e}' for e in errs)} {'ok' if ok else 'FAIL'}")
+        errs = [rel_error(g, w) for g, w in zip(got, want, strict=True)]
+        good &= report_errors(f"fields={fields} dense={dense} on={on} cols={cols}", errs,
+                              1e-5)
     return good
 
 

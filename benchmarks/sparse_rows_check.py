@@ -13,7 +13,13 @@ from __future__ import annotations
 import argparse
 
 import torch
-from bench_common import criteo_schema, graph_replay_us, kernel_check_main
+from bench_common import (
+    criteo_schema,
+    graph_replay_us,
+    kernel_check_main,
+    rel_error,
+    report_errors,
+)
 
 from ranknas.evaluator import sparse_rows as sr
 from ranknas.evaluator.fast_train import IndexAdagrad
@@ -29,22 +35,18 @@ def _case(rows: int, lookups: int, e: int, device: str, seed: int = 0):
     return [t.to(device) for t in (table, state, ids, grad)]
 
 
-def _err(got: torch.Tensor, want: torch.Tensor) -> float:
-    return ((got - want).abs().max() / want.abs().max().clamp(min=1)).item()
-
-
 def check(device: str) -> bool:
     good = True
     for rows, lookups, e in ((50, 37, 16), (1000, 300, 16), (64, 130, 5), (10, 4, 1),
                              (40, 90, 200)):
         table, state, ids, grad = _case(rows, lookups, e, device)
-        gather = _err(sr.launch_gather(table, ids), table.index_select(0, ids))
+        gather = rel_error(sr.launch_gather(table, ids), table.index_select(0, ids))
         coalesce = IndexAdagrad(torch.nn.Parameter(table.clone()), 0.05, 1e-8)
         flat_sorted, order = torch.sort(ids)
         is_new = torch.ones_like(flat_sorted, dtype=torch.bool)
         is_new[1:] = flat_sorted[1:] != flat_sorted[:-1]
         segment = torch.cumsum(is_new, 0) - 1
-        sums = _err(sr.launch_segment_sums(grad, order, segment),
+        sums = rel_error(sr.launch_segment_sums(grad, order, segment),
                     torch.zeros_like(grad).index_add_(0, segment, grad.index_select(0, order)))
         # distinct rows, with zero-gradient padding entries on rows that real entries update
         real, sums_ = coalesce.coalesce(ids, grad)
@@ -56,11 +58,10 @@ def check(device: str) -> bool:
         want_w.index_add_(0, real, sums_ / std, alpha=-0.05)
         got_w, got_s = table.clone(), state.clone()
         sr.launch_adagrad_rows(got_w, got_s, real, sums_, 0.05, 1e-8)
-        update = max(_err(got_w, want_w), _err(got_s, want_s))
-        ok = max(gather, sums, update) < 1e-6
-        good &= ok
-        print(f"rows {rows}, lookups {lookups}, E={e}: gather {gather:.1e}, segment sums "
-              f"{sums:.1e}, Adagrad {update:.1e} {'ok' if ok else 'FAIL'}")
+        update = max(rel_error(got_w, want_w), rel_error(got_s, want_s))
+        # gather, segment sums, Adagrad on rows
+        good &= report_errors(f"rows {rows}, lookups {lookups}, E={e}",
+                              [gather, sums, update], 1e-6)
     return good
 
 
