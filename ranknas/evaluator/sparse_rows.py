@@ -105,14 +105,11 @@ def adagrad_rows_(weight: torch.Tensor, state: torch.Tensor | None, rows: torch.
 
 
 # -- the launches (any device under TRITON_INTERPRET=1: benchmarks/sparse_rows_check.py) -------
-def _grid(n: int, e: int) -> tuple[int]:
-    return (triton.cdiv(n, _meta(e)["ROWS"]),)
-
-
-def _meta(e: int) -> dict:
+def _config(n: int, e: int) -> tuple[tuple[int], dict]:
+    """``(grid, meta-parameters)`` of a kernel over ``n`` rows of ``e`` floats."""
     ep = triton.next_power_of_2(e)
-    # wide rows: fewer of them a program, so a block stays ~4k floats (registers)
-    return {"E": e, "EP": ep, "ROWS": min(_ROWS, 4096 // ep)}
+    rows = min(_ROWS, 4096 // ep)  # wide rows: fewer a program, a block of ~4k floats
+    return (triton.cdiv(n, rows),), {"E": e, "EP": ep, "ROWS": rows}
 
 
 def launch_gather(table: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
@@ -120,7 +117,8 @@ def launch_gather(table: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
     n, e = flat.numel(), table.shape[1]
     out = table.new_empty(n, e)
     if n:
-        _gather[_grid(n, e)](table, flat.contiguous(), out, n, **_meta(e))
+        grid, meta = _config(n, e)
+        _gather[grid](table, flat.contiguous(), out, n, **meta)
     return out
 
 
@@ -130,8 +128,8 @@ def launch_segment_sums(grad: torch.Tensor, order: torch.Tensor, segment: torch.
     n, e = grad.shape
     out = torch.zeros_like(grad)
     if n:
-        _segment_sums[_grid(n, e)](grad, order.contiguous(), segment.contiguous(), out, n,
-                                   **_meta(e))
+        grid, meta = _config(n, e)
+        _segment_sums[grid](grad, order.contiguous(), segment.contiguous(), out, n, **meta)
     return out
 
 
@@ -140,9 +138,10 @@ def launch_adagrad_rows(weight: torch.Tensor, state: torch.Tensor, rows: torch.T
     """The kernel of :func:`adagrad_rows_` (Adagrad)."""
     n, e = grad.shape
     if n:
+        grid, meta = _config(n, e)
         # no fused multiply-adds: the PyTorch ops round g * g before adding it
-        _adagrad_rows[_grid(n, e)](weight, state, rows.contiguous(), grad, n, -lr, eps,
-                                   enable_fp_fusion=False, **_meta(e))
+        _adagrad_rows[grid](weight, state, rows.contiguous(), grad, n, -lr, eps,
+                            enable_fp_fusion=False, **meta)
 
 
 if triton is not None:
