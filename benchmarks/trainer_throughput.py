@@ -60,11 +60,12 @@ for _n in (0, 1, 3):
 # or FM's interaction as PyTorch ops instead of ranknas.supernet.fused_fm's kernels, or the
 # encoder kernels' inputs copied contiguous first (as before they read views in place), or
 # the embedding rows gathered and updated by PyTorch's index ops instead of
-# ranknas.evaluator.sparse_rows' kernels
+# ranknas.evaluator.sparse_rows' kernels, or the segments' graphs replayed one by one instead
+# of joined into one launch a step (ranknas.supernet.graph_chain)
 for _ablation in ("noalias", "densewide", "unaligned", "tcattention", "unfusedencoder",
                   "fusedencoder", "torchindex", "torchpairs", "foreachadagrad",
                   "blendbranches", "rowmajor", "torchsums", "torchfm", "contiguousencoder",
-                  "torchrows"):
+                  "torchrows", "nochain"):
     TRAINER_VARIANTS[f"segmented+graph+tf32+check50+{_ablation}"] = \
         TRAINER_VARIANTS["segmented+graph+tf32+check50"]
 
@@ -125,6 +126,10 @@ def ablate(variant: str) -> None:
         import ranknas.evaluator.sparse_rows as sparse_rows
 
         sparse_rows.ENABLED = False
+    if variant.endswith("+nochain"):
+        import ranknas.supernet.graph_chain as graph_chain
+
+        graph_chain.ENABLED = False
     if variant.endswith("fusedencoder"):
         import ranknas.supernet.fused_encoder as fused_encoder
 
@@ -189,6 +194,7 @@ def measure_trainer(space: SearchSpace, schema: DataSchema, batch: int, steps: i
     segments = trainer.masked.segments if trainer.masked is not None else None
     count = (lambda: segments.captured) if segments is not None else (lambda: 0)
     captured = count()
+    joined = segments.joined if segments is not None else 0
     # timed in chunks: a capture (~0.1 s) or a host hiccup inflates one chunk, not the figure
     chunk_ms, clean = [], []
     for k in range(chunks):
@@ -203,7 +209,9 @@ def measure_trainer(space: SearchSpace, schema: DataSchema, batch: int, steps: i
     row = {"batch": batch, "variant": variant, "ms": ms, "ex_s": batch / ms * 1e3,
            "ms_chunks": chunk_ms, "setup_s": setup, "warmup_steps": warmup}
     if segments is not None:  # captures inside the timed steps would inflate its time
-        row.update(captured=captured, captured_while_timed=count() - captured)
+        # steps launched as one joined graph (graph_chain) of the timed ones
+        row.update(captured=captured, captured_while_timed=count() - captured,
+                   joined_while_timed=segments.joined - joined)
     if device.type == "cuda":
         row["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
     return row

@@ -197,6 +197,14 @@ class MaskedStep:
             self.table.step(*self.table.coalesce(ids, grad))
         return loss
 
+    def prepare(self, arch: Architecture) -> None:
+        """Plan a later step of ``arch`` while this one runs: a segmented step with CUDA
+        graphs joins its graphs into one launch ahead
+        (:meth:`~ranknas.supernet.segmented_step.SegmentedStep.prepare`); otherwise a
+        no-op."""
+        if self.segments is not None and self.segments.chain is not None:
+            self.segments.prepare(self.program.encode(self.supernet, arch))
+
     def __call__(self, dense: torch.Tensor, sparse: torch.Tensor, labels: torch.Tensor,
                  arch: Architecture | PathTensors) -> torch.Tensor:
         """One step on ``arch`` (or its encoded path); returns the loss (0-dim, on device).

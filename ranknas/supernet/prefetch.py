@@ -26,6 +26,7 @@ import contextlib
 import pickle
 import sys
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -95,7 +96,10 @@ class PathPrefetcher:
 
     Call order: :meth:`start` at the start of every ``train`` call, :meth:`take` once per
     step, :meth:`sync` before reading the sampler's state and when ``train`` returns,
-    :meth:`close` when done (also on garbage collection).
+    :meth:`close` when done (also on garbage collection). With a ``prepare`` hook, ``take``
+    also hands it the next step's architecture when the worker has it ready (a CUDA-graph
+    step joins its graphs ahead: :meth:`~ranknas.supernet.masked_step.MaskedStep.prepare`);
+    the sampler's state moves on only when that step is taken.
 
     Args:
         supernet: The supernet whose fixed-shape program the paths are encoded for.
@@ -114,15 +118,20 @@ class PathPrefetcher:
         self._next = 0  # the step of the next queued path
         self._synced: dict[str, Any] | None = None  # the sampler's state as last synced
         self._taken: dict[str, Any] | None = None  # its state after the last path taken
+        self._prepare: Callable[[Architecture], None] | None = None
+        self._peeked: tuple | None = None  # the next step's item, received and adopted
 
-    def start(self, sampler: PathSampler, step: int) -> None:
+    def start(self, sampler: PathSampler, step: int,
+              prepare: Callable[[Architecture], None] | None = None) -> None:
         """Draw ``sampler``'s paths from ``step`` on; keeps a running worker whose queue
-        still continues exactly there.
+        still continues exactly there. ``prepare`` (optional) is called with the next
+        step's architecture, when it is ready, by each :meth:`take`.
 
         Raises:
             ConfigError: the sampler (or its space) cannot be pickled for the worker, or this
                 process is daemonic (it may not start one).
         """
+        self._prepare = prepare
         if (self._proc is not None and self._proc.is_alive() and sampler is self._sampler
                 and step == self._next and sampler.state_dict() == self._synced):
             return
@@ -183,11 +192,24 @@ class PathPrefetcher:
         if self._proc is None or step != self._next:
             raise RuntimeError(f"take({step}) but the next prefetched step is {self._next}; "
                                "call start() first")
-        item = self._get()
+        item, self._peeked = self._peeked or self._adopt(self._get()), None
         if item[0] == "error":
             self.close()
             raise item[2]
-        _, slot, arch, nodes, head, state = item
+        arch, state = item[2], item[5]
+        self._taken, self._next = state, step + 1
+        if self._prepare is not None and self._out.poll():  # ready: no wait
+            self._peeked = self._adopt(self._get())
+            if self._peeked[0] != "error":
+                self._prepare(self._peeked[2])
+        return arch
+
+    def _adopt(self, item: tuple) -> tuple:
+        """Cache a received path's encoding in the supernet's program, and hand its slot
+        back to the worker."""
+        if item[0] == "error":
+            return item
+        _, slot, arch, nodes, head, _ = item
         if self.encode:
             device = self.supernet.head_bias.device
             floats, ints = self._floats[slot], self._ints[slot]
@@ -196,8 +218,7 @@ class PathPrefetcher:
             program(self.supernet).adopt(PathTensors(arch.arch_id, floats, ints, nodes, head),
                                          device)
         self._free.send(slot)
-        self._taken, self._next = state, step + 1
-        return arch
+        return item
 
     def sync(self) -> None:
         """Bring the trainer's sampler to its state after the last path taken."""
@@ -208,6 +229,7 @@ class PathPrefetcher:
     def close(self) -> None:
         """Stop the worker after a :meth:`sync` (the paths it drew ahead are dropped)."""
         self.sync()
+        self._peeked = None
         if self._stopper is not None:
             self._stopper()
         self._proc = self._stopper = None

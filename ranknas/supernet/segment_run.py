@@ -175,7 +175,9 @@ class SegmentRun:
         del leaves, outputs, grads_in
         self.out = None
         torch.cuda.current_stream().wait_stream(side)
-        fwd, bwd = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
+        # kept graphs can be joined into a step's one launch (GraphChain)
+        keep = self.step.chain is not None
+        fwd, bwd = (torch.cuda.CUDAGraph(keep_graph=keep) for _ in range(2))
         pool = self.step.pool(self.key)
         with torch.cuda.graph(fwd, pool=pool):
             leaves, wheres, outputs, grads_in = self._forward()

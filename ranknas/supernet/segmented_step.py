@@ -40,18 +40,24 @@ segment reads). A layer's variants share one memory pool, and a variant keeps no
 graph once captured (:meth:`SegmentedStep.pool`). The logit head includes the loss. A step is
 then: copy the inputs, replay the forward graphs in path order and the backward graphs in
 reverse, and return the loss and the gradient of the embedding rows (whose sparse update
-stays outside).
+stays outside). A step prepared one step ahead (:meth:`SegmentedStep.prepare`: the trainer
+does, with a path prefetch worker) launches those graphs as one graph instead, joined in a
+worker thread (:mod:`~ranknas.supernet.graph_chain`).
 Without graphs (the CPU, or another batch size) the same functions run eagerly, so the CPU
 tests check this module's data flow.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
+from concurrent.futures import Future
 from contextlib import AbstractContextManager, nullcontext
 
 import torch
 
+from ranknas.supernet import graph_chain
+from ranknas.supernet.graph_chain import GraphChain, GraphChainError
 from ranknas.supernet.masked import _PREV, _Port
 from ranknas.supernet.masked_base import aligned
 from ranknas.supernet.masked_path import PathTensors
@@ -83,12 +89,23 @@ class SegmentedStep:
             fit the path's (0: always the widest). Each halving is one more variant of a
             segment to capture, and cuts the gathers, matmuls, attention and gradient
             scatters of narrow paths.
+        chain_graphs: With ``cuda_graphs``, a step prepared ahead (:meth:`prepare`) launches
+            its graphs joined into one (:mod:`~ranknas.supernet.graph_chain`): no idle GPU
+            between the segments' graphs. Default: ``graph_chain.ENABLED``.
     """
 
     def __init__(self, supernet: Supernet, update: Update, cuda_graphs: bool = False,
                  autocast: Callable[[], AbstractContextManager] | None = None,
-                 halvings: int = 2) -> None:
+                 halvings: int = 2, chain_graphs: bool | None = None) -> None:
         self.supernet, self.update, self.cuda_graphs = supernet, update, cuda_graphs
+        if chain_graphs is None:
+            chain_graphs = graph_chain.ENABLED
+        self.chain_graphs = chain_graphs and cuda_graphs
+        self.chain: GraphChain | None = None  # opened at the first captured step
+        # prepared steps, oldest first: [path, its runs, the head's run, its graphs in launch
+        # order, or once submitted (after the step before is launched) their joined future]
+        self._ahead: list[list] = []
+        self._published: dict[Source, int] | None = None  # the inputs' widths, per form
         self.autocast = autocast or nullcontext
         self.halvings = halvings
         self.prog = segmented(supernet)
@@ -101,6 +118,7 @@ class SegmentedStep:
         self._storage: int | None = None
         self.graph_batch: int | None = None  # the batch size segments are captured at
         self.captured = 0  # segment variants captured so far
+        self.joined = 0  # steps launched as one joined graph
         self._pools: dict[tuple, tuple[int, int]] = {}
 
     def pool(self, key: tuple) -> tuple[int, int]:
@@ -168,6 +186,7 @@ class SegmentedStep:
         tensor) and the gradient of ``emb`` (``[B, F, E]``)."""
         storage = self.supernet.head_bias.data_ptr()
         if storage != self._storage:  # moved (.to()): graphs would read the old memory
+            self._drop_ahead()
             self._runs.clear()
             self._pools.clear()
             self._buffers.clear()
@@ -177,6 +196,8 @@ class SegmentedStep:
         if self.graph_batch is None:
             self.graph_batch = size
         graphed = self.cuda_graphs and size == self.graph_batch
+        if graphed and self.chain_graphs and self.chain is None:
+            self._open_chain()
         buf = self._buffers.get(size)
         if buf is None:
             buf = self._buffers[size] = Buffers(self.forms.widths, self.dim, emb)
@@ -194,7 +215,52 @@ class SegmentedStep:
                 grads.narrow(1, grads.shape[1] - 1, 1).zero_()
         for pub, source in pubs:
             self.forms.write_form(buf, *source, pub)
-        written: dict[Source, int] = {source: pub.shape[1] for pub, source in pubs}
+        self._published = {source: pub.shape[1] for pub, source in pubs}
+        mine = next((i for i, a in enumerate(self._ahead) if a[0] is path), None)
+        if mine is not None and graphed:
+            _, runs, head, joined = self._ahead.pop(mine)
+            self._drop_ahead(mine)  # those prepared before it: their steps are not coming
+            self._launch(runs, head, self._submitted(joined))
+        else:
+            runs, head = self._plan(path, buf, graphed, run=True)
+            head.backward()
+            for run in reversed(runs):
+                run.backward()
+        # join the next step's graphs now: while the GPU runs this step's, the host waits on
+        # the driver's lock for the joining without leaving the GPU idle
+        for ahead in self._ahead:
+            ahead[3] = self._submitted(ahead[3])
+        loss = head.out.detach().clone()
+        sparse = [(pub, self.forms.grad_range(buf, *s).narrow(1, 0, pub.shape[1]))
+                  for pub, s in pubs if s[0] == "sparse"]
+        if not sparse:  # no port reads the embeddings
+            return loss, torch.zeros_like(emb)
+        (grad,) = torch.autograd.grad([p for p, _ in sparse], emb, [g for _, g in sparse])
+        return loss, grad
+
+    def prepare(self, path: PathTensors) -> None:
+        """Plan a later step of ``path`` now, and start joining its graphs into one launch
+        (:class:`~ranknas.supernet.graph_chain.GraphChain`) once this step is launched. Only
+        the step of this ``path`` (the same object) at the captured batch size uses the plan;
+        a path with a segment variant not captured yet is not planned (its step captures it,
+        and replays the graphs one by one). At most two steps are held ahead."""
+        if len(self._ahead) >= 2:
+            self._drop_ahead(1)
+        if self.chain is None or self._published is None:
+            return
+        found = self._plan(path, self._buffers[self.graph_batch], True, run=False)
+        if found is not None:
+            runs, head = found
+            graphs = [r.graphs[0] for r in runs] + [g for g in head.graphs if g is not None]
+            graphs += [r.graphs[1] for r in reversed(runs) if r.graphs[1] is not None]
+            self._ahead.append([path, runs, head, graphs])
+
+    def _plan(self, path: PathTensors, buf: Buffers, graphed: bool, run: bool
+              ) -> tuple[list[SegmentRun], SegmentRun] | None:
+        """The path's segment runs and the head's, in forward order. ``run``: run each
+        forward as it is found (capturing new variants); else only look the runs up (None
+        if one is missing)."""
+        written: dict[Source, int] = dict(self._published)
         runs, prev = [], {}
         for node in path.nodes:
             if node.block in self.forms.aliases:  # its readers gather its input themselves
@@ -204,35 +270,65 @@ class SegmentedStep:
             sizes = self._sizes(layer.ports, node.widths, written, layer.op.joint)
             out = (self.fit(node.width, layer.op.out_size)
                    if layer.op.sizable and node.width else None)
-            run = self._run(key, node.is_out, buf, prev.get(node.block), graphed, sizes,
-                            None if out == layer.op.out_size else out, node.branches)
-            run.forward()
-            written.update(((node.block, kind), w) for kind, w in run.written.items())
-            runs.append(run)
-            prev[node.block] = run
-        head_port = self.prog.program.head
+            seg = self._run(key, node.is_out, buf, prev.get(node.block), graphed, sizes,
+                            None if out == layer.op.out_size else out, node.branches, run)
+            if seg is None:
+                return None
+            if run:
+                seg.forward()
+            written.update(((node.block, kind), w) for kind, w in seg.written.items())
+            runs.append(seg)
+            prev[node.block] = seg
         head = self._run(HEAD, True, buf, None, graphed,
-                         self._sizes({"head": head_port}, (path.head_width,), written), None)
-        head.forward()
-        loss = head.out.detach().clone()
-        head.backward()
-        for run in reversed(runs):
-            run.backward()
-        sparse = [(pub, self.forms.grad_range(buf, *s).narrow(1, 0, pub.shape[1]))
-                  for pub, s in pubs if s[0] == "sparse"]
-        if not sparse:  # no port reads the embeddings
-            return loss, torch.zeros_like(emb)
-        (grad,) = torch.autograd.grad([p for p, _ in sparse], emb, [g for _, g in sparse])
-        return loss, grad
+                         self._sizes({"head": self.prog.program.head}, (path.head_width,),
+                                     written), None, (), run)
+        if head is not None and run:
+            head.forward()
+        return None if head is None else (runs, head)
+
+    def _launch(self, runs: list[SegmentRun], head: SegmentRun, joined: Future) -> None:
+        """Launch a prepared step's joined graph; replay its graphs one by one if joining
+        failed (and stop joining)."""
+        try:
+            self.chain.launch(joined.result(), torch.cuda.current_stream())
+            self.joined += 1
+            return
+        except GraphChainError as exc:
+            warnings.warn(f"segment graphs are replayed one by one from now on: {exc}",
+                          RuntimeWarning, stacklevel=3)
+            self._drop_ahead()
+            self.chain, self.chain_graphs = None, False
+        for seg in [*runs, head]:
+            seg.forward()
+        for seg in [head, *reversed(runs)]:
+            seg.backward()
+
+    def _open_chain(self) -> None:
+        try:
+            self.chain = GraphChain()
+        except GraphChainError as exc:
+            warnings.warn(f"segment graphs are replayed one by one: {exc}", RuntimeWarning,
+                          stacklevel=3)
+            self.chain_graphs = False
+
+    def _submitted(self, joined: list | Future) -> Future:
+        return self.chain.submit(joined) if isinstance(joined, list) else joined
+
+    def _drop_ahead(self, count: int | None = None) -> None:
+        """Forget the oldest ``count`` prepared steps (default all)."""
+        for *_, joined in self._ahead[:count]:
+            if isinstance(joined, Future):
+                self.chain.discard(joined)
+        del self._ahead[:count]
 
     def _run(self, key: tuple, is_out: bool, buf: Buffers, prev: SegmentRun | None,
              graphed: bool, sizes: tuple[tuple[int, int, bool], ...], out: int | None,
-             branches: tuple[bool, ...] = ()) -> SegmentRun:
+             branches: tuple[bool, ...] = (), create: bool = True) -> SegmentRun | None:
         # a stacked layer's graph reads its previous layer's output where that run keeps it
         cache = (key, is_out, buf.labels.shape[0], graphed, sizes, out, branches,
                  None if prev is None else prev.cache)
         run = self._runs.get(cache)
-        if run is None:
+        if run is None and create:
             run = self._runs[cache] = SegmentRun(self, key, is_out, buf, prev, graphed, sizes,
                                                  out, branches)
             run.cache = cache

@@ -67,7 +67,9 @@ class SupernetTrainConfig:
             updates from :mod:`ranknas.evaluator.fast_train`: no host sync, fewer kernels).
         compile: ``masked`` only: ``torch.compile`` the step's forward and loss.
         cuda_graph: ``masked`` / ``segmented`` only, CUDA only: capture the step in one CUDA
-            graph (masked) or each segment's forward and backward (segmented).
+            graph (masked) or each segment's forward and backward (segmented; with a path
+            prefetch worker, a step then launches its segments' graphs joined into one:
+            :mod:`ranknas.supernet.graph_chain`).
         precision: ``masked`` / ``segmented`` only: ``fp32``, ``tf32`` or ``bf16``.
         width_halvings: ``segmented`` only: how many times the fixed width of a merged
             input, and of a linear-3d / transformer output, may halve to fit a narrower

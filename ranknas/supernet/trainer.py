@@ -213,7 +213,7 @@ class SupernetTrainer:
             self.fast = self._open_fast()
         paths = self.prefetcher
         if paths is not None:
-            paths.start(self.sampler, self.step)
+            paths.start(self.sampler, self.step, getattr(self.masked, "prepare", None))
         with torch.random.fork_rng(devices=[]):
             torch.random.default_generator.set_state(self._model_rng)
             try:

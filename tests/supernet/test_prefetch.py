@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import time
 
 import pytest
 import torch
@@ -108,13 +109,39 @@ def test_a_dead_worker_names_the_setting_and_the_next_train_restarts_it(space, d
     trainer.close()
 
 
+def test_take_hands_the_next_ready_path_to_prepare(space, data):
+    """A ``prepare`` hook gets each next step's architecture before that step is taken (when
+    the worker has it ready); the sampler's state counts only the steps taken."""
+    trainer = _trainer(space, data, prefetch=3, execution="segmented")
+    ref = make_sampler("balanced", space, 0, schema=data.schema)
+    want = [ref.sample(step).arch_id for step in range(6)]
+    paths, prepared = trainer.prefetcher, []
+    try:
+        paths.start(trainer.sampler, 0, prepared.append)
+        assert paths.take(0).arch_id == want[0]  # waits for the worker to start
+        for step in range(1, 5):
+            time.sleep(1.0)  # the worker has queued the next paths (it draws in ms)
+            assert paths.take(step).arch_id == want[step]
+            assert prepared[-1].arch_id == want[step + 1]
+        paths.sync()
+        ref = make_sampler("balanced", space, 0, schema=data.schema)
+        for step in range(5):
+            ref.sample(step)
+        assert trainer.sampler.state_dict() == ref.state_dict()
+    finally:
+        trainer.close()
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs and pinned copies")
 def test_cuda_graphed_steps_take_the_same_paths(space, data):
+    """Paths drawn ahead: the same paths, trained the same, though their steps launch the
+    segments' graphs joined into one (graph_chain) where the spot trainer replays them."""
     cfg = {"device": "cuda", "execution": "segmented", "cuda_graph": True}
     spot, ahead = _trainer(space, data, **cfg), _trainer(space, data, prefetch=2, **cfg)
     try:
         for trainer in (spot, ahead):
-            trainer.train(1000)
+            trainer.train(8000)  # 40 steps: paths whose variants are all captured recur
+        assert ahead.masked.segments.joined > 0 and spot.masked.segments.joined == 0
         assert spot.state_dict()["sampler"] == ahead.state_dict()["sampler"]
         for (name, x), y in zip(spot.supernet.state_dict().items(),
                                 ahead.supernet.state_dict().values(), strict=True):
