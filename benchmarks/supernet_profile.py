@@ -15,9 +15,17 @@ time to see which side bounds the step) and, on CUDA, the device activities per 
 duration.
 
 ``--segment-times`` (segmented execution on CUDA) instead times every segment's forward and
-backward (graph replays, or eager runs) with CUDA events and prints the GPU time per step by
-op, e.g. ``--set execution=segmented --set cuda_graph=true --set precision=tf32 --warmup 1000
---segment-times``.
+backward (graph replays, or eager runs; the graphs are not joined into one launch then) with
+CUDA events and prints the GPU time per step by op, e.g. ``--set execution=segmented --set
+cuda_graph=true --set precision=tf32 --warmup 1000 --segment-times``.
+
+``--gaps`` (CUDA) instead records ``--profile-steps`` steps with CUDA activities only (no
+host op ranges, so the host runs near its own speed) and prints where the GPU idled: the
+gaps between consecutive device activities, split into those inside one launch (kernels of
+one graph) and those between launches, each either *host-late* (the launching call returned
+after the GPU had gone idle: the host bounds the step) or *queued* (the work was queued in
+time: the device's own launch latency; unknown for a call kineto does not trace, as
+``graph_chain``'s ``cuGraphLaunch`` through ``ctypes``); then the host's CUDA calls by time.
 """
 
 from __future__ import annotations
@@ -25,7 +33,10 @@ from __future__ import annotations
 import argparse
 import collections
 import copy
+import json
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 import yaml
@@ -72,6 +83,63 @@ def kernel_sizes(prof: profile, steps: int) -> str:
             + "; ".join(parts))
 
 
+def idle_gaps(trace: list[dict], steps: int) -> str:
+    """Where the GPU idled in a chrome trace's events (``--gaps``, module docstring)."""
+    device, calls = [], {}
+    for e in trace:
+        if e.get("ph") != "X":
+            continue
+        corr = e.get("args", {}).get("correlation")
+        if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset"):
+            device.append((e["ts"], e["ts"] + e["dur"], corr, e["name"]))
+        elif e.get("cat") in ("cuda_runtime", "cuda_driver"):
+            calls[corr] = e
+    if not device:
+        return "no device activities recorded"
+    device.sort()
+    busy, (start, end, corr, _) = 0.0, device[0]
+    first, kinds = start, collections.defaultdict(lambda: [0, 0.0])
+    for s, e, c, _ in device[1:]:
+        if s > end:  # idle from end to s
+            busy += end - start
+            call = calls.get(c)  # kineto does not trace a driver call made through ctypes
+            late = ("unknown" if call is None else
+                    "host-late" if call["ts"] + call["dur"] > end else "queued")
+            where = ("inside one launch" if c == corr else
+                     f"between launches ({call['name'] if call else 'an untraced call'})")
+            kind = kinds[(where, late)]
+            kind[0] += 1
+            kind[1] += s - end
+            start = s
+        end, corr = max(end, e), c
+    busy += end - start
+    lines = [f"GPU per step: span {(end - first) / steps / 1e3:.3f} ms, busy "
+             f"{busy / steps / 1e3:.3f} ms, idle {(end - first - busy) / steps / 1e3:.3f} ms "
+             f"({len(device) / steps:.0f} activities)",
+             "| idle gaps | kind | per step | ms / step |", "|---|---|---:|---:|"]
+    for (where, kind), (n, us) in sorted(kinds.items(), key=lambda kv: -kv[1][1]):
+        lines.append(f"| {where} | {kind} | {n / steps:.1f} | {us / steps / 1e3:.3f} |")
+    by_name = collections.defaultdict(list)
+    for call in calls.values():
+        by_name[call["name"]].append(call["dur"])
+    lines += ["| host call | per step | ms / step | p50 us | max us |", "|---|---:|---:|---:|---:|"]
+    for name, durs in sorted(by_name.items(), key=lambda kv: -sum(kv[1]))[:10]:
+        durs.sort()
+        lines.append(f"| {name} | {len(durs) / steps:.1f} | {sum(durs) / steps / 1e3:.3f} | "
+                     f"{durs[len(durs) // 2]:.1f} | {durs[-1]:.0f} |")
+    return "\n".join(lines)
+
+
+def _gaps(trainer: SupernetTrainer, steps: int) -> None:
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        trainer.train(steps * trainer.config.batch_size)
+        torch.cuda.synchronize()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "trace.json"
+        prof.export_chrome_trace(str(path))
+        print(idle_gaps(json.loads(path.read_text())["traceEvents"], steps))
+
+
 def segment_times(trainer: SupernetTrainer, steps: int) -> None:
     """Print the GPU time per step of each op's segments (forward, backward) over ``steps``
     steps, from CUDA events around each segment's run."""
@@ -116,12 +184,18 @@ def main() -> None:
     parser.add_argument("--profile-steps", type=int, default=10)
     parser.add_argument("--segment-times", action="store_true",
                         help="time each segment (segmented execution, CUDA) instead")
+    parser.add_argument("--gaps", action="store_true",
+                        help="where the GPU idles (CUDA) instead: see the module docstring")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a SupernetTrainConfig field (value as YAML)")
     args = parser.parse_args()
     device, b = torch.device(args.device), args.batch_size
-    if args.segment_times and device.type != "cuda":
-        parser.error("--segment-times times CUDA events: it needs --device cuda")
+    if (args.segment_times or args.gaps) and device.type != "cuda":
+        parser.error("--segment-times and --gaps trace the GPU: they need --device cuda")
+    if args.segment_times:  # it times each segment's graph: keep them separate launches
+        from ranknas.supernet import graph_chain
+
+        graph_chain.ENABLED = False
     fields = {k: yaml.safe_load(v) for k, _, v in (s.partition("=") for s in args.set)}
     space, schema = load_space("nasrec_full"), criteo_schema()
     trainer = SupernetTrainer(
@@ -133,6 +207,9 @@ def main() -> None:
     _sync(device)
     if args.segment_times:
         segment_times(trainer, args.steps)
+        return
+    if args.gaps:
+        _gaps(trainer, args.profile_steps)
         return
 
     # a copy: drawing from the trainer's sampler would restart its path prefetch worker
