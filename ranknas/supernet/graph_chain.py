@@ -74,15 +74,15 @@ class GraphChain:
             self._cu = _driver()
         except (OSError, AttributeError) as exc:
             raise GraphChainError(f"the CUDA driver API is not available ({exc})") from exc
+        ctx = _Handle()
+        self._check(self._cu.cuCtxGetCurrent(ctypes.byref(ctx)), "cuCtxGetCurrent")
+        if not ctx.value:
+            raise GraphChainError("no current CUDA context (initialise CUDA first)")
         try:
             torch.cuda.CUDAGraph(keep_graph=True)
         except TypeError as exc:
             raise GraphChainError("this torch cannot keep a captured graph "
                                   "(torch.cuda.CUDAGraph(keep_graph=True))") from exc
-        ctx = _Handle()
-        self._check(self._cu.cuCtxGetCurrent(ctypes.byref(ctx)), "cuCtxGetCurrent")
-        if not ctx.value:
-            raise GraphChainError("no current CUDA context (initialise CUDA first)")
         # the worker makes the caller's context current once: driver calls need one
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="ranknas-graph-chain",
                                         initializer=self._cu.cuCtxSetCurrent,
