@@ -107,6 +107,31 @@ def test_a_moved_supernet_drops_its_runs():
     assert not any(step._runs[k] is v for k, v in before.items())
 
 
+def test_a_plan_looked_up_ahead_finds_the_runs_its_step_ran():
+    """``prepare`` plans a step before it runs by looking its segment runs up (no capture,
+    no forward): the runs a step of the same path ran, in forward order, or None while a
+    variant it needs is not there yet."""
+    supernet = Supernet(load_space("nasrec_full"), SCHEMA, seed=0).train()
+    step = SegmentedStep(supernet, update=lambda params, grads: None)
+    dense, sparse, labels = _data()
+    emb = supernet.embedding(sparse).detach()
+    rng = random.Random(4)
+    first = encode(supernet, supernet.space.sample(rng))
+    step(dense, emb, labels, first)
+    buf = step._buffers[B]
+    runs, head = step._plan(first, buf, False, run=False)
+    assert [r.key for r in runs] == [(n.block, n.op, n.k) for n in first.nodes
+                                     if n.block not in step.forms.aliases]
+    assert all(r in step._runs.values() for r in [*runs, head])
+    count = len(step._runs)
+    while (step._plan(path := encode(supernet, supernet.space.sample(rng)), buf, False,
+                      run=False)) is not None:
+        pass  # a path with a variant not run yet
+    assert len(step._runs) == count  # looking up ran and captured nothing
+    step(dense, emb, labels, path)
+    assert step._plan(path, buf, False, run=False) is not None
+
+
 # stacked layers; merged inputs; binary ops' inputs wider than max_slot (wrapped)
 @pytest.mark.parametrize(("name", "max_slot"), [("dlrm", 2048), ("nasrec_full", 2048),
                                                 ("nasrec_full", 16)])
