@@ -217,15 +217,19 @@ class SegmentedStep:
             self.forms.write_form(buf, *source, pub)
         self._published = {source: pub.shape[1] for pub, source in pubs}
         mine = next((i for i, a in enumerate(self._ahead) if a[0] is path), None)
+        launched = False
         if mine is not None and graphed:
             _, runs, head, joined = self._ahead.pop(mine)
             self._drop_ahead(mine)  # those prepared before it: their steps are not coming
-            self._launch(runs, head, self._submitted(joined))
+            launched = self._launch(self._submitted(joined))
+            if not launched:  # joining failed: replay the forwards (and backwards below)
+                for seg in [*runs, head]:
+                    seg.forward()
         else:
             runs, head = self._plan(path, buf, graphed, run=True)
-            head.backward()
-            for run in reversed(runs):
-                run.backward()
+        if not launched:
+            for seg in [head, *reversed(runs)]:
+                seg.backward()
         # join the next step's graphs now: while the GPU runs this step's, the host waits on
         # the driver's lock for the joining without leaving the GPU idle
         for ahead in self._ahead:
@@ -286,22 +290,19 @@ class SegmentedStep:
             head.forward()
         return None if head is None else (runs, head)
 
-    def _launch(self, runs: list[SegmentRun], head: SegmentRun, joined: Future) -> None:
-        """Launch a prepared step's joined graph; replay its graphs one by one if joining
-        failed (and stop joining)."""
+    def _launch(self, joined: Future) -> bool:
+        """Launch a prepared step's joined graph; False if joining failed (the step replays
+        its graphs one by one, and joining stops)."""
         try:
             self.chain.launch(joined.result(), torch.cuda.current_stream())
-            self.joined += 1
-            return
         except GraphChainError as exc:
             warnings.warn(f"segment graphs are replayed one by one from now on: {exc}",
                           RuntimeWarning, stacklevel=3)
             self._drop_ahead()
             self.chain, self.chain_graphs = None, False
-        for seg in [*runs, head]:
-            seg.forward()
-        for seg in [head, *reversed(runs)]:
-            seg.backward()
+            return False
+        self.joined += 1
+        return True
 
     def _open_chain(self) -> None:
         try:
